@@ -1,0 +1,178 @@
+//! The mesh YAML: its validated model, and the parsing that turns a file into it. Every error
+//! names the file, line, column and field path, because the person fixing it is editing that file.
+//! The serde shape (with source spans) lives in `config/raw.rs`; this file holds what the rest of
+//! the control plane consumes: plain types with defaults applied and durations as `Duration`.
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+mod locate;
+mod raw;
+
+/// The validated mesh configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshConfig {
+    pub trust_domain: String,
+    pub cluster_domain: String,
+    pub certificate_lifetime: Duration,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub mtls: MtlsMode,
+    pub ports: Vec<Port>,
+    pub endpoints: Vec<Endpoint>,
+    pub policy: Policy,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtlsMode {
+    Strict,
+    Permissive,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2c,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port {
+    pub port: u16,
+    pub target_port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBalancer {
+    RoundRobin,
+    P2cEwma,
+    LeastRequest,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub load_balancer: LoadBalancer,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            load_balancer: LoadBalancer::P2cEwma,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub path_prefix: String,
+    pub timeout: Option<Duration>,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Display: `"{file}:{line}:{column}: {path}: {reason}"`.
+    #[error("{file}:{line}:{column}: {path}: {reason}")]
+    Invalid {
+        file: String,
+        line: u64,
+        column: u64,
+        /// Field path such as `services[0].endpoints[1].address`.
+        path: String,
+        reason: String,
+    },
+}
+
+/// Reads and validates the mesh configuration at `path`.
+pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&file, &text)
+}
+
+/// Parses and validates `text`; `file_name` is only used in error messages.
+pub fn parse(file_name: &str, text: &str) -> Result<MeshConfig, ConfigError> {
+    let mesh: raw::RawMesh = match serde_saphyr::from_str(text) {
+        Ok(mesh) => mesh,
+        Err(err) => return Err(syntax_error(file_name, text, &err)),
+    };
+    mesh.validate().map_err(|e| ConfigError::Invalid {
+        file: file_name.to_owned(),
+        line: e.line,
+        column: e.column,
+        path: e.path,
+        reason: e.reason,
+    })
+}
+
+/// Turns a serde-saphyr error (syntax, type, unknown field) into our format, finding the field
+/// path from the error's position since serde-saphyr reports only the position.
+fn syntax_error(file_name: &str, text: &str, err: &serde_saphyr::Error) -> ConfigError {
+    use serde_saphyr::MessageFormatter as _;
+    let inner = err.without_snippet();
+    let reason = serde_saphyr::DefaultMessageFormatter
+        .format_message(inner)
+        .chars()
+        // The message may quote input; keep it on one line for logs.
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let (line, column) = err
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
+    ConfigError::Invalid {
+        file: file_name.to_owned(),
+        line,
+        column,
+        path: locate::path_at(text, line, column),
+        reason,
+    }
+}
+
+/// Parses a duration written as `<n>ms`, `<n>s`, `<n>m` or `<n>h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(digits_end);
+    let n: u64 = digits.parse().ok()?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(millis_per_unit).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests;

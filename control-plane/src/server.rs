@@ -1,0 +1,247 @@
+//! Assembles the control plane: state directory, CA, token key, the initial config and snapshot,
+//! the TLS listener serving the identity and discovery services, and the config reloader. `bind`
+//! does everything that can fail on bad input before anything is served, so a wrong config or a
+//! busy port is reported at start; `run` serves until the shutdown future resolves.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use trellis_api::discovery::aggregated_discovery_server::AggregatedDiscoveryServer;
+use trellis_api::identity::identity_server::IdentityServer;
+
+use crate::ca::{CaError, CaSource, CertificateAuthority};
+use crate::config::{self, ConfigError};
+use crate::discovery::DiscoveryService;
+use crate::identity::IdentityService;
+use crate::resources::{self, SharedSnapshot};
+use crate::status::ControlPlaneStatus;
+use crate::token::{TokenAuthority, TokenError};
+use crate::watch::Reloader;
+
+/// How long in-flight RPCs get to finish after shutdown before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    pub config_path: PathBuf,
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Names (DNS or IP) of the serving certificate.
+    pub server_names: Vec<String>,
+    /// Operator-provided CA (cert PEM, key PEM); otherwise the CA lives in `state_dir`.
+    pub ca: Option<(PathBuf, PathBuf)>,
+}
+
+impl ControlPlaneConfig {
+    /// Defaults: listen on 127.0.0.1:8090, the default server names, CA in `state_dir`.
+    pub fn new(config_path: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        ControlPlaneConfig {
+            config_path: config_path.into(),
+            state_dir: state_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            server_names: default_server_names(),
+            ca: None,
+        }
+    }
+}
+
+pub fn default_server_names() -> Vec<String> {
+    ["localhost", "127.0.0.1", "::1", "trellis-control-plane"]
+        .map(String::from)
+        .to_vec()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("certificate authority: {0}")]
+    Ca(#[from] CaError),
+    #[error("token key: {0}")]
+    Token(#[from] TokenError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("gRPC server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+pub struct ControlPlane {
+    cfg: ControlPlaneConfig,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    ca: Arc<CertificateAuthority>,
+    tokens: Arc<TokenAuthority>,
+    /// (cert PEM, key PEM) of the serving certificate.
+    server_identity: (String, String),
+    initial_config: Vec<u8>,
+    snapshots: watch::Sender<SharedSnapshot>,
+    status: Arc<watch::Sender<ControlPlaneStatus>>,
+}
+
+impl ControlPlane {
+    pub async fn bind(cfg: ControlPlaneConfig) -> Result<ControlPlane, Error> {
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|source| Error::StateDir {
+            path: cfg.state_dir.clone(),
+            source,
+        })?;
+        let file = cfg.config_path.display().to_string();
+        let read_error = |source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        };
+        let initial_config = std::fs::read(&cfg.config_path).map_err(read_error)?;
+        let text = std::str::from_utf8(&initial_config)
+            .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        let mesh = config::parse(&file, text)?;
+
+        let source = match &cfg.ca {
+            Some((cert, key)) => CaSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            None => CaSource::StateDir(cfg.state_dir.clone()),
+        };
+        let ca = CertificateAuthority::load(&source)?;
+        let tokens = TokenAuthority::load_or_create(&cfg.state_dir)?;
+        let server_identity = ca.server_certificate(&mesh.trust_domain, &cfg.server_names)?;
+
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+
+        let snapshot = resources::build(&mesh, &[ca.root_der().to_vec()], 1);
+        let (snapshots, _) = watch::channel(Arc::new(snapshot));
+        let (status, _) = watch::channel(ControlPlaneStatus {
+            config_version: 1,
+            ..Default::default()
+        });
+        Ok(ControlPlane {
+            cfg,
+            listener,
+            local_addr,
+            ca: Arc::new(ca),
+            tokens: Arc::new(tokens),
+            server_identity,
+            initial_config,
+            snapshots,
+            status: Arc::new(status),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The root certificate (PEM): proxies' trust anchor for the control plane and their peers.
+    pub fn ca_pem(&self) -> String {
+        self.ca.root_pem().to_owned()
+    }
+
+    /// Where the root certificate is on disk.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        match &self.cfg.ca {
+            Some((cert, _)) => cert.clone(),
+            None => self.cfg.state_dir.join(crate::ca::CERT_FILE),
+        }
+    }
+
+    pub fn issue_token(&self, namespace: &str, service_account: &str) -> String {
+        self.tokens.issue(namespace, service_account)
+    }
+
+    pub fn status(&self) -> watch::Receiver<ControlPlaneStatus> {
+        self.status.subscribe()
+    }
+
+    /// The trust domain of the config being served.
+    pub fn trust_domain(&self) -> String {
+        self.snapshots.borrow().trust_domain.clone()
+    }
+
+    /// Serves both gRPC services over TLS and reloads the config until `shutdown` resolves.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        // One stop signal for the server, every discovery stream and the reloader: tonic's
+        // graceful shutdown waits for open streams, and discovery streams never end on their own.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (cert_pem, key_pem) = &self.server_identity;
+        let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+        let identity = IdentityService::new(
+            self.ca.clone(),
+            self.tokens.clone(),
+            self.snapshots.subscribe(),
+        );
+        let discovery = DiscoveryService::new(
+            self.tokens.clone(),
+            self.snapshots.subscribe(),
+            self.status.clone(),
+            stop_rx.clone(),
+        );
+        let reloader = Reloader::new(
+            self.cfg.config_path.clone(),
+            self.initial_config,
+            vec![self.ca.root_der().to_vec()],
+            self.snapshots,
+            self.status,
+        );
+        let reloader = tokio::spawn(reloader.run(stop_rx.clone()));
+
+        let mut server_stop = stop_rx;
+        let serve = Server::builder()
+            .tls_config(tls)?
+            .add_service(IdentityServer::new(identity))
+            .add_service(AggregatedDiscoveryServer::new(discovery))
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), async move {
+                let _ = server_stop.changed().await;
+            });
+        let mut server = tokio::spawn(serve);
+        tracing::info!(addr = %self.local_addr, "control plane serving");
+
+        let early = tokio::select! {
+            _ = shutdown => None,
+            result = &mut server => Some(result),
+        };
+        stop_tx.send_replace(true);
+        let result = match early {
+            Some(result) => result,
+            None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("in-flight RPCs did not finish in time; closing them");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
+        let _ = reloader.await;
+        tracing::info!(addr = %self.local_addr, "control plane stopped");
+        Ok(result??)
+    }
+}

@@ -1,0 +1,57 @@
+//! What the control plane reports about itself: the applied config version, the last reload error
+//! and recent NACKs. Published in a `watch` channel so tests and a future admin endpoint can read
+//! it without locking the serving path.
+use std::collections::VecDeque;
+
+/// How many NACKs are kept; older ones are dropped first.
+pub const MAX_NACKS: usize = 32;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlPlaneStatus {
+    /// The `system_version` of the snapshot being served.
+    pub config_version: u64,
+    /// The error of the last reload attempt, cleared by the next successful one.
+    pub last_error: Option<String>,
+    /// The most recent NACKs, oldest first.
+    pub nacks: Vec<NackRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NackRecord {
+    pub node_id: String,
+    pub type_url: String,
+    pub nonce: String,
+    pub message: String,
+}
+
+impl ControlPlaneStatus {
+    pub fn record_nack(&mut self, nack: NackRecord) {
+        let mut nacks = VecDeque::from(std::mem::take(&mut self.nacks));
+        nacks.push_back(nack);
+        while nacks.len() > MAX_NACKS {
+            nacks.pop_front();
+        }
+        self.nacks = nacks.into();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_nacks() {
+        let mut status = ControlPlaneStatus::default();
+        for i in 0..40 {
+            status.record_nack(NackRecord {
+                node_id: "n".into(),
+                type_url: "t".into(),
+                nonce: i.to_string(),
+                message: "m".into(),
+            });
+        }
+        assert_eq!(status.nacks.len(), MAX_NACKS);
+        assert_eq!(status.nacks[0].nonce, "8");
+        assert_eq!(status.nacks[31].nonce, "39");
+    }
+}

@@ -1,0 +1,179 @@
+//! The discovery client: one delta-xDS stream to the control plane carrying every resource type.
+//!
+//! Invariants (see docs/protocol.md):
+//! - every response is answered by exactly one ACK or NACK naming its nonce;
+//! - a response is applied whole or not at all: one bad resource NACKs it, and the snapshot in
+//!   force keeps serving;
+//! - on reconnect the proxy tells the control plane the versions it holds, keeps serving them while
+//!   disconnected, and backs off with jitter between attempts.
+
+use crate::config::{build_snapshot, decode, ResourceCache, SnapshotStore};
+use crate::identity::{backoff, IdentityError};
+use crate::tls::TlsContext;
+use crate::transport::MeshConnector;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use trellis_api::discovery::{
+    aggregated_discovery_client::AggregatedDiscoveryClient, DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse, ErrorDetail, Node,
+};
+use trellis_api::type_url;
+
+/// What the admin port and readiness need to know about discovery.
+#[derive(Debug, Default)]
+pub struct DiscoveryStatus {
+    pub connected: bool,
+    /// Types for which at least one response was accepted since start.
+    pub received: HashSet<String>,
+    pub last_nack: Option<String>,
+}
+
+pub type SharedStatus = Arc<Mutex<DiscoveryStatus>>;
+
+pub struct DiscoveryClient {
+    pub client: AggregatedDiscoveryClient<Channel>,
+    pub token: String,
+    pub node: Node,
+    pub store: SnapshotStore,
+    pub connector: MeshConnector,
+    pub tls: TlsContext,
+    pub status: SharedStatus,
+}
+
+impl DiscoveryClient {
+    pub async fn run(mut self) {
+        let mut cache = ResourceCache::new();
+        let mut failures = 0u32;
+        loop {
+            match self.stream(&mut cache, &mut failures).await {
+                Ok(()) => tracing::info!("discovery stream closed by the control plane"),
+                Err(e) => tracing::warn!(error = %e, "discovery stream failed"),
+            }
+            self.set_status(|s| s.connected = false);
+            failures += 1;
+            tokio::time::sleep(backoff(failures)).await;
+        }
+    }
+
+    fn subscriptions(&self, t: &str) -> Vec<String> {
+        match t {
+            type_url::INBOUND => vec![format!("{}/{}", self.node.namespace, self.node.service)],
+            type_url::TRUST_BUNDLE => vec!["default".to_string()],
+            _ => vec![trellis_api::WILDCARD.to_string()],
+        }
+    }
+
+    async fn stream(
+        &mut self,
+        cache: &mut ResourceCache,
+        failures: &mut u32,
+    ) -> Result<(), tonic::Status> {
+        let (tx, rx) = mpsc::channel(16);
+        for (i, t) in type_url::ALL.iter().enumerate() {
+            let initial_resource_versions = cache
+                .get(*t)
+                .map(|m| m.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            let req = DeltaDiscoveryRequest {
+                node: (i == 0).then(|| self.node.clone()),
+                type_url: t.to_string(),
+                resource_names_subscribe: self.subscriptions(t),
+                initial_resource_versions,
+                ..Default::default()
+            };
+            // The channel holds 16 and we send 5: this cannot fail while rx is alive.
+            let _ = tx.send(req).await;
+        }
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        let bearer = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| tonic::Status::unauthenticated(IdentityError::Credential.to_string()))?;
+        request
+            .metadata_mut()
+            .insert(trellis_api::AUTHORIZATION, bearer);
+        let mut responses = self.client.delta_resources(request).await?.into_inner();
+        self.set_status(|s| s.connected = true);
+        tracing::info!("discovery stream established");
+        while let Some(rsp) = responses.message().await? {
+            *failures = 0;
+            let ack = self.apply(cache, rsp);
+            if tx.send(ack).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one response and returns its ACK or NACK.
+    fn apply(
+        &self,
+        cache: &mut ResourceCache,
+        rsp: DeltaDiscoveryResponse,
+    ) -> DeltaDiscoveryRequest {
+        let mut ack = DeltaDiscoveryRequest {
+            type_url: rsp.type_url.clone(),
+            response_nonce: rsp.nonce.clone(),
+            ..Default::default()
+        };
+        match stage(cache, &rsp) {
+            Ok(staged) => {
+                cache.insert(rsp.type_url.clone(), staged);
+                let snapshot = build_snapshot(cache, &self.store.load(), &self.connector);
+                if let Some(trust) = &snapshot.trust {
+                    self.tls.trust.set_roots(&trust.roots_der);
+                }
+                self.store.store(Arc::new(snapshot));
+                tracing::debug!(type_url = %rsp.type_url, nonce = %rsp.nonce, "accepted");
+                self.set_status(|s| {
+                    s.received.insert(rsp.type_url.clone());
+                });
+            }
+            Err(reason) => {
+                tracing::warn!(type_url = %rsp.type_url, nonce = %rsp.nonce, %reason, "rejected update (NACK); keeping the previous config");
+                self.set_status(|s| s.last_nack = Some(reason.clone()));
+                ack.error_detail = Some(ErrorDetail {
+                    code: tonic::Code::InvalidArgument as i32,
+                    message: reason,
+                });
+            }
+        }
+        ack
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut DiscoveryStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+}
+
+/// The type's resources after the response, or every reason it cannot be applied.
+fn stage(
+    cache: &ResourceCache,
+    rsp: &DeltaDiscoveryResponse,
+) -> Result<BTreeMap<String, (String, crate::config::Decoded)>, String> {
+    if !type_url::ALL.contains(&rsp.type_url.as_str()) {
+        return Err(format!("unknown type URL {:?}", rsp.type_url));
+    }
+    let mut staged = cache.get(&rsp.type_url).cloned().unwrap_or_default();
+    let mut errors = Vec::new();
+    for res in &rsp.resources {
+        match decode(&rsp.type_url, res) {
+            Ok(decoded) => {
+                staged.insert(res.name.clone(), (res.version.clone(), decoded));
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    for name in &rsp.removed_resources {
+        staged.remove(name);
+    }
+    if errors.is_empty() {
+        Ok(staged)
+    } else {
+        Err(errors.join("; "))
+    }
+}

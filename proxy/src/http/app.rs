@@ -1,0 +1,103 @@
+//! The inbound side's client to the local app, in the protocol the app speaks: pooled HTTP/1.1
+//! connections, or one multiplexed h2c connection per app port. The request keeps its original
+//! authority (as the Host header for HTTP/1.1, `:authority` for h2c), so the app sees what the
+//! caller sent.
+
+use super::body::Body;
+use super::headers::strip_hop_by_hop;
+use crate::config::{AppPort, AppProtocol};
+use crate::errors::ProxyError;
+use crate::transport::MeshConnection;
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Request, Response, Uri, Version};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct AppClient {
+    host: IpAddr,
+    http1: Client<HttpConnector, Body>,
+    h2c: Arc<ArcSwap<HashMap<u16, Arc<MeshConnection>>>>,
+}
+
+impl AppClient {
+    pub fn new(host: IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        AppClient {
+            host,
+            http1,
+            h2c: Arc::default(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        app: AppPort,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let port = app.target_port;
+        let app_err = |e: &dyn std::fmt::Display| ProxyError::App {
+            port,
+            reason: e.to_string(),
+        };
+        let authority = req.uri().authority().cloned();
+        strip_hop_by_hop(req.headers_mut());
+        let mut rsp = match app.protocol {
+            AppProtocol::Http1 => {
+                if let Some(a) = &authority {
+                    if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                        req.headers_mut().insert(header::HOST, v);
+                    }
+                }
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let uri: Uri = format!("http://{}{path}", SocketAddr::new(self.host, port))
+                    .parse()
+                    .map_err(|e| app_err(&e))?;
+                *req.uri_mut() = uri;
+                *req.version_mut() = Version::HTTP_11;
+                self.http1.request(req).await.map_err(|e| app_err(&e))?
+            }
+            AppProtocol::H2c => {
+                *req.version_mut() = Version::HTTP_2;
+                let mut sender = self
+                    .h2c_connection(port)
+                    .sender(Duration::from_secs(1))
+                    .await?;
+                sender.send_request(req).await.map_err(|e| app_err(&e))?
+            }
+        };
+        strip_hop_by_hop(rsp.headers_mut());
+        Ok(rsp.map(Body::from))
+    }
+
+    fn h2c_connection(&self, port: u16) -> Arc<MeshConnection> {
+        if let Some(c) = self.h2c.load().get(&port) {
+            return c.clone();
+        }
+        let addr = SocketAddr::new(self.host, port);
+        let mut created = None;
+        self.h2c.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            let conn = map
+                .entry(port)
+                .or_insert_with(|| Arc::new(MeshConnection::plain(addr)))
+                .clone();
+            created = Some(conn);
+            map
+        });
+        created.unwrap_or_else(|| Arc::new(MeshConnection::plain(addr)))
+    }
+}

@@ -1,0 +1,48 @@
+//! HTTP request handling, as small tower layers composed by the listeners:
+//! `rescue` (errors to responses) → `route` (authority/path to a cluster) → `forward` (balance,
+//! then send to an endpoint over the mesh). The inbound side uses `app` to reach the local app.
+
+pub mod app;
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod rescue;
+pub mod route;
+
+pub use body::Body;
+
+use http::Request;
+
+/// Host (lower case, no port) and port of a request's authority: the URI's authority when present
+/// (HTTP/2, absolute-form), otherwise the Host header (RFC 9112 §3.2).
+pub fn authority<B>(req: &Request<B>) -> Option<(String, Option<u16>)> {
+    if let Some(a) = req.uri().authority() {
+        return Some((a.host().to_ascii_lowercase(), a.port_u16()));
+    }
+    let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+    let parsed: http::uri::Authority = host.parse().ok()?;
+    Some((parsed.host().to_ascii_lowercase(), parsed.port_u16()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_from_uri_or_host() {
+        let req = Request::get("http://Web.Default:8080/x")
+            .body(())
+            .unwrap_or_default();
+        assert_eq!(authority(&req), Some(("web.default".into(), Some(8080))));
+        let req = Request::get("/x")
+            .header("host", "hello")
+            .body(())
+            .unwrap_or_default();
+        assert_eq!(authority(&req), Some(("hello".into(), None)));
+        let req = Request::get("/x")
+            .header("host", "bad host")
+            .body(())
+            .unwrap_or_default();
+        assert_eq!(authority(&req), None);
+    }
+}

@@ -1,0 +1,100 @@
+//! Routing: which cluster serves a request. Loads the config snapshot once per request (one
+//! arc-swap load), finds the route table for the authority, picks the first route whose match
+//! holds, and attaches the decision to the request as a `Target` for the layers below.
+
+use super::body::Body;
+use crate::config::{Cluster, SnapshotStore};
+use crate::errors::ProxyError;
+use http::{Request, Response};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// The routing decision, carried in request extensions.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub cluster: Arc<Cluster>,
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct RouteLayer {
+    store: SnapshotStore,
+}
+
+impl RouteLayer {
+    pub fn new(store: SnapshotStore) -> Self {
+        RouteLayer { store }
+    }
+}
+
+impl<S> tower::Layer<S> for RouteLayer {
+    type Service = Router<S>;
+    fn layer(&self, inner: S) -> Router<S> {
+        Router {
+            store: self.store.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Router<S> {
+    store: SnapshotStore,
+    inner: S,
+}
+
+pub fn resolve(store: &SnapshotStore, req: &Request<Body>) -> Result<Target, ProxyError> {
+    let (host, port) =
+        super::authority(req).ok_or(ProxyError::BadRequest("missing or invalid authority"))?;
+    let snapshot = store.load();
+    let table = snapshot
+        .route_table(&host, port)
+        .ok_or_else(|| ProxyError::NoRoute {
+            authority: format_authority(&host, port),
+        })?;
+    let (cluster_name, route_timeout) = table.select(req.uri().path());
+    let cluster = snapshot
+        .clusters
+        .get(cluster_name)
+        .ok_or_else(|| ProxyError::NoEndpoints {
+            cluster: cluster_name.to_string(),
+        })?;
+    Ok(Target {
+        timeout: route_timeout.unwrap_or(cluster.policy.request_timeout),
+        cluster: cluster.clone(),
+    })
+}
+
+fn format_authority(host: &str, port: Option<u16>) -> String {
+    match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
+impl<S> tower::Service<Request<Body>> for Router<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        match resolve(&self.store, &req) {
+            Ok(target) => {
+                req.extensions_mut().insert(target);
+                Box::pin(self.inner.call(req))
+            }
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The Trellis sidecar proxy.
+//!
+//! Where things live: `listeners` (sockets and connection serving), `http` (the request layers:
+//! rescue, route, forward, the app client), `balance` (endpoint choice), `transport` (HTTP/2 over
+//! mTLS between sidecars), `tls` (rustls configs and SPIFFE verification), `identity` (key, CSR,
+//! certificate renewal), `discovery` (the delta-xDS client), `config` (the snapshot the proxy
+//! serves with), `admin`, `drain`, and `proxy` (wiring).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod drain;
+pub mod errors;
+pub mod http;
+pub mod identity;
+pub mod listeners;
+mod proxy;
+pub mod tls;
+pub mod transport;
+
+pub use listeners::Listeners;
+pub use proxy::{run, ProxyConfig, StartError};

@@ -1,0 +1,510 @@
+//! `Mesh`: a control plane, workloads (sidecar + echo app) and their YAML config, all in-process on
+//! loopback. Replicas of one service are "pods" on distinct loopback addresses (127.0.0.2, .3, …)
+//! sharing the app port, as pods share a containerPort in Kubernetes.
+
+use crate::apps::{EchoApp, Protocol};
+use crate::client::TestClient;
+use anyhow::{bail, Context};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use trellis_control_plane::{ControlPlane, ControlPlaneConfig, ControlPlaneStatus};
+
+pub const TRUST_DOMAIN: &str = "trellis.local";
+pub const NAMESPACE: &str = "default";
+
+/// A service in the mesh.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub protocol: Protocol,
+    pub replicas: usize,
+    /// Extra YAML lines appended to the service entry (policy, routes…), indented by the caller.
+    pub extra_yaml: String,
+}
+
+impl Service {
+    pub fn http1(name: &str) -> Service {
+        Service {
+            name: name.into(),
+            protocol: Protocol::Http1,
+            replicas: 1,
+            extra_yaml: String::new(),
+        }
+    }
+    pub fn h2c(name: &str) -> Service {
+        Service {
+            protocol: Protocol::H2c,
+            ..Service::http1(name)
+        }
+    }
+    pub fn replicas(mut self, n: usize) -> Service {
+        self.replicas = n;
+        self
+    }
+    pub fn spiffe_id(&self) -> String {
+        trellis_api::spiffe_id(TRUST_DOMAIN, NAMESPACE, &self.name)
+    }
+}
+
+/// One pod: its app and its sidecar.
+pub struct Workload {
+    pub service: String,
+    pub app: EchoApp,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    /// Whether the control plane's config lists this workload as an endpoint.
+    pub listed: bool,
+    /// Bound sockets waiting for the sidecar to start.
+    pending: Option<trellis_proxy::Listeners>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct MeshBuilder {
+    services: Vec<Service>,
+}
+
+impl MeshBuilder {
+    pub fn service(mut self, s: Service) -> Self {
+        self.services.push(s);
+        self
+    }
+
+    pub async fn start(self) -> anyhow::Result<Mesh> {
+        crate::init_logging();
+        let dir = tempfile::tempdir()?;
+        let mut mesh = Mesh {
+            config_path: dir.path().join("mesh.yaml"),
+            state_dir: dir.path().join("state"),
+            services: self.services.clone(),
+            workloads: Vec::new(),
+            app_ports: Vec::new(),
+            control_plane: None,
+            tokens: Vec::new(),
+            ca_pem: String::new(),
+            next_host: 2,
+            _dir: dir,
+        };
+        for s in &self.services {
+            for _ in 0..s.replicas {
+                mesh.prepare_workload(&s.name).await?;
+            }
+        }
+        mesh.write_config()?;
+        let mut cp_config = ControlPlaneConfig::new(&mesh.config_path, &mesh.state_dir);
+        cp_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let cp = ControlPlane::bind(cp_config).await?;
+        mesh.ca_pem = cp.ca_pem();
+        for s in &self.services {
+            mesh.tokens
+                .push((s.name.clone(), cp.issue_token(NAMESPACE, &s.name)));
+        }
+        let addr = cp.local_addr();
+        let status = cp.status();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = cp
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        mesh.control_plane = Some(ControlPlaneHandle {
+            addr,
+            status,
+            stop: Some(stop),
+            task,
+        });
+        for i in 0..mesh.workloads.len() {
+            mesh.start_proxy(i).await?;
+        }
+        mesh.wait_ready().await?;
+        Ok(mesh)
+    }
+}
+
+struct ControlPlaneHandle {
+    addr: SocketAddr,
+    status: watch::Receiver<ControlPlaneStatus>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ControlPlaneHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+pub struct Mesh {
+    pub config_path: PathBuf,
+    pub state_dir: PathBuf,
+    pub services: Vec<Service>,
+    pub workloads: Vec<Workload>,
+    /// The app port of each service (shared by its replicas).
+    app_ports: Vec<(String, u16)>,
+    control_plane: Option<ControlPlaneHandle>,
+    tokens: Vec<(String, String)>,
+    ca_pem: String,
+    next_host: u8,
+    _dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    pub fn builder() -> MeshBuilder {
+        MeshBuilder::default()
+    }
+
+    fn service(&self, name: &str) -> anyhow::Result<&Service> {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no service {name}"))
+    }
+
+    /// The first workload of a service.
+    pub fn workload(&self, service: &str) -> &Workload {
+        match self.workloads.iter().find(|w| w.service == service) {
+            Some(w) => w,
+            None => panic!("no workload of {service}"),
+        }
+    }
+
+    pub fn workloads_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.workloads.iter().filter(move |w| w.service == service)
+    }
+
+    /// A client for the app of `service`'s first workload, speaking HTTP/1.1 or h2c to its sidecar.
+    pub fn client(&self, from: &str, h2c: bool) -> TestClient {
+        TestClient::new(self.workload(from).outbound, h2c)
+    }
+
+    pub fn control_plane_status(&self) -> ControlPlaneStatus {
+        self.control_plane
+            .as_ref()
+            .map(|c| c.status.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn control_plane_addr(&self) -> SocketAddr {
+        self.control_plane
+            .as_ref()
+            .map(|c| c.addr)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn token(&self, service_account: &str) -> Option<&str> {
+        self.tokens
+            .iter()
+            .find(|(s, _)| s == service_account)
+            .map(|(_, t)| t.as_str())
+    }
+
+    /// Binds a workload's app and sidecar sockets (the sidecar starts later, in `start_proxy`).
+    async fn prepare_workload(&mut self, service: &str) -> anyhow::Result<usize> {
+        let host = IpAddr::V4(Ipv4Addr::new(127, 0, 0, self.next_host));
+        self.next_host = self
+            .next_host
+            .checked_add(1)
+            .context("too many workloads")?;
+        let port = self
+            .app_ports
+            .iter()
+            .find(|(s, _)| s == service)
+            .map(|(_, p)| *p)
+            .unwrap_or(0);
+        let app = EchoApp::start(
+            &format!("{service}-{}", self.workloads.len()),
+            SocketAddr::new(host, port),
+        )
+        .await?;
+        if port == 0 {
+            self.app_ports.push((service.to_string(), app.addr.port()));
+        }
+        let listeners = trellis_proxy::Listeners::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await?;
+        self.workloads.push(Workload {
+            service: service.to_string(),
+            inbound: listeners.inbound_addr()?,
+            outbound: listeners.outbound_addr()?,
+            admin: listeners.admin_addr()?,
+            app,
+            listed: true,
+            pending: Some(listeners),
+            stop: None,
+            task: None,
+        });
+        Ok(self.workloads.len() - 1)
+    }
+
+    async fn start_proxy(&mut self, index: usize) -> anyhow::Result<()> {
+        let service = self.workloads[index].service.clone();
+        let token = self
+            .token(&service)
+            .context("no token for the service")?
+            .to_string();
+        let control_plane_url = format!("https://{}", self.control_plane_addr());
+        let ca_pem = self.ca_pem.clone();
+        let w = &mut self.workloads[index];
+        let listeners = w.pending.take().context("sidecar already started")?;
+        let config = trellis_proxy::ProxyConfig {
+            control_plane_url,
+            control_plane_ca_pem: ca_pem,
+            control_plane_name: "localhost".into(),
+            token,
+            trust_domain: TRUST_DOMAIN.into(),
+            namespace: NAMESPACE.into(),
+            service: service.clone(),
+            service_account: service.clone(),
+            app_host: w.app.addr.ip(),
+            node_id: format!("{service}-{index}"),
+            drain_grace: Duration::from_secs(1),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        w.stop = Some(stop);
+        w.task = Some(tokio::spawn(async move {
+            if let Err(e) = trellis_proxy::run(config, listeners, async {
+                let _ = stopped.await;
+            })
+            .await
+            {
+                tracing::error!(error = %e, "proxy failed");
+            }
+        }));
+        Ok(())
+    }
+
+    /// A sidecar for `service` outside the mesh's bookkeeping, pointed at any control plane (for
+    /// tests with a scripted one). Its app is the first workload's app of that service.
+    pub async fn standalone_sidecar(&self, service: &str) -> anyhow::Result<Sidecar> {
+        let listeners = trellis_proxy::Listeners::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await?;
+        let config = trellis_proxy::ProxyConfig {
+            control_plane_url: format!("https://{}", self.control_plane_addr()),
+            control_plane_ca_pem: self.ca_pem.clone(),
+            control_plane_name: "localhost".into(),
+            token: self
+                .token(service)
+                .context("no token for the service")?
+                .to_string(),
+            trust_domain: TRUST_DOMAIN.into(),
+            namespace: NAMESPACE.into(),
+            service: service.to_string(),
+            service_account: service.to_string(),
+            app_host: self.workload(service).app.addr.ip(),
+            node_id: format!("{service}-standalone"),
+            drain_grace: Duration::from_secs(1),
+        };
+        Ok(Sidecar {
+            inbound: listeners.inbound_addr()?,
+            outbound: listeners.outbound_addr()?,
+            admin: listeners.admin_addr()?,
+            config,
+            listeners: Some(listeners),
+            stop: None,
+        })
+    }
+
+    /// Asks a workload's sidecar to shut down (as SIGTERM would) and returns its task, which ends
+    /// once the drain is over.
+    pub fn stop_sidecar(&mut self, index: usize) -> Option<JoinHandle<()>> {
+        let w = &mut self.workloads[index];
+        if let Some(stop) = w.stop.take() {
+            let _ = stop.send(());
+        }
+        w.task.take()
+    }
+
+    /// The app port of a service.
+    pub fn app_port(&self, service: &str) -> Option<u16> {
+        self.app_ports
+            .iter()
+            .find(|(s, _)| s == service)
+            .map(|(_, p)| *p)
+    }
+
+    /// Adds a workload of an existing service; listed in the config only after `write_config`.
+    pub async fn add_workload(&mut self, service: &str) -> anyhow::Result<usize> {
+        let index = self.prepare_workload(service).await?;
+        self.start_proxy(index).await?;
+        wait_until(Duration::from_secs(10), || self.is_ready(index))
+            .await
+            .context("new workload never ready")?;
+        Ok(index)
+    }
+
+    async fn is_ready(&self, index: usize) -> bool {
+        let admin = TestClient::new(self.workloads[index].admin, false);
+        matches!(admin.get("localhost", "/ready").await, Ok((rsp, _)) if rsp.status() == 200)
+    }
+
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        for i in 0..self.workloads.len() {
+            if wait_until(Duration::from_secs(15), || self.is_ready(i))
+                .await
+                .is_err()
+            {
+                let admin = TestClient::new(self.workloads[i].admin, false);
+                let why = admin.get("localhost", "/ready").await.map(|(_, b)| b);
+                bail!(
+                    "workload {i} ({}) not ready: {why:?}",
+                    self.workloads[i].service
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// GET on a workload's admin port.
+    pub async fn admin_get(&self, index: usize, path: &str) -> anyhow::Result<(u16, String)> {
+        let (rsp, body) = TestClient::new(self.workloads[index].admin, false)
+            .get("localhost", path)
+            .await?;
+        Ok((
+            rsp.status().as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    }
+
+    /// The mesh YAML for the current services and listed workloads.
+    pub fn render_config(&self) -> String {
+        let mut y = format!("trustDomain: {TRUST_DOMAIN}\nservices:\n");
+        for s in &self.services {
+            let port = self
+                .app_ports
+                .iter()
+                .find(|(n, _)| *n == s.name)
+                .map(|(_, p)| *p)
+                .unwrap_or(80);
+            let _ = write!(
+                y,
+                "  - name: {}\n    namespace: {NAMESPACE}\n    serviceAccount: {}\n    ports:\n      - port: 80\n        targetPort: {port}\n        protocol: {}\n    endpoints:\n",
+                s.name,
+                s.name,
+                s.protocol.yaml()
+            );
+            let mut any = false;
+            for w in self.workloads_of(&s.name).filter(|w| w.listed) {
+                let _ = writeln!(y, "      - address: {}", w.inbound);
+                any = true;
+            }
+            if !any {
+                y.truncate(y.len() - "    endpoints:\n".len());
+                y.push_str("    endpoints: []\n");
+            }
+            y.push_str(&s.extra_yaml);
+        }
+        y
+    }
+
+    pub fn write_config(&self) -> anyhow::Result<()> {
+        self.write_raw_config(&self.render_config())
+    }
+
+    /// Writes the config file atomically (temp file + rename), as an editor or a ConfigMap does.
+    pub fn write_raw_config(&self, text: &str) -> anyhow::Result<()> {
+        let tmp = self.config_path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.config_path)?;
+        Ok(())
+    }
+
+    pub fn service_spiffe_id(&self, name: &str) -> anyhow::Result<String> {
+        Ok(self.service(name)?.spiffe_id())
+    }
+}
+
+/// Polls `check` every 25 ms until it holds or `limit` passes.
+pub async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            bail!("condition not met within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A sidecar started by hand (see `Mesh::standalone_sidecar`); stopped on drop.
+pub struct Sidecar {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    /// Edit before `start` (e.g. to point at another control plane).
+    pub config: trellis_proxy::ProxyConfig,
+    listeners: Option<trellis_proxy::Listeners>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Sidecar {
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let listeners = self.listeners.take().context("already started")?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.stop = Some(stop);
+        let config = self.config.clone();
+        tokio::spawn(async move {
+            let _ = trellis_proxy::run(config, listeners, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Ok(())
+    }
+
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let (rsp, body) = TestClient::new(self.admin, false)
+            .get("localhost", path)
+            .await?;
+        Ok((
+            rsp.status().as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
