@@ -7,10 +7,16 @@ use std::path::Path;
 use std::time::Duration;
 
 mod locate;
+mod policy;
 mod raw;
 
+pub use policy::{
+    Backend, CircuitBreaker, Fault, FaultAbort, FaultDelay, HashOn, HeaderMatch, HeaderValueMatch,
+    LoadBalancer, OutlierDetection, PathMatch, Policy, Retry, RetryOn, Route, RouteMatch,
+};
+
 /// The validated mesh configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeshConfig {
     pub trust_domain: String,
     pub cluster_domain: String,
@@ -18,7 +24,7 @@ pub struct MeshConfig {
     pub services: Vec<Service>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub name: String,
     pub namespace: String,
@@ -54,38 +60,6 @@ pub struct Port {
 pub struct Endpoint {
     pub address: SocketAddr,
     pub weight: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoadBalancer {
-    RoundRobin,
-    P2cEwma,
-    LeastRequest,
-    ConsistentHash,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    pub load_balancer: LoadBalancer,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            load_balancer: LoadBalancer::P2cEwma,
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(15),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub name: String,
-    pub path_prefix: String,
-    pub timeout: Option<Duration>,
 }
 
 /// Why a configuration could not be loaded.

@@ -1,6 +1,6 @@
 //! The admin listener: `/live` (the process answers), `/ready` (a valid certificate is held and
 //! every resource type has been received once), `/config` (the snapshot in force, with versions,
-//! as JSON). Plain HTTP/1.1, bound to localhost by default.
+//! as JSON), `/stats` (resilience counters per cluster and route, as JSON). Plain HTTP/1.1, bound to localhost by default.
 
 use crate::config::SnapshotStore;
 use crate::discovery::SharedStatus;
@@ -42,6 +42,46 @@ impl AdminState {
         } else {
             Err(format!("waiting for config: {}", missing.join(", ")))
         }
+    }
+
+    /// Resilience counters per cluster and per route (retries, budget, timeouts, overflows,
+    /// ejections), as JSON.
+    fn stats_json(&self) -> String {
+        let snapshot = self.store.load();
+        let clusters: serde_json::Map<String, serde_json::Value> = snapshot
+            .clusters
+            .iter()
+            .map(|(name, c)| {
+                let mut v = serde_json::to_value(&c.state.stats).unwrap_or_default();
+                let ejected = c
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.state.outlier.is_ejected())
+                    .count();
+                v["ejectedNow"] = ejected.into();
+                (name.clone(), v)
+            })
+            .collect();
+        let routes: serde_json::Map<String, serde_json::Value> = snapshot
+            .routes
+            .iter()
+            .map(|(table, t)| {
+                let per_rule: serde_json::Map<String, serde_json::Value> = t
+                    .rules
+                    .iter()
+                    .chain(std::iter::once(&t.fallback))
+                    .map(|r| {
+                        (
+                            r.name.clone(),
+                            serde_json::to_value(&*r.stats).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                (table.clone(), per_rule.into())
+            })
+            .collect();
+        let doc = serde_json::json!({ "clusters": clusters, "routes": routes });
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
     fn config_json(&self) -> String {
@@ -93,7 +133,8 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             ),
         },
         (&Method::GET, "/config") => (StatusCode::OK, "application/json", state.config_json()),
-        (_, "/live" | "/ready" | "/config") => (
+        (&Method::GET, "/stats") => (StatusCode::OK, "application/json", state.stats_json()),
+        (_, "/live" | "/ready" | "/config" | "/stats") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "use GET\n".to_string(),
@@ -101,7 +142,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /live, /ready, /config\n".to_string(),
+            "not found: try /live, /ready, /config, /stats\n".to_string(),
         ),
     };
     let mut rsp = Response::new(Body::full(body));

@@ -29,11 +29,45 @@ pub enum ProxyError {
     App { port: u16, reason: String },
     #[error("no app port serves port {port}")]
     NoAppPort { port: u16 },
+    #[error("circuit breaker: {limit} ({max}) reached for {cluster}")]
+    Overflow {
+        cluster: String,
+        limit: &'static str,
+        max: u32,
+    },
+    #[error("fault injected: abort with {status}")]
+    FaultAbort { status: u16 },
+    #[error("upstream per-try timeout after {after:?}")]
+    PerTryTimeout { after: Duration },
 }
 
 impl ProxyError {
+    /// Nothing reached the endpoint: the request can be sent elsewhere whatever its method.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } | ProxyError::Tls { .. }
+        )
+    }
+
+    /// The endpoint the failure is about, if it is about one.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            ProxyError::Connect { addr, .. }
+            | ProxyError::ConnectTimeout { addr, .. }
+            | ProxyError::Tls { addr, .. }
+            | ProxyError::Upstream { addr, .. } => Some(*addr),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::FaultAbort { status } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::PerTryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } | ProxyError::NoAppPort { .. } => StatusCode::NOT_FOUND,
             ProxyError::NotReady(_) | ProxyError::NoEndpoints { .. } => {
@@ -55,7 +89,17 @@ impl ProxyError {
         const UNAVAILABLE: u16 = 14;
         const DEADLINE_EXCEEDED: u16 = 4;
         const UNIMPLEMENTED: u16 = 12;
+        const RESOURCE_EXHAUSTED: u16 = 8;
         match self {
+            ProxyError::FaultAbort { status } => match status {
+                429 => RESOURCE_EXHAUSTED,
+                404 | 501 => UNIMPLEMENTED,
+                504 => DEADLINE_EXCEEDED,
+                502 | 503 => UNAVAILABLE,
+                _ => INTERNAL,
+            },
+            ProxyError::Overflow { .. } => UNAVAILABLE,
+            ProxyError::PerTryTimeout { .. } => DEADLINE_EXCEEDED,
             ProxyError::BadRequest(_) => INTERNAL,
             ProxyError::NoRoute { .. } | ProxyError::NoAppPort { .. } => UNIMPLEMENTED,
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => DEADLINE_EXCEEDED,

@@ -1,7 +1,9 @@
 //! The Trellis sidecar proxy.
 //!
 //! Where things live: `listeners` (sockets and connection serving), `http` (the request layers:
-//! rescue, route, forward, the app client), `balance` (endpoint choice), `transport` (HTTP/2 over
+//! rescue, route, fault, forward, the app client), `resilience` (timeouts, retries and their
+//! budget, circuit breaking, outlier ejection), `balance` (endpoint choice), `telemetry`
+//! (counters), `transport` (HTTP/2 over
 //! mTLS between sidecars), `tls` (rustls configs and SPIFFE verification), `identity` (key, CSR,
 //! certificate renewal), `discovery` (the delta-xDS client), `config` (the snapshot the proxy
 //! serves with), `admin`, `drain`, and `proxy` (wiring).
@@ -18,6 +20,9 @@ pub mod http;
 pub mod identity;
 pub mod listeners;
 mod proxy;
+pub mod random;
+pub mod resilience;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;
 

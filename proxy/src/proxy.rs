@@ -105,7 +105,11 @@ pub async fn run(
     };
 
     let (drain, watch) = crate::drain::channel();
-    let background = [tokio::spawn(identity.run()), tokio::spawn(discovery.run())];
+    let background = [
+        tokio::spawn(identity.run()),
+        tokio::spawn(discovery.run()),
+        tokio::spawn(close_idle_connections(store.clone())),
+    ];
     let servers = [
         tokio::spawn(inbound::serve(
             listeners.inbound,
@@ -129,4 +133,22 @@ pub async fn run(
         task.abort();
     }
     Ok(())
+}
+
+/// Closes pooled connections to endpoints unused for their cluster's idle timeout.
+async fn close_idle_connections(store: crate::config::SnapshotStore) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snapshot = store.load();
+        for cluster in snapshot.clusters.values() {
+            for endpoint in &cluster.endpoints {
+                endpoint
+                    .state
+                    .conn
+                    .close_if_idle(cluster.policy.idle_timeout);
+            }
+        }
+    }
 }

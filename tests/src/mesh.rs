@@ -22,8 +22,10 @@ pub struct Service {
     pub name: String,
     pub protocol: Protocol,
     pub replicas: usize,
-    /// Extra YAML lines appended to the service entry (policy, routes…), indented by the caller.
+    /// Extra YAML lines appended to the service entry (policy, routes…).
     pub extra_yaml: String,
+    pub external: Vec<SocketAddr>,
+    pub weights: Vec<u32>,
 }
 
 impl Service {
@@ -33,6 +35,8 @@ impl Service {
             protocol: Protocol::Http1,
             replicas: 1,
             extra_yaml: String::new(),
+            external: Vec::new(),
+            weights: Vec::new(),
         }
     }
     pub fn h2c(name: &str) -> Service {
@@ -41,8 +45,38 @@ impl Service {
             ..Service::http1(name)
         }
     }
+    pub fn grpc(name: &str) -> Service {
+        Service {
+            protocol: Protocol::Grpc,
+            ..Service::http1(name)
+        }
+    }
+    /// A service with no workloads of the harness: its endpoints are these addresses (a
+    /// black hole, a stopped server…), listed with the service's identity.
+    pub fn external(name: &str, endpoints: &[SocketAddr]) -> Service {
+        Service {
+            replicas: 0,
+            external: endpoints.to_vec(),
+            ..Service::http1(name)
+        }
+    }
     pub fn replicas(mut self, n: usize) -> Service {
         self.replicas = n;
+        self
+    }
+    /// Adds YAML under the service entry, written as at the service's own indentation
+    /// (`policy:` / `routes:` at column 0); the harness indents it.
+    pub fn yaml(mut self, text: &str) -> Service {
+        for line in text.lines() {
+            self.extra_yaml.push_str("    ");
+            self.extra_yaml.push_str(line);
+            self.extra_yaml.push('\n');
+        }
+        self
+    }
+    /// Endpoint weights, in workload order (default 1).
+    pub fn weights(mut self, weights: &[u32]) -> Service {
+        self.weights = weights.to_vec();
         self
     }
     pub fn spiffe_id(&self) -> String {
@@ -237,9 +271,11 @@ impl Mesh {
             .find(|(s, _)| s == service)
             .map(|(_, p)| *p)
             .unwrap_or(0);
+        let protocol = self.service(service)?.protocol;
         let app = EchoApp::start(
             &format!("{service}-{}", self.workloads.len()),
             SocketAddr::new(host, port),
+            protocol,
         )
         .await?;
         if port == 0 {
@@ -416,8 +452,17 @@ impl Mesh {
                 s.protocol.yaml()
             );
             let mut any = false;
-            for w in self.workloads_of(&s.name).filter(|w| w.listed) {
-                let _ = writeln!(y, "      - address: {}", w.inbound);
+            for (i, w) in self.workloads_of(&s.name).filter(|w| w.listed).enumerate() {
+                let weight = s.weights.get(i).copied().unwrap_or(1);
+                let _ = writeln!(
+                    y,
+                    "      - address: {}\n        weight: {weight}",
+                    w.inbound
+                );
+                any = true;
+            }
+            for addr in &s.external {
+                let _ = writeln!(y, "      - address: {addr}");
                 any = true;
             }
             if !any {

@@ -132,3 +132,66 @@ async fn an_invalid_edit_is_reported_with_file_line_field_and_the_old_config_ser
     .await
     .expect("fixed config accepted");
 }
+
+#[tokio::test]
+async fn an_invalid_policy_is_refused_and_the_old_policy_keeps_serving() {
+    let mesh = Mesh::builder()
+        .service(Service::http1("client"))
+        .service(Service::http1("hello").yaml(
+            "policy:\n  retry:\n    attempts: 3\n    retryOn: [5xx]\n    backoff: {base: 1ms, max: 2ms}\n",
+        ))
+        .start()
+        .await
+        .expect("mesh starts");
+    let good = mesh.render_config();
+    for (bad, field) in [
+        (
+            good.replace("attempts: 3", "attempts: 3\n        budget: {ratio: 1.5}"),
+            "services[1].policy.retry.budget.ratio",
+        ),
+        (
+            good.replace("retryOn: [5xx]", "retryOn: [5xx, sometimes]"),
+            "services[1].policy.retry.retryOn[1]",
+        ),
+        (
+            good.replace("      retry:", "      requestTimeout: -1s\n      retry:"),
+            "services[1].policy.requestTimeout",
+        ),
+    ] {
+        let line = bad
+            .lines()
+            .position(|l| l.contains("1.5") || l.contains("sometimes") || l.contains("-1s"))
+            .expect("line")
+            + 1;
+        mesh.write_raw_config(&bad).expect("write");
+        wait_until(Duration::from_secs(3), || async {
+            mesh.control_plane_status()
+                .last_error
+                .is_some_and(|e| e.contains(field))
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{field} refused; status: {:?}",
+                mesh.control_plane_status().last_error
+            )
+        });
+        let error = mesh.control_plane_status().last_error.unwrap_or_default();
+        assert!(
+            error.contains(&format!("mesh.yaml:{line}:")),
+            "line {line} in {error}"
+        );
+
+        // The old policy (3 attempts on 5xx) is still the one applied.
+        let app = &mesh.workload("hello").app;
+        let before = app.requests();
+        app.fail_next(2, 503);
+        let (rsp, _) = mesh
+            .client("client", false)
+            .get("hello", "/")
+            .await
+            .expect("get");
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(app.requests() - before, 3);
+    }
+}

@@ -1,17 +1,22 @@
 //! The mesh YAML exactly as written, with source spans on every value we validate, and the
 //! validation that turns it into the plain model. Enums and durations are read as strings so that
 //! a bad value gets our message and its precise field path rather than a generic serde one.
-use std::collections::HashMap;
+//! The traffic-policy blocks live in `raw/policy.rs` (per service) and `raw/route.rs` (routes);
+//! the checks they share (ranges, sizes, header names, regexes) are at the end of this file.
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{
-    parse_duration, Endpoint, LoadBalancer, MeshConfig, MtlsMode, Policy, Port, Protocol, Route,
-    Service,
-};
+use super::{parse_duration, Endpoint, MeshConfig, MtlsMode, Policy, Port, Protocol, Service};
+
+mod policy;
+mod route;
+
+use policy::RawPolicy;
+use route::{RawRoute, Scope};
 
 const MAX_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -80,22 +85,6 @@ struct RawEndpoint {
     weight: Option<S<i64>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawPolicy {
-    load_balancer: Option<S<String>>,
-    connect_timeout: Option<S<String>>,
-    request_timeout: Option<S<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawRoute {
-    name: S<String>,
-    path_prefix: S<String>,
-    timeout: Option<S<String>>,
-}
-
 impl RawMesh {
     pub(super) fn validate(self) -> Result<MeshConfig, FieldError> {
         let trust_domain = domain(self.trust_domain, "trustDomain", "trellis.local")?;
@@ -114,13 +103,20 @@ impl RawMesh {
                 d
             }
         };
+        // Every service a route may send to; an invalid namespace fails in its own service first.
+        let known: HashSet<(String, String)> = (self.services.iter())
+            .map(|s| {
+                let ns = s.namespace.as_ref().map_or("default", |n| n.value.as_str());
+                (ns.to_owned(), s.name.value.clone())
+            })
+            .collect();
         // Remembers the index that first used each (namespace, name) to name it in the error.
         let mut seen: HashMap<(String, String), usize> = HashMap::new();
         let mut services = Vec::with_capacity(self.services.len());
         for (i, raw) in self.services.into_iter().enumerate() {
             let at = format!("services[{i}]");
             let name_span = Spanned::new((), raw.name.referenced, raw.name.defined);
-            let service = raw.validate(&at)?;
+            let service = raw.validate(&at, &known)?;
             let key = (service.namespace.clone(), service.name.clone());
             if let Some(first) = seen.get(&key) {
                 return fail(
@@ -142,7 +138,7 @@ impl RawMesh {
 }
 
 impl RawService {
-    fn validate(self, at: &str) -> Result<Service, FieldError> {
+    fn validate(self, at: &str, known: &HashSet<(String, String)>) -> Result<Service, FieldError> {
         let name = label(&self.name, &format!("{at}.name"))?;
         let namespace = match &self.namespace {
             Some(ns) => label(ns, &format!("{at}.namespace"))?,
@@ -184,9 +180,25 @@ impl RawService {
             Some(p) => p.validate(&format!("{at}.policy"))?,
             None => Policy::default(),
         };
-        let routes = (self.routes.iter().enumerate())
-            .map(|(i, r)| r.validate(&format!("{at}.routes[{i}]")))
-            .collect::<Result<_, _>>()?;
+        let scope = Scope {
+            namespace: &namespace,
+            service: &name,
+            known,
+        };
+        // Remembers the index that first used each route name to name it in the error.
+        let mut route_names: HashMap<&str, usize> = HashMap::new();
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (i, raw) in self.routes.iter().enumerate() {
+            let route = raw.validate(&format!("{at}.routes[{i}]"), &scope)?;
+            if let Some(first) = route_names.insert(&raw.name.value, i) {
+                return fail(
+                    &raw.name,
+                    format!("{at}.routes[{i}].name"),
+                    format!("route \"{}\" repeats routes[{first}]", route.name),
+                );
+            }
+            routes.push(route);
+        }
         Ok(Service {
             name,
             namespace,
@@ -252,65 +264,6 @@ impl RawEndpoint {
             },
         };
         Ok(Endpoint { address, weight })
-    }
-}
-
-impl RawPolicy {
-    fn validate(&self, at: &str) -> Result<Policy, FieldError> {
-        let defaults = Policy::default();
-        let load_balancer = match &self.load_balancer {
-            None => defaults.load_balancer,
-            Some(v) => match v.value.as_str() {
-                "roundRobin" => LoadBalancer::RoundRobin,
-                "p2cEwma" => LoadBalancer::P2cEwma,
-                "leastRequest" => LoadBalancer::LeastRequest,
-                "consistentHash" => LoadBalancer::ConsistentHash,
-                other => {
-                    return fail(
-                        v,
-                        format!("{at}.loadBalancer"),
-                        format!(
-                        "{other:?} is not one of roundRobin, p2cEwma, leastRequest, consistentHash"
-                    ),
-                    )
-                }
-            },
-        };
-        let connect_timeout = match &self.connect_timeout {
-            Some(v) => positive_duration(v, &format!("{at}.connectTimeout"))?,
-            None => defaults.connect_timeout,
-        };
-        let request_timeout = match &self.request_timeout {
-            Some(v) => positive_duration(v, &format!("{at}.requestTimeout"))?,
-            None => defaults.request_timeout,
-        };
-        Ok(Policy {
-            load_balancer,
-            connect_timeout,
-            request_timeout,
-        })
-    }
-}
-
-impl RawRoute {
-    fn validate(&self, at: &str) -> Result<Route, FieldError> {
-        let name = subdomain(&self.name, &format!("{at}.name"))?;
-        if !self.path_prefix.value.starts_with('/') {
-            return fail(
-                &self.path_prefix,
-                format!("{at}.pathPrefix"),
-                format!("{:?} must start with \"/\"", self.path_prefix.value),
-            );
-        }
-        let timeout = match &self.timeout {
-            Some(v) => Some(positive_duration(v, &format!("{at}.timeout"))?),
-            None => None,
-        };
-        Ok(Route {
-            name,
-            path_prefix: self.path_prefix.value.clone(),
-            timeout,
-        })
     }
 }
 
@@ -388,5 +341,138 @@ fn domain(v: Option<S<String>>, path: &str, default: &str) -> Result<String, Fie
     match v {
         None => Ok(default.to_owned()),
         Some(v) => subdomain(&v, path),
+    }
+}
+
+/// An integer in `lo..=hi`.
+fn int_in(v: &S<i64>, path: &str, lo: i64, hi: i64) -> Result<i64, FieldError> {
+    if !(lo..=hi).contains(&v.value) {
+        return fail(v, path, format!("{} is not in {lo}..={hi}", v.value));
+    }
+    Ok(v.value)
+}
+
+/// A count of at least `lo` that fits the protocol's u32.
+fn count(v: &S<i64>, path: &str, lo: u32) -> Result<u32, FieldError> {
+    if v.value < i64::from(lo) {
+        return fail(v, path, format!("{} is below {lo}", v.value));
+    }
+    u32::try_from(v.value).or_else(|_| fail(v, path, format!("{} is over {}", v.value, u32::MAX)))
+}
+
+/// A number in `lo..=hi` (a ratio or a percentage).
+fn number_in(v: &S<f64>, path: &str, lo: f64, hi: f64) -> Result<f64, FieldError> {
+    let n = v.value;
+    if n.is_nan() {
+        return fail(v, path, "is not a number");
+    }
+    if n > hi {
+        return fail(v, path, format!("{n} is over {hi}"));
+    }
+    if n < lo {
+        return fail(v, path, format!("{n} is below {lo}"));
+    }
+    Ok(n)
+}
+
+/// An HTTP token (RFC 9110): header names, methods, cookie names.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A header or cookie name; header names are case-insensitive and kept in lower case.
+fn header_name(v: &S<String>, path: &str) -> Result<String, FieldError> {
+    if !is_token(&v.value) {
+        return fail(v, path, format!("{:?} is not a valid header name", v.value));
+    }
+    Ok(v.value.to_ascii_lowercase())
+}
+
+/// Compiles `pattern` as the proxy will (anchored to the whole value) to refuse it here.
+fn regex(v: &S<String>, path: &str) -> Result<String, FieldError> {
+    if let Err(e) = regex::Regex::new(&format!("^(?:{})$", v.value)) {
+        // The message is a multi-line picture of our anchored copy; its last line says why.
+        let text = e.to_string();
+        let why = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        let why = why.trim().trim_start_matches("error: ");
+        return fail(
+            v,
+            path,
+            format!("{:?} is not a valid regex: {why}", v.value),
+        );
+    }
+    Ok(v.value.clone())
+}
+
+/// A size in bytes as written: a number, or a number with a `KiB` or `MiB` suffix.
+#[derive(Debug)]
+enum Size {
+    Number(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl serde::de::Visitor<'_> for SizeVisitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a size such as 65536, 64KiB or 1MiB")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Size, E> {
+                Ok(Size::Number(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Size, E> {
+                Ok(Size::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(SizeVisitor)
+    }
+}
+
+/// A size of at most `max` bytes.
+fn size(v: &S<Size>, path: &str, max: u32) -> Result<u32, FieldError> {
+    let (shown, bytes) = match &v.value {
+        Size::Number(n) => (n.to_string(), Some(*n)),
+        Size::Text(t) => {
+            let t = t.trim();
+            let (digits, unit) =
+                t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+            let unit = match unit.trim() {
+                "" | "B" => Some(1),
+                "KiB" => Some(1024),
+                "MiB" => Some(1024 * 1024),
+                _ => None,
+            };
+            let n = digits.parse::<i64>().ok();
+            (
+                format!("{t:?}"),
+                n.zip(unit).and_then(|(n, u)| n.checked_mul(u)),
+            )
+        }
+    };
+    match bytes {
+        None if shown.contains('-') => fail(v, path, format!("{shown} is below 0")),
+        None => fail(
+            v,
+            path,
+            format!("{shown} is not a size like 65536, 64KiB or 1MiB"),
+        ),
+        Some(b) if b < 0 => fail(v, path, format!("{shown} is below 0")),
+        Some(b) if b > i64::from(max) => fail(
+            v,
+            path,
+            format!("{shown} is over {}MiB", max / (1024 * 1024)),
+        ),
+        Some(b) => Ok(u32::try_from(b).unwrap_or(max)),
     }
 }

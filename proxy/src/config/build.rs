@@ -1,13 +1,21 @@
 //! Joins the accepted resources into a `MeshSnapshot`: clusters with their endpoints, route tables
-//! indexed by host. Endpoint connections are carried over from the previous snapshot when the
-//! endpoint (address and identity) is unchanged, so a config update never closes a connection that
-//! is still wanted.
+//! indexed by host. Runtime state is inherited from the previous snapshot: endpoint state
+//! (connection, load, outlier) by address and identity, cluster state (breaker, budget, stats) by
+//! cluster name, route stats by table and route name. So a config update never closes a
+//! connection that is still wanted nor resets a counter.
 
-use super::decode::{Decoded, EndpointSpec};
-use super::{Cluster, ClusterPolicy, Endpoint, MeshSnapshot, RouteTable};
-use crate::transport::{MeshConnection, MeshConnector};
+use super::decode::{Decoded, EndpointSpec, RouteSpec};
+use super::{
+    Cluster, ClusterPolicy, ClusterState, Endpoint, EndpointState, LbPolicy, MeshSnapshot,
+    RouteRule, RouteTable,
+};
+use crate::balance::{HashRing, Load};
+use crate::resilience::outlier::OutlierState;
+use crate::telemetry::RouteStats;
+use crate::transport::MeshConnector;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use trellis_api::type_url;
 
@@ -19,12 +27,6 @@ pub fn build_snapshot(
     previous: &MeshSnapshot,
     connector: &MeshConnector,
 ) -> MeshSnapshot {
-    let mut reusable: HashMap<(SocketAddr, &str), Arc<MeshConnection>> = HashMap::new();
-    for cluster in previous.clusters.values() {
-        for ep in &cluster.endpoints {
-            reusable.insert((ep.addr, ep.identity.as_str()), ep.conn.clone());
-        }
-    }
     let empty = BTreeMap::new();
     let of_type = |t: &str| cache.get(t).unwrap_or(&empty);
 
@@ -50,58 +52,126 @@ pub fn build_snapshot(
             Decoded::Trust(t) => Some(t.clone()),
             _ => None,
         });
-
-    let endpoints_of = |name: &str| -> &[EndpointSpec] {
-        match of_type(type_url::ENDPOINTS).get(name) {
-            Some((_, Decoded::Endpoints(eps))) => eps,
-            _ => &[],
-        }
-    };
-    let mut cluster_names: Vec<&String> = of_type(type_url::CLUSTERS).keys().collect();
-    cluster_names.extend(of_type(type_url::ENDPOINTS).keys());
-    cluster_names.sort();
-    cluster_names.dedup();
-    for name in cluster_names {
-        let policy = match of_type(type_url::CLUSTERS).get(name) {
-            Some((_, Decoded::Cluster(p))) => p.clone(),
-            _ => ClusterPolicy::default(),
-        };
-        let endpoints = endpoints_of(name)
-            .iter()
-            .map(|spec| {
-                let conn = reusable
-                    .get(&(spec.addr, spec.identity.as_str()))
-                    .cloned()
-                    .unwrap_or_else(|| connector.connection(spec.addr, &spec.identity));
-                Arc::new(Endpoint {
-                    addr: spec.addr,
-                    identity: spec.identity.clone(),
-                    weight: spec.weight,
-                    conn,
-                })
-            })
-            .collect();
-        snapshot.clusters.insert(
-            name.clone(),
-            Arc::new(Cluster::new(name.clone(), policy, endpoints)),
-        );
-    }
-
+    snapshot.clusters = build_clusters(
+        of_type(type_url::CLUSTERS),
+        of_type(type_url::ENDPOINTS),
+        previous,
+        connector,
+    );
     for (name, (_, decoded)) in of_type(type_url::ROUTES) {
         let Decoded::Routes(rc) = decoded else {
             continue;
         };
-        let table = Arc::new(RouteTable {
-            name: name.clone(),
-            hosts: rc.hosts.clone(),
-            ports: rc.ports.clone(),
-            routes: rc.routes.clone(),
-            default_cluster: rc.default_cluster.clone(),
-        });
+        let table = Arc::new(build_table(name, rc, previous));
         for host in &rc.hosts {
             snapshot.routes_by_host.insert(host.clone(), table.clone());
         }
         snapshot.routes.insert(name.clone(), table);
     }
     snapshot
+}
+
+type Resources = BTreeMap<String, (String, Decoded)>;
+
+fn build_clusters(
+    clusters: &Resources,
+    endpoints: &Resources,
+    previous: &MeshSnapshot,
+    connector: &MeshConnector,
+) -> BTreeMap<String, Arc<Cluster>> {
+    let mut endpoint_states: HashMap<(SocketAddr, &str), Arc<EndpointState>> = HashMap::new();
+    for cluster in previous.clusters.values() {
+        for ep in &cluster.endpoints {
+            endpoint_states.insert((ep.addr, ep.identity.as_str()), ep.state.clone());
+        }
+    }
+    let mut names: Vec<&String> = clusters.keys().chain(endpoints.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut out = BTreeMap::new();
+    for name in names {
+        let policy = match clusters.get(name) {
+            Some((_, Decoded::Cluster(p))) => p.clone(),
+            _ => ClusterPolicy::default(),
+        };
+        let specs: &[EndpointSpec] = match endpoints.get(name) {
+            Some((_, Decoded::Endpoints(eps))) => eps,
+            _ => &[],
+        };
+        let members: Vec<Arc<Endpoint>> = specs
+            .iter()
+            .map(|spec| {
+                let state = endpoint_states
+                    .get(&(spec.addr, spec.identity.as_str()))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(EndpointState {
+                            conn: connector.connection(spec.addr, &spec.identity),
+                            load: Load::default(),
+                            outlier: OutlierState::default(),
+                        })
+                    });
+                Arc::new(Endpoint {
+                    addr: spec.addr,
+                    identity: spec.identity.clone(),
+                    weight: spec.weight,
+                    state,
+                })
+            })
+            .collect();
+        let state = previous
+            .clusters
+            .get(name)
+            .map(|c| c.state.clone())
+            .unwrap_or_else(|| Arc::new(ClusterState::default()));
+        let ring = (policy.lb == LbPolicy::ConsistentHash).then(|| HashRing::new(&members));
+        out.insert(
+            name.clone(),
+            Arc::new(Cluster {
+                name: name.clone(),
+                policy,
+                endpoints: members,
+                state,
+                ring,
+            }),
+        );
+    }
+    out
+}
+
+fn build_table(name: &str, rc: &super::decode::RouteConfig, previous: &MeshSnapshot) -> RouteTable {
+    let old = previous.routes.get(name);
+    let stats_of = |route: &str| -> Arc<RouteStats> {
+        old.and_then(|t| {
+            t.rules
+                .iter()
+                .chain(std::iter::once(&t.fallback))
+                .find(|r| r.name == route)
+        })
+        .map(|r| r.stats.clone())
+        .unwrap_or_default()
+    };
+    let rule = |spec: &RouteSpec| {
+        Arc::new(RouteRule {
+            name: spec.name.clone(),
+            matcher: spec.matcher.clone(),
+            backends: spec.backends.clone(),
+            timeout: spec.timeout,
+            retry: spec.retry.clone(),
+            fault: spec.fault.clone(),
+            split: AtomicU64::new(0),
+            stats: stats_of(&spec.name),
+        })
+    };
+    RouteTable {
+        name: name.to_string(),
+        hosts: rc.hosts.clone(),
+        ports: rc.ports.clone(),
+        rules: rc.routes.iter().map(rule).collect(),
+        fallback: Arc::new(RouteRule::catch_all(
+            "default".into(),
+            rc.default_cluster.clone(),
+            stats_of("default"),
+        )),
+    }
 }

@@ -2,7 +2,14 @@
 //! breaks a rule here is rejected with a reason that names the resource and the field, and the
 //! whole response carrying it is NACKed: the proxy never applies half of an update.
 
-use super::{AppPort, AppProtocol, ClusterPolicy, InboundPolicy, LbPolicy, MtlsMode, Route};
+use super::policy::{
+    BreakerLimits, ClusterPolicy, HashKey, LbPolicy, OutlierConfig, RetryOn, RetryPolicy,
+};
+use super::routes::{
+    anchored_regex, Backend, Fault, HeaderMatch, HeaderValueMatch, PathMatch, RouteMatch,
+};
+use super::{AppPort, AppProtocol, InboundPolicy, MtlsMode};
+use http::{HeaderName, HeaderValue, Method};
 use prost::Message;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,8 +31,19 @@ pub enum Decoded {
 pub struct RouteConfig {
     pub hosts: Vec<String>,
     pub ports: Vec<u16>,
-    pub routes: Vec<Route>,
+    pub routes: Vec<RouteSpec>,
     pub default_cluster: String,
+}
+
+/// A route as decoded; `build` adds the runtime parts (split counter, stats).
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub backends: Vec<Backend>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub fault: Option<Fault>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -118,21 +136,12 @@ fn decode_routes(msg: pb::RouteConfig) -> Result<RouteConfig, String> {
         .enumerate()
         .map(|(i, p)| port(*p, &format!("ports[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut routes = Vec::with_capacity(msg.routes.len());
-    for (i, r) in msg.routes.into_iter().enumerate() {
-        if !r.path_prefix.is_empty() && !r.path_prefix.starts_with('/') {
-            return Err(format!("routes[{i}].path_prefix: must start with '/'"));
-        }
-        if r.cluster.is_empty() {
-            return Err(format!("routes[{i}].cluster: required"));
-        }
-        routes.push(Route {
-            name: r.name,
-            path_prefix: r.path_prefix,
-            cluster: r.cluster,
-            timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
-        });
-    }
+    let routes = msg
+        .routes
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| decode_route(r).map_err(|e| format!("routes[{i}].{e}")))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(RouteConfig {
         hosts: msg.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         ports,
@@ -141,21 +150,210 @@ fn decode_routes(msg: pb::RouteConfig) -> Result<RouteConfig, String> {
     })
 }
 
+fn decode_route(r: pb::Route) -> Result<RouteSpec, String> {
+    let m = r.r#match.unwrap_or_default();
+    let path = match m.path {
+        None => PathMatch::Any,
+        Some(pb::route_match::Path::Exact(p)) => PathMatch::Exact(p),
+        Some(pb::route_match::Path::Prefix(p)) => PathMatch::Prefix(p),
+        Some(pb::route_match::Path::Regex(p)) => {
+            PathMatch::Regex(anchored_regex(&p).map_err(|e| format!("match.regex: {e}"))?)
+        }
+    };
+    let method = if m.method.is_empty() {
+        None
+    } else {
+        Some(
+            Method::from_bytes(m.method.as_bytes())
+                .map_err(|_| format!("match.method: {:?} is not a method", m.method))?,
+        )
+    };
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (i, h) in m.headers.into_iter().enumerate() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("match.headers[{i}].name: {:?} is not a header name", h.name))?;
+        let value = match h.value {
+            Some(pb::header_match::Value::Exact(v)) => HeaderValueMatch::Exact(
+                HeaderValue::from_str(&v)
+                    .map_err(|_| format!("match.headers[{i}].exact: not a header value"))?,
+            ),
+            Some(pb::header_match::Value::Prefix(v)) => HeaderValueMatch::Prefix(v),
+            Some(pb::header_match::Value::Regex(v)) => HeaderValueMatch::Regex(
+                anchored_regex(&v).map_err(|e| format!("match.headers[{i}].regex: {e}"))?,
+            ),
+            Some(pb::header_match::Value::Present(p)) => HeaderValueMatch::Present(p),
+            None => HeaderValueMatch::Present(true),
+        };
+        headers.push(HeaderMatch { name, value });
+    }
+    if r.backends.is_empty() {
+        return Err("backends: at least one backend is required".into());
+    }
+    if r.backends.iter().any(|b| b.cluster.is_empty()) {
+        return Err("backends: a backend without a cluster".into());
+    }
+    if r.backends.len() > 1 && r.backends.iter().all(|b| b.weight == 0) {
+        return Err("backends: all weights are zero".into());
+    }
+    let fault = r.fault.map(decode_fault).transpose()?.flatten();
+    let retry = match r.retry {
+        Some(p) if p.enabled => Some(decode_retry(p).map_err(|e| format!("retry.{e}"))?),
+        _ => None,
+    };
+    Ok(RouteSpec {
+        name: r.name,
+        matcher: RouteMatch {
+            path,
+            method,
+            headers,
+        },
+        backends: r
+            .backends
+            .into_iter()
+            .map(|b| Backend {
+                cluster: b.cluster,
+                weight: b.weight,
+            })
+            .collect(),
+        timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
+        retry,
+        fault,
+    })
+}
+
+fn decode_fault(f: pb::FaultInjection) -> Result<Option<Fault>, String> {
+    if f.delay_permille > 1000 || f.abort_permille > 1000 {
+        return Err("fault: a share over 1000 per mille".into());
+    }
+    let abort = match f.abort_status {
+        0 => None,
+        s @ 200..=599 => Some((s as u16, f.abort_permille)),
+        s => return Err(format!("fault.abort_status: {s} is not an HTTP status")),
+    };
+    let delay = (f.delay_ms > 0).then(|| (Duration::from_millis(f.delay_ms), f.delay_permille));
+    Ok((delay.is_some() || abort.is_some()).then_some(Fault { delay, abort }))
+}
+
+fn ms_or(v: u64, d: Duration) -> Duration {
+    if v == 0 {
+        d
+    } else {
+        Duration::from_millis(v)
+    }
+}
+
+fn decode_retry(p: pb::RetryPolicy) -> Result<RetryPolicy, String> {
+    let d = RetryPolicy::default();
+    if !(0.0..=1.0).contains(&p.budget_ratio) || p.budget_ratio.is_nan() {
+        return Err(format!("budget_ratio: {} is not in [0, 1]", p.budget_ratio));
+    }
+    let mut retry_on = RetryOn::default();
+    for (i, c) in p.retry_on.iter().enumerate() {
+        if !retry_on.add(c) {
+            return Err(format!("retry_on[{i}]: unknown condition {c:?}"));
+        }
+    }
+    for (i, code) in p.retriable_status_codes.iter().enumerate() {
+        match u16::try_from(*code) {
+            Ok(c @ 100..=599) => retry_on.status_codes.push(c),
+            _ => {
+                return Err(format!(
+                    "retriable_status_codes[{i}]: {code} is not an HTTP status"
+                ))
+            }
+        }
+    }
+    Ok(RetryPolicy {
+        max_attempts: if p.max_attempts == 0 {
+            d.max_attempts
+        } else {
+            p.max_attempts
+        },
+        retry_on: if p.retry_on.is_empty() && p.retriable_status_codes.is_empty() {
+            d.retry_on
+        } else {
+            retry_on
+        },
+        per_try_timeout: (p.per_try_timeout_ms > 0)
+            .then(|| Duration::from_millis(p.per_try_timeout_ms)),
+        backoff_base: ms_or(p.backoff_base_ms, d.backoff_base),
+        backoff_max: ms_or(p.backoff_max_ms, d.backoff_max),
+        budget_ratio: p.budget_ratio,
+        budget_min_per_second: p.budget_min_per_second,
+        non_idempotent: p.retry_non_idempotent,
+        replay_buffer: p.replay_buffer_bytes as usize,
+    })
+}
+
 fn decode_cluster(msg: pb::Cluster) -> Result<ClusterPolicy, String> {
-    let defaults = ClusterPolicy::default();
+    let d = ClusterPolicy::default();
     let lb = match pb::LbPolicy::try_from(msg.lb_policy) {
-        Ok(pb::LbPolicy::Unspecified) => defaults.lb,
+        Ok(pb::LbPolicy::Unspecified) => d.lb,
         Ok(pb::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
         Ok(pb::LbPolicy::P2cEwma) => LbPolicy::P2cEwma,
         Ok(pb::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
         Ok(pb::LbPolicy::ConsistentHash) => LbPolicy::ConsistentHash,
         Err(_) => return Err(format!("lb_policy: unknown value {}", msg.lb_policy)),
     };
-    let ms = |v: u64, d: Duration| if v == 0 { d } else { Duration::from_millis(v) };
+    let hash = match msg.hash_policy.and_then(|h| h.key) {
+        Some(pb::hash_policy::Key::Header(h)) => Some(HashKey::Header(
+            HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| format!("hash_policy.header: {h:?} is not a header name"))?,
+        )),
+        Some(pb::hash_policy::Key::Cookie(c)) if !c.is_empty() => Some(HashKey::Cookie(c)),
+        Some(pb::hash_policy::Key::Cookie(_)) => {
+            return Err("hash_policy.cookie: empty name".into())
+        }
+        None => None,
+    };
+    if lb == LbPolicy::ConsistentHash && hash.is_none() {
+        return Err("hash_policy: required for consistent hashing".into());
+    }
+    let retry = match msg.retry {
+        Some(p) if p.enabled => decode_retry(p).map_err(|e| format!("retry.{e}"))?,
+        _ => d.retry,
+    };
+    let breaker = match msg.circuit_breaker {
+        Some(cb) => {
+            let or = |v: u32, d: u32| if v == 0 { d } else { v };
+            let db = BreakerLimits::default();
+            BreakerLimits {
+                max_connections: or(cb.max_connections, db.max_connections),
+                max_pending_requests: or(cb.max_pending_requests, db.max_pending_requests),
+                max_requests: or(cb.max_requests, db.max_requests),
+                max_retries: or(cb.max_retries, db.max_retries),
+            }
+        }
+        None => d.breaker,
+    };
+    let outlier = match msg.outlier_detection {
+        Some(o) => {
+            if o.max_ejection_percent > 100 {
+                return Err(format!(
+                    "outlier_detection.max_ejection_percent: {} is over 100",
+                    o.max_ejection_percent
+                ));
+            }
+            let dflt = OutlierConfig::default();
+            OutlierConfig {
+                consecutive_5xx: o.consecutive_5xx,
+                consecutive_gateway_errors: o.consecutive_gateway_errors,
+                base_ejection: ms_or(o.base_ejection_ms, dflt.base_ejection),
+                max_ejection: ms_or(o.max_ejection_ms, dflt.max_ejection),
+                max_ejection_percent: o.max_ejection_percent,
+            }
+        }
+        None => d.outlier,
+    };
     Ok(ClusterPolicy {
         lb,
-        connect_timeout: ms(msg.connect_timeout_ms, defaults.connect_timeout),
-        request_timeout: ms(msg.request_timeout_ms, defaults.request_timeout),
+        hash,
+        connect_timeout: ms_or(msg.connect_timeout_ms, d.connect_timeout),
+        request_timeout: ms_or(msg.request_timeout_ms, d.request_timeout),
+        idle_timeout: ms_or(msg.idle_timeout_ms, d.idle_timeout),
+        retry,
+        breaker,
+        outlier,
     })
 }
 

@@ -1,14 +1,28 @@
 //! The configuration the proxy serves with: one immutable `MeshSnapshot`, swapped whole through
 //! arc-swap when discovery accepts an update. A request loads the snapshot once and uses that view
-//! to the end, so an update never changes the rules under a request in flight, and the endpoint
-//! connections carried from one snapshot to the next keep open connections open.
+//! to the end, so an update never changes the rules under a request in flight. Mutable runtime
+//! state (connections, load and outlier tracking, breaker counters, stats) lives in `Arc`s that
+//! the next snapshot inherits by name, so updates neither close connections nor reset counters.
 
 mod build;
 mod decode;
+pub mod policy;
+pub mod routes;
 
 pub use build::{build_snapshot, ResourceCache};
 pub use decode::{decode, DecodeError, Decoded};
+pub use policy::{
+    BreakerLimits, ClusterPolicy, HashKey, LbPolicy, OutlierConfig, RetryOn, RetryPolicy,
+};
+pub use routes::{
+    Backend, Fault, HeaderMatch, HeaderValueMatch, PathMatch, RouteMatch, RouteRule, RouteTable,
+};
 
+use crate::balance::{HashRing, Load};
+use crate::resilience::breaker::BreakerState;
+use crate::resilience::budget::RetryBudget;
+use crate::resilience::outlier::OutlierState;
+use crate::telemetry::ClusterStats;
 use crate::transport::MeshConnection;
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -16,7 +30,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Shared handle to the snapshot in force.
 pub type SnapshotStore = Arc<ArcSwap<MeshSnapshot>>;
@@ -88,84 +101,27 @@ pub struct AppPort {
     pub protocol: AppProtocol,
 }
 
-#[derive(Debug, Serialize)]
-pub struct RouteTable {
-    pub name: String,
-    pub hosts: Vec<String>,
-    pub ports: Vec<u16>,
-    pub routes: Vec<Route>,
-    pub default_cluster: String,
-}
-
-impl RouteTable {
-    /// First route whose prefix matches; the default cluster otherwise.
-    pub fn select(&self, path: &str) -> (&str, Option<Duration>) {
-        self.routes
-            .iter()
-            .find(|r| path.starts_with(&r.path_prefix))
-            .map(|r| (r.cluster.as_str(), r.timeout))
-            .unwrap_or((self.default_cluster.as_str(), None))
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Route {
-    pub name: String,
-    pub path_prefix: String,
-    pub cluster: String,
-    pub timeout: Option<Duration>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum LbPolicy {
-    RoundRobin,
-    P2cEwma,
-    LeastRequest,
-    ConsistentHash,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ClusterPolicy {
-    pub lb: LbPolicy,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-}
-
-impl Default for ClusterPolicy {
-    fn default() -> Self {
-        ClusterPolicy {
-            lb: LbPolicy::P2cEwma,
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(15),
-        }
-    }
-}
-
+/// One destination service as the proxy balances over it.
 #[derive(Debug, Serialize)]
 pub struct Cluster {
     pub name: String,
     pub policy: ClusterPolicy,
     pub endpoints: Vec<Arc<Endpoint>>,
     #[serde(skip)]
-    next: AtomicUsize,
+    pub state: Arc<ClusterState>,
+    /// Built only for consistent hashing.
+    #[serde(skip)]
+    pub ring: Option<HashRing>,
 }
 
-impl Cluster {
-    pub fn new(name: String, policy: ClusterPolicy, endpoints: Vec<Arc<Endpoint>>) -> Self {
-        Cluster {
-            name,
-            policy,
-            endpoints,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// The balancing decision. Weighted round robin over the endpoints for now; the resilience
-    /// work replaces this with P2C over peak-EWMA latency (see `balance`).
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        crate::balance::pick(&self.endpoints, &self.next)
-    }
+/// Runtime state of a cluster that outlives snapshots.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    pub breaker: BreakerState,
+    pub budget: RetryBudget,
+    pub stats: ClusterStats,
+    /// Round-robin position.
+    pub next: AtomicUsize,
 }
 
 #[derive(Debug, Serialize)]
@@ -173,8 +129,24 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub identity: String,
     pub weight: u32,
-    #[serde(skip)]
-    pub conn: Arc<MeshConnection>,
+    #[serde(serialize_with = "ser_ejected")]
+    pub state: Arc<EndpointState>,
+}
+
+/// Runtime state of an endpoint that outlives snapshots (keyed by address and identity).
+#[derive(Debug)]
+pub struct EndpointState {
+    pub conn: MeshConnection,
+    pub load: Load,
+    pub outlier: OutlierState,
+}
+
+fn ser_ejected<S: serde::Serializer>(state: &Arc<EndpointState>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("EndpointState", 2)?;
+    st.serialize_field("ejected", &state.outlier.is_ejected())?;
+    st.serialize_field("outstanding", &state.load.outstanding())?;
+    st.end()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,4 +158,11 @@ pub struct TrustBundle {
 
 fn count_roots<S: serde::Serializer>(roots: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{} root(s)", roots.len()))
+}
+
+pub(crate) fn ser_display<S: serde::Serializer, T: std::fmt::Display>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.to_string())
 }

@@ -1,9 +1,14 @@
 //! The one body type that flows through the proxy's services.
 //!
-//! Requests and responses either stream from a peer (`Incoming`) or are made by the proxy itself
-//! (error answers, admin pages). An enum instead of a boxed trait object keeps the hot path free of
-//! a per-request allocation while still giving every layer a single concrete type.
+//! A body either streams from a peer (`Incoming`), is being kept for a possible retry (`Replay`),
+//! or is made by the proxy itself (error answers, admin pages). A concrete enum instead of a boxed
+//! trait object keeps the request path free of per-request allocations. A body can also hold
+//! guards (a circuit-breaker slot, an endpoint's outstanding-request count) that must last until
+//! the body is finished, which for a streamed response is long after the service returned.
 
+use crate::balance::LoadGuard;
+use crate::resilience::breaker::Permit;
+use crate::resilience::replay::ReplayBody;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -13,27 +18,81 @@ use std::task::{Context, Poll};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Default)]
-pub enum Body {
+pub struct Body {
+    kind: Kind,
+    permit: Option<Permit>,
+    load: Option<LoadGuard>,
+}
+
+#[derive(Debug, Default)]
+enum Kind {
     #[default]
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
+    Replay(ReplayBody<Incoming>),
 }
 
 impl Body {
+    pub fn empty() -> Self {
+        Body::default()
+    }
+
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        if bytes.is_empty() {
-            Body::Empty
+        let kind = if bytes.is_empty() {
+            Kind::Empty
         } else {
-            Body::Full(Some(bytes))
+            Kind::Full(Some(bytes))
+        };
+        Body {
+            kind,
+            ..Body::default()
         }
+    }
+
+    pub fn replay(body: ReplayBody<Incoming>) -> Self {
+        Body {
+            kind: Kind::Replay(body),
+            ..Body::default()
+        }
+    }
+
+    /// Keeps a circuit-breaker slot until the body ends.
+    pub fn hold(mut self, permit: Permit) -> Self {
+        self.permit = Some(permit);
+        self
+    }
+
+    /// Keeps an endpoint's outstanding-request count until the body ends.
+    pub fn hold_load(mut self, load: LoadGuard) -> Self {
+        self.load = Some(load);
+        self
+    }
+
+    /// Takes the streamed body out, for wrapping in a replay buffer; None if it is not one.
+    pub fn take_incoming(&mut self) -> Option<Incoming> {
+        match std::mem::take(&mut self.kind) {
+            Kind::Incoming(i) => Some(i),
+            other => {
+                self.kind = other;
+                None
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        self.permit = None;
+        self.load = None;
     }
 }
 
 impl From<Incoming> for Body {
     fn from(body: Incoming) -> Self {
-        Body::Incoming(body)
+        Body {
+            kind: Kind::Incoming(body),
+            ..Body::default()
+        }
     }
 }
 
@@ -45,29 +104,36 @@ impl http_body::Body for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Body::Empty => Poll::Ready(None),
-            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Incoming(inner) => Pin::new(inner)
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Incoming(inner) => Pin::new(inner)
                 .poll_frame(cx)
-                .map(|frame| frame.map(|r| r.map_err(Into::into))),
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            Kind::Replay(inner) => Pin::new(inner).poll_frame(cx),
+        };
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.release();
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Body::Empty => true,
-            Body::Full(bytes) => bytes.is_none(),
-            Body::Incoming(inner) => inner.is_end_stream(),
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Incoming(inner) => inner.is_end_stream(),
+            Kind::Replay(inner) => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Body::Empty => SizeHint::with_exact(0),
-            Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            Body::Full(None) => SizeHint::with_exact(0),
-            Body::Incoming(inner) => inner.size_hint(),
+        match &self.kind {
+            Kind::Empty | Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Kind::Incoming(inner) => inner.size_hint(),
+            Kind::Replay(inner) => inner.size_hint(),
         }
     }
 }

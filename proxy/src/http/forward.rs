@@ -1,14 +1,22 @@
-//! Forwarding to the mesh: pick an endpoint of the routed cluster, rewrite the request into its
-//! HTTP/2 form, send it over that endpoint's mTLS connection and bound the wait for the response
-//! headers by the route's timeout. The body streams both ways without buffering.
+//! Forwarding to the mesh: pick an endpoint of the routed cluster (see `balance`), take a
+//! connection to it (opening one counts against the circuit breaker's pending and connection
+//! limits), rewrite the request into its HTTP/2 form, and send it. The outcome feeds the
+//! endpoint's latency estimate and outlier detection. Bodies stream both ways without buffering.
 
 use super::body::Body;
 use super::headers::{strip_hop_by_hop, CLIENT_ID};
 use super::route::Target;
+use super::ResponseFuture;
+use crate::balance::{self, LoadGuard};
+use crate::config::{Cluster, Endpoint};
 use crate::errors::ProxyError;
+use crate::resilience::breaker::{self, Limit};
+use crate::resilience::outlier::Outcome;
+use crate::resilience::retry::{AnsweredBy, AvoidEndpoint};
+use crate::resilience::timeout::{format_grpc_timeout, Deadline, GRPC_TIMEOUT};
 use http::{header, Request, Response, Uri, Version};
-use std::future::Future;
-use std::pin::Pin;
+use hyper::client::conn::http2::SendRequest;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 #[derive(Clone, Debug, Default)]
@@ -17,13 +25,13 @@ pub struct ForwardToMesh;
 impl tower::Service<Request<Body>> for ForwardToMesh {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
         Box::pin(forward(req))
     }
 }
@@ -35,36 +43,89 @@ async fn forward(mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         .ok_or(ProxyError::NotReady(
             "request reached forwarding without a route",
         ))?;
-    let endpoint = target
-        .cluster
-        .pick()
+    let avoid = req.extensions().get::<AvoidEndpoint>().map(|a| a.0);
+    let endpoint = balance::pick(&target.cluster, req.headers(), avoid)
         .cloned()
         .ok_or_else(|| ProxyError::NoEndpoints {
             cluster: target.cluster.name.clone(),
         })?;
     let app_version = req.version();
     to_mesh_form(&mut req)?;
+    if let Some(deadline) = req.extensions().get::<Deadline>().filter(|d| d.grpc) {
+        let remaining = deadline
+            .at
+            .saturating_duration_since(tokio::time::Instant::now());
+        req.headers_mut()
+            .insert(&GRPC_TIMEOUT, format_grpc_timeout(remaining));
+    }
+    let cluster = &target.cluster;
+    let record = |outcome| {
+        endpoint.state.outlier.record(
+            outcome,
+            &cluster.policy.outlier,
+            &cluster.endpoints,
+            &cluster.state.stats,
+        );
+    };
+    let mut load = LoadGuard::start(&endpoint.state);
+    let mut sender = match connection(cluster, &endpoint).await {
+        Ok(s) => s,
+        Err(e) => {
+            if e.is_connect_failure() {
+                cluster.state.stats.connect_failures.inc();
+                record(Outcome::GatewayError);
+            }
+            return Err(e);
+        }
+    };
     let addr = endpoint.addr;
-    let timeout = target.timeout;
-    let exchange = async {
-        let mut sender = endpoint
-            .conn
-            .sender(target.cluster.policy.connect_timeout)
-            .await?;
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| ProxyError::Upstream {
+    load.sent();
+    let mut rsp = match sender.send_request(req).await {
+        Ok(rsp) => rsp,
+        Err(e) => {
+            record(Outcome::GatewayError);
+            return Err(ProxyError::Upstream {
                 addr,
                 reason: e.to_string(),
-            })
+            });
+        }
     };
-    let mut rsp = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| ProxyError::Timeout { after: timeout })??;
+    load.headers_received();
+    record(Outcome::of_status(rsp.status().as_u16()));
     strip_hop_by_hop(rsp.headers_mut());
     *rsp.version_mut() = app_version;
-    Ok(rsp.map(Body::from))
+    rsp.extensions_mut().insert(AnsweredBy(addr));
+    Ok(rsp.map(|b| Body::from(b).hold_load(load)))
+}
+
+/// A connection to the endpoint: the live one, or a new one if the breaker allows it.
+async fn connection(
+    cluster: &Arc<Cluster>,
+    endpoint: &Endpoint,
+) -> Result<SendRequest<Body>, ProxyError> {
+    if let Some(live) = endpoint.state.conn.live() {
+        return Ok(live);
+    }
+    let _pending = breaker::acquire(cluster, Limit::Pending)?;
+    let max = cluster.policy.breaker.max_connections;
+    let open = cluster
+        .endpoints
+        .iter()
+        .filter(|e| e.state.conn.is_live())
+        .count();
+    if open >= max as usize {
+        cluster.state.stats.overflow_connections.inc();
+        return Err(ProxyError::Overflow {
+            cluster: cluster.name.clone(),
+            limit: "max connections",
+            max,
+        });
+    }
+    endpoint
+        .state
+        .conn
+        .sender(cluster.policy.connect_timeout)
+        .await
 }
 
 /// HTTP/2 form: absolute URI carrying the authority (which becomes `:authority`), no Host header,
@@ -108,7 +169,7 @@ mod tests {
             .header("connection", "close")
             .header(&CLIENT_ID, "spiffe://forged")
             .header("x-app", "1")
-            .body(Body::Empty)
+            .body(Body::empty())
             .unwrap_or_default();
         assert!(to_mesh_form(&mut req).is_ok());
         assert_eq!(req.uri().to_string(), "http://hello:80/path?q=1");

@@ -1,9 +1,12 @@
-//! HTTP request handling, as small tower layers composed by the listeners:
-//! `rescue` (errors to responses) → `route` (authority/path to a cluster) → `forward` (balance,
-//! then send to an endpoint over the mesh). The inbound side uses `app` to reach the local app.
+//! HTTP request handling, as small tower layers composed by the listeners. Outbound:
+//! `rescue` (errors to responses) → `route` (authority, path, method, headers to a route and a
+//! backend cluster) → `fault` (injected delays and aborts) → `resilience::timeout` →
+//! `resilience::retry` → `resilience::breaker` → `forward` (balance, then send to an endpoint over
+//! the mesh). The inbound side uses `app` to reach the local app.
 
 pub mod app;
 pub mod body;
+pub mod fault;
 pub mod forward;
 pub mod headers;
 pub mod rescue;
@@ -11,7 +14,13 @@ pub mod route;
 
 pub use body::Body;
 
-use http::Request;
+use crate::errors::ProxyError;
+use http::{Request, Response};
+use std::future::Future;
+use std::pin::Pin;
+
+/// The future every layer returns.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
 
 /// Host (lower case, no port) and port of a request's authority: the URI's authority when present
 /// (HTTP/2, absolute-form), otherwise the Host header (RFC 9112 §3.2).

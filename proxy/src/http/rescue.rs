@@ -70,7 +70,7 @@ pub fn error_response(err: &ProxyError, grpc: bool) -> Response<Body> {
     let reason_header =
         HeaderValue::from_str(&reason).unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
     let mut rsp = if grpc {
-        let mut rsp = Response::new(Body::Empty);
+        let mut rsp = Response::new(Body::empty());
         let headers = rsp.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -115,7 +115,7 @@ mod tests {
     async fn http_errors_get_status_and_reason_header() {
         let svc = tower::Layer::layer(&RescueLayer, failing());
         let rsp = svc
-            .oneshot(Request::new(Body::Empty))
+            .oneshot(Request::new(Body::empty()))
             .await
             .unwrap_or_else(|e| match e {});
         assert_eq!(rsp.status(), StatusCode::NOT_FOUND);
@@ -131,7 +131,7 @@ mod tests {
         let svc = tower::Layer::layer(&RescueLayer, failing());
         let req = Request::builder()
             .header(header::CONTENT_TYPE, "application/grpc+proto")
-            .body(Body::Empty)
+            .body(Body::empty())
             .unwrap_or_default();
         let rsp = svc.oneshot(req).await.unwrap_or_else(|e| match e {});
         assert_eq!(rsp.status(), StatusCode::OK);

@@ -1,22 +1,21 @@
-//! Routing: which cluster serves a request. Loads the config snapshot once per request (one
-//! arc-swap load), finds the route table for the authority, picks the first route whose match
-//! holds, and attaches the decision to the request as a `Target` for the layers below.
+//! Routing: which route and which backend cluster serve a request. Loads the config snapshot once
+//! per request (one arc-swap load), finds the route table for the authority, the first rule whose
+//! match holds (path, method, headers), the backend by the rule's weighted split, and attaches the
+//! decision to the request as a `Target` for the layers below.
 
 use super::body::Body;
-use crate::config::{Cluster, SnapshotStore};
+use super::ResponseFuture;
+use crate::config::{Cluster, RouteRule, SnapshotStore};
 use crate::errors::ProxyError;
 use http::{Request, Response};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 /// The routing decision, carried in request extensions.
 #[derive(Debug, Clone)]
 pub struct Target {
+    pub rule: Arc<RouteRule>,
     pub cluster: Arc<Cluster>,
-    pub timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -55,7 +54,14 @@ pub fn resolve(store: &SnapshotStore, req: &Request<Body>) -> Result<Target, Pro
         .ok_or_else(|| ProxyError::NoRoute {
             authority: format_authority(&host, port),
         })?;
-    let (cluster_name, route_timeout) = table.select(req.uri().path());
+    let rule = table.select(req);
+    let cluster_name = rule.backend().unwrap_or(
+        table
+            .fallback
+            .backends
+            .first()
+            .map_or("", |b| b.cluster.as_str()),
+    );
     let cluster = snapshot
         .clusters
         .get(cluster_name)
@@ -63,7 +69,7 @@ pub fn resolve(store: &SnapshotStore, req: &Request<Body>) -> Result<Target, Pro
             cluster: cluster_name.to_string(),
         })?;
     Ok(Target {
-        timeout: route_timeout.unwrap_or(cluster.policy.request_timeout),
+        rule: rule.clone(),
         cluster: cluster.clone(),
     })
 }
@@ -82,13 +88,13 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> ResponseFuture {
         match resolve(&self.store, &req) {
             Ok(target) => {
                 req.extensions_mut().insert(target);

@@ -1,10 +1,14 @@
 //! The outbound listener: the local app's plain HTTP/1.1 or h2c requests for other services.
-//! Each request goes through rescue → route → forward; see `http` for the layers.
+//! Each request goes through rescue → route → fault → timeout → retry → breaker → forward; see
+//! `http` and `resilience` for the layers.
 
 use super::serve_connection;
 use crate::config::SnapshotStore;
 use crate::drain::DrainWatch;
-use crate::http::{forward::ForwardToMesh, rescue::RescueLayer, route::RouteLayer, Body};
+use crate::http::{
+    fault::FaultLayer, forward::ForwardToMesh, rescue::RescueLayer, route::RouteLayer, Body,
+};
+use crate::resilience::{breaker::BreakerLayer, retry::RetryLayer, timeout::TimeoutLayer};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -14,6 +18,10 @@ pub async fn serve(listener: TcpListener, store: SnapshotStore, drain: DrainWatc
         .map_request(|req: http::Request<Incoming>| req.map(Body::from))
         .layer(RescueLayer)
         .layer(RouteLayer::new(store))
+        .layer(FaultLayer)
+        .layer(TimeoutLayer)
+        .layer(RetryLayer)
+        .layer(BreakerLayer)
         .service(ForwardToMesh);
     loop {
         let accepted = tokio::select! {

@@ -13,8 +13,9 @@ use arc_swap::ArcSwapOption;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// Makes `MeshConnection`s that share this proxy's TLS context.
@@ -35,14 +36,15 @@ impl MeshConnector {
         }
     }
 
-    pub fn connection(&self, addr: SocketAddr, identity: &str) -> Arc<MeshConnection> {
-        Arc::new(MeshConnection {
+    pub fn connection(&self, addr: SocketAddr, identity: &str) -> MeshConnection {
+        MeshConnection {
             addr,
             identity: identity.to_string(),
             tls: Some(self.tls.client_config(identity)),
             sender: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
-        })
+            last_used: AtomicU64::new(0),
+        }
     }
 }
 
@@ -54,6 +56,13 @@ pub struct MeshConnection {
     tls: Option<Result<Arc<rustls::ClientConfig>, crate::tls::TlsConfigError>>,
     sender: ArcSwapOption<SendRequest<Body>>,
     connecting: tokio::sync::Mutex<()>,
+    /// `clock_ms()` of the last request, for idle closing.
+    last_used: AtomicU64,
+}
+
+fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl std::fmt::Debug for MeshConnection {
@@ -74,6 +83,7 @@ impl MeshConnection {
             tls: None,
             sender: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
+            last_used: AtomicU64::new(0),
         }
     }
 
@@ -94,15 +104,43 @@ impl MeshConnection {
                 after: connect_timeout,
             })??;
         self.sender.store(Some(Arc::new(sender.clone())));
+        self.touch();
         Ok(sender)
     }
 
-    fn live(&self) -> Option<SendRequest<Body>> {
+    /// A sender on the open connection, if there is one (no connecting).
+    pub fn live(&self) -> Option<SendRequest<Body>> {
         let current = self.sender.load();
         match current.as_deref() {
-            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(s) if !s.is_closed() => {
+                self.touch();
+                Some(s.clone())
+            }
             _ => None,
         }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.sender
+            .load()
+            .as_deref()
+            .is_some_and(|s| !s.is_closed())
+    }
+
+    fn touch(&self) {
+        self.last_used.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// Lets go of the connection if it has not been used for `idle`; in-flight requests keep
+    /// their own handles, so the connection closes once they finish.
+    pub fn close_if_idle(&self, idle: Duration) -> bool {
+        let unused_for = clock_ms().saturating_sub(self.last_used.load(Ordering::Relaxed));
+        if self.is_live() && Duration::from_millis(unused_for) >= idle {
+            self.sender.store(None);
+            tracing::debug!(addr = %self.addr, "closing idle connection");
+            return true;
+        }
+        false
     }
 
     async fn connect(&self) -> Result<SendRequest<Body>, ProxyError> {

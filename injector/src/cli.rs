@@ -1,0 +1,194 @@
+//! The `trellis-injector` command line: `webhook` (the admission server), `inject` (manifests on
+//! stdin or in a file, like `linkerd inject`) and `manifests` (the install YAML). Errors are
+//! anyhow here, at the edge.
+
+use crate::config::InjectorConfig;
+use crate::manifests::{self, Options};
+use crate::{server, workload};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "trellis-injector",
+    version,
+    about = "Adds the Trellis sidecar to pods"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the mutating admission webhook over HTTPS (POST /mutate, GET /healthz).
+    Webhook {
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: SocketAddr,
+        /// PEM certificate chain of the serving certificate.
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// PEM private key of the serving certificate.
+        #[arg(long)]
+        tls_key: PathBuf,
+        /// Injector config (YAML); defaults apply without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, env = "TRELLIS_INJECTOR_LOG", default_value = "info")]
+        log: String,
+    },
+    /// Inject the sidecar into the workloads of a YAML stream and print the result.
+    Inject {
+        /// The manifest file, or `-` for stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override the config's nativeSidecar (false: the fallback for clusters before 1.29).
+        #[arg(long)]
+        native_sidecar: Option<bool>,
+    },
+    /// Print the injector's install manifests (namespace, RBAC, config, Deployment, Service,
+    /// MutatingWebhookConfiguration).
+    Manifests {
+        /// The injector's image.
+        #[arg(long)]
+        image: String,
+        /// The proxy image the injector adds to pods (default: the config's).
+        #[arg(long)]
+        proxy_image: Option<String>,
+        /// PEM file of the CA that signed the webhook's certificate, written as caBundle.
+        #[arg(long)]
+        ca_bundle: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
+    match Args::try_parse_from(args) {
+        Ok(args) => run(args.command),
+        Err(e) if !e.use_stderr() => {
+            e.print()?;
+            Ok(())
+        }
+        Err(e) => e.exit(),
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<InjectorConfig> {
+    match path {
+        Some(path) => Ok(InjectorConfig::load(path)?),
+        None => Ok(InjectorConfig::default()),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Webhook {
+            listen,
+            tls_cert,
+            tls_key,
+            config,
+            log,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).context("--log")?)
+                .init();
+            let config = Arc::new(load_config(config.as_ref())?);
+            let tls = server::tls_config(&tls_cert, &tls_key)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                tracing::info!(%listen, "trellis-injector webhook serving");
+                server::serve(listener, tls, config, shutdown_signal()).await;
+                anyhow::Ok(())
+            })
+        }
+        Command::Inject {
+            file,
+            config,
+            native_sidecar,
+        } => {
+            let mut config = load_config(config.as_ref())?;
+            if let Some(native) = native_sidecar {
+                config.native_sidecar = native;
+            }
+            let input = if file == "-" {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading stdin")?;
+                text
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
+            };
+            let (output, reports) = workload::inject_yaml(&input, &config)
+                .with_context(|| format!("injecting {file}"))?;
+            for report in reports {
+                let what = format!("{} {:?}", report.kind, report.name);
+                match report.skipped {
+                    None => eprintln!("{what}: injected"),
+                    Some(why) => eprintln!("{what}: skipped ({why})"),
+                }
+            }
+            std::io::stdout()
+                .write_all(output.as_bytes())
+                .context("writing stdout")?;
+            Ok(())
+        }
+        Command::Manifests {
+            image,
+            proxy_image,
+            ca_bundle,
+            config,
+        } => {
+            let mut config = load_config(config.as_ref())?;
+            if let Some(proxy_image) = proxy_image {
+                config.proxy_image = proxy_image;
+            }
+            let ca_bundle = ca_bundle
+                .map(|path| {
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+                })
+                .transpose()?;
+            let text = manifests::render(&Options {
+                image,
+                ca_bundle,
+                config,
+            })?;
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("writing stdout")?;
+            Ok(())
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}

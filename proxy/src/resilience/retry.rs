@@ -1,0 +1,249 @@
+//! Retries: whether a failed attempt is tried again, and when. The rules, in the order applied:
+//! - only while attempts remain (`max_attempts` counts the first) and the overall deadline (an
+//!   outer layer) has not passed;
+//! - a connection failure (nothing was sent) is always safe to retry; anything else only for
+//!   idempotent methods (RFC 9110 §9.2.2) unless the policy allows non-idempotent ones;
+//! - the failure must be one the policy names (`retry_on`);
+//! - the request body must still be replayable (see `replay`): a body past the replay buffer has
+//!   streamed once and is never sent twice;
+//! - the cluster's retry budget must allow it, and the circuit breaker's `max retries`;
+//! - a response is only ever retried before anything of it reached the client.
+//!
+//! Between attempts: exponential backoff with full jitter, and the next attempt avoids the
+//! endpoint that just failed.
+
+use super::breaker::{self, Limit};
+use super::replay::ReplayBody;
+use crate::config::RetryPolicy;
+use crate::errors::ProxyError;
+use crate::http::route::Target;
+use crate::http::{Body, ResponseFuture};
+use http::{Method, Request, Response};
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// Asks the balancer to avoid this endpoint for the attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct AvoidEndpoint(pub SocketAddr);
+
+/// Set by forwarding on responses: which endpoint answered.
+#[derive(Debug, Clone, Copy)]
+pub struct AnsweredBy(pub SocketAddr);
+
+#[derive(Clone, Debug, Default)]
+pub struct RetryLayer;
+
+impl<S> tower::Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request<Body>> for Retry<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // Each attempt waits for readiness on its own clone (oneshot).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
+        Box::pin(attempts(self.inner.clone(), req))
+    }
+}
+
+/// Why an attempt may deserve another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Done,
+    /// Nothing reached the endpoint: safe for any method.
+    ConnectFailure,
+    Retryable,
+}
+
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn classify(result: &Result<Response<Body>, ProxyError>, policy: &RetryPolicy) -> Verdict {
+    let on = &policy.retry_on;
+    match result {
+        Ok(rsp) => {
+            let status = rsp.status().as_u16();
+            let grpc = rsp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u16>().ok());
+            if on.on_status(status) || grpc.is_some_and(|c| on.grpc_codes.contains(&c)) {
+                Verdict::Retryable
+            } else {
+                Verdict::Done
+            }
+        }
+        Err(e) if e.is_connect_failure() => {
+            if on.connect_failure || on.status_5xx || on.gateway_error {
+                Verdict::ConnectFailure
+            } else {
+                Verdict::Done
+            }
+        }
+        Err(ProxyError::Upstream { .. }) if on.reset || on.status_5xx || on.gateway_error => {
+            Verdict::Retryable
+        }
+        Err(ProxyError::PerTryTimeout { .. }) if on.reset || on.status_5xx || on.gateway_error => {
+            Verdict::Retryable
+        }
+        Err(_) => Verdict::Done,
+    }
+}
+
+/// Full jitter: uniform in [0, min(max, base × 2^(retry-1))].
+fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
+    let exp = policy
+        .backoff_base
+        .saturating_mul(1 << retry.saturating_sub(1).min(16));
+    exp.min(policy.backoff_max).mul_f64(crate::random::unit())
+}
+
+/// How attempts get their body.
+enum Bodies {
+    /// Empty request: every attempt sends an empty body.
+    Empty,
+    Replay(ReplayBody),
+    /// Neither empty nor replayable: one attempt only.
+    Once(Option<Body>),
+}
+
+impl Bodies {
+    fn next(&mut self) -> Option<Body> {
+        match self {
+            Bodies::Empty => Some(Body::empty()),
+            Bodies::Replay(r) => r.replay().map(Body::replay),
+            Bodies::Once(b) => b.take(),
+        }
+    }
+}
+
+async fn attempts<S>(inner: S, req: Request<Body>) -> Result<Response<Body>, ProxyError>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + Clone,
+{
+    let Some(target) = req.extensions().get::<Target>().cloned() else {
+        return inner.oneshot(req).await;
+    };
+    let (cluster, rule) = (&target.cluster, &target.rule);
+    cluster.state.budget.deposit();
+    cluster.state.stats.requests.inc();
+    rule.stats.requests.inc();
+    let policy = rule.retry.as_ref().unwrap_or(&cluster.policy.retry);
+    if policy.max_attempts <= 1 {
+        return inner.oneshot(req).await;
+    }
+    let idempotent = is_idempotent(req.method()) || policy.non_idempotent;
+    let (parts, mut body) = req.into_parts();
+    let mut bodies = if http_body::Body::is_end_stream(&body) {
+        Bodies::Empty
+    } else if let Some(incoming) = body.take_incoming() {
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        // A body known to exceed the buffer is kept only until its first byte is read, which
+        // still lets a connection failure (nothing sent) be retried.
+        let limit = if declared.is_some_and(|n| n > policy.replay_buffer) {
+            0
+        } else {
+            policy.replay_buffer
+        };
+        Bodies::Replay(ReplayBody::new(incoming, limit))
+    } else {
+        Bodies::Once(Some(body))
+    };
+    let head = Request::from_parts(parts, ());
+    let mut attempt = 1;
+    let mut avoid = None;
+    loop {
+        let Some(body) = bodies.next() else {
+            return Err(ProxyError::NotReady("request body cannot be replayed"));
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method().clone();
+        *req.uri_mut() = head.uri().clone();
+        *req.version_mut() = head.version();
+        *req.headers_mut() = head.headers().clone();
+        *req.extensions_mut() = head.extensions().clone();
+        if let Some(addr) = avoid {
+            req.extensions_mut().insert(AvoidEndpoint(addr));
+        }
+        let retry_slot = if attempt > 1 {
+            Some(breaker::acquire(cluster, Limit::Retries)?)
+        } else {
+            None
+        };
+        let call = inner.clone().oneshot(req);
+        let result = match policy.per_try_timeout {
+            Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                rule.stats.per_try_timeouts.inc();
+                Err(ProxyError::PerTryTimeout { after: limit })
+            }),
+            None => call.await,
+        };
+        drop(retry_slot);
+        let verdict = classify(&result, policy);
+        let replayable = match &bodies {
+            Bodies::Replay(r) => r.can_replay(),
+            Bodies::Empty => true,
+            Bodies::Once(_) => false,
+        };
+        let allowed = match verdict {
+            Verdict::Done => false,
+            Verdict::ConnectFailure => true,
+            Verdict::Retryable => idempotent,
+        };
+        if !allowed || !replayable || attempt >= policy.max_attempts {
+            return result;
+        }
+        if !cluster
+            .state
+            .budget
+            .try_withdraw(policy.budget_ratio, policy.budget_min_per_second)
+        {
+            cluster.state.stats.budget_exhausted.inc();
+            rule.stats.budget_exhausted.inc();
+            return result;
+        }
+        cluster.state.stats.retries.inc();
+        rule.stats.retries.inc();
+        avoid = match &result {
+            Ok(rsp) => rsp.extensions().get::<AnsweredBy>().map(|a| a.0),
+            Err(e) => e.endpoint(),
+        };
+        drop(result);
+        tokio::time::sleep(backoff(policy, attempt)).await;
+        attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,7 @@
+//! Compiles the test gRPC service with protox (pure Rust, no system protoc).
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/echo.proto");
+    let fds = protox::compile(["proto/echo.proto"], ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}
