@@ -1,26 +1,36 @@
-//! The mesh's certificate authority: one ECDSA P-256 root, kept in the state directory (or given as
-//! PEM files), signing short-lived workload certificates whose only name is a SPIFFE ID, and the
-//! control plane's own serving certificate. Workload certificates are built from fresh parameters,
-//! never from the CSR's, so a proxy can only choose its public key, not what it is called.
-use std::path::{Path, PathBuf};
+//! The mesh's certificate authority: a root and an issuing intermediate that signs short-lived
+//! workload certificates whose only name is a SPIFFE ID, and the control plane's own serving
+//! certificate. Chains handed out are leaf + intermediate; peers verify them up to the root.
+//! Workload certificates are built from fresh parameters, never from the CSR's, so a proxy can
+//! only choose its public key, not what it is called.
+//!
+//! Where the keys come from: the state directory (root and intermediate generated on first start,
+//! keys written 0600; a state directory from before intermediates gets one made by its root), or
+//! operator PEM files: the issuing certificate and key, plus the root certificate alone, so the
+//! root key can stay offline. A self-signed issuing certificate without a root is a root-only CA.
+//! Key material is never logged (`Debug` shows nothing of it).
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
     SignatureAlgorithm,
 };
 use ring::rand::{SecureRandom, SystemRandom};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use rustls_pki_types::CertificateSigningRequestDer;
 use time::OffsetDateTime;
 use x509_parser::prelude::FromDer;
 
-use crate::files::write_atomic;
-
+/// The root certificate (the trust anchor proxies are given).
 pub const CERT_FILE: &str = "ca.crt.pem";
+/// The root key; may be deleted once the intermediate exists (the root can then stay offline).
 pub const KEY_FILE: &str = "ca.key.pem";
+/// The issuing intermediate and its key.
+pub const ISSUER_CERT_FILE: &str = "issuer.crt.pem";
+pub const ISSUER_KEY_FILE: &str = "issuer.key.pem";
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+const INTERMEDIATE_LIFETIME: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
 /// Tolerates clocks that are a little behind ours.
 const BACKDATE: Duration = Duration::from_secs(60);
 
@@ -48,13 +58,18 @@ pub enum CaError {
     Build(#[from] rcgen::Error),
 }
 
-/// Where the root comes from.
+/// Where the CA comes from.
 #[derive(Debug, Clone)]
 pub enum CaSource {
-    /// `<dir>/ca.crt.pem` and `<dir>/ca.key.pem`, generated on first start.
+    /// The root (`ca.*.pem`) and intermediate (`issuer.*.pem`) in `<dir>`, made on first start.
     StateDir(PathBuf),
-    /// Operator-provided PEM files.
-    Files { cert: PathBuf, key: PathBuf },
+    /// Operator-provided PEM files: the issuing certificate and its key, and the root certificate
+    /// when the issuer is an intermediate (`None`: the issuer is a self-signed root).
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        root: Option<PathBuf>,
+    },
 }
 
 /// A certificate signed for a workload.
@@ -67,6 +82,8 @@ pub struct Issued {
 
 pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
+    /// The issuing intermediate (DER, PEM), sent after every leaf; `None` when the root signs.
+    intermediate: Option<(Vec<u8>, String)>,
     root_der: Vec<u8>,
     root_pem: String,
 }
@@ -80,74 +97,19 @@ impl std::fmt::Debug for CertificateAuthority {
 impl CertificateAuthority {
     pub fn load(source: &CaSource) -> Result<Self, CaError> {
         match source {
-            CaSource::Files { cert, key } => Self::from_files(cert, key),
-            CaSource::StateDir(dir) => {
-                let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
-                if cert.exists() || key.exists() {
-                    return Self::from_files(&cert, &key);
-                }
-                let ca = Self::generate()?;
-                // The key is written first: a crash between the two writes leaves a key without a
-                // certificate, which is refused at the next start rather than silently replaced.
-                let key_pem = ca.issuer.key().serialize_pem();
-                write_atomic(&key, key_pem.as_bytes(), 0o600)
-                    .map_err(|source| CaError::Io { path: key, source })?;
-                write_atomic(&cert, ca.root_pem.as_bytes(), 0o644)
-                    .map_err(|source| CaError::Io { path: cert, source })?;
-                Ok(ca)
-            }
+            CaSource::Files { cert, key, root } => load::from_files(cert, key, root.as_deref()),
+            CaSource::StateDir(dir) => load::from_state_dir(dir),
         }
     }
 
-    /// A fresh root held in memory only.
+    /// A fresh root and intermediate held in memory only.
     pub fn generate() -> Result<Self, CaError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "Trellis Root CA");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.serial_number = Some(random_serial()?);
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + ROOT_LIFETIME;
-        let cert = params.self_signed(&key)?;
-        Ok(CertificateAuthority {
-            root_der: cert.der().to_vec(),
-            root_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        })
+        Ok(load::generate()?.0)
     }
 
-    fn from_files(cert: &Path, key: &Path) -> Result<Self, CaError> {
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| CaError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        };
-        let bad = |path: &Path, reason: String| CaError::BadFile {
-            path: path.to_owned(),
-            reason,
-        };
-        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
-        let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| bad(key, e.to_string()))?;
-        let root_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| bad(cert, e.to_string()))?
-            .to_vec();
-        let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(&root_der)
-            .map_err(|e| bad(cert, e.to_string()))?;
-        if parsed.public_key().subject_public_key.data.as_ref() != key_pair.public_key_raw() {
-            return Err(bad(key, "the key does not match the certificate".into()));
-        }
-        let issuer =
-            Issuer::from_ca_cert_pem(&cert_pem, key_pair).map_err(|e| bad(cert, e.to_string()))?;
-        Ok(CertificateAuthority {
-            issuer,
-            root_pem: cert_pem,
-            root_der,
-        })
+    /// The issuing intermediate (DER), if the root does not sign directly.
+    pub fn intermediate_der(&self) -> Option<&[u8]> {
+        self.intermediate.as_ref().map(|(der, _)| der.as_slice())
     }
 
     pub fn root_der(&self) -> &[u8] {
@@ -200,8 +162,10 @@ impl CertificateAuthority {
         params.is_ca = IsCa::ExplicitNoCa;
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        let mut chain_der = vec![cert.der().to_vec()];
+        chain_der.extend(self.intermediate_der().map(<[u8]>::to_vec));
         Ok(Issued {
-            chain_der: vec![cert.der().to_vec()],
+            chain_der,
             not_after_unix: not_after.unix_timestamp(),
         })
     }
@@ -230,7 +194,11 @@ impl CertificateAuthority {
         params.is_ca = IsCa::ExplicitNoCa;
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
+        let mut chain_pem = cert.pem();
+        if let Some((_, pem)) = &self.intermediate {
+            chain_pem.push_str(pem);
+        }
+        Ok((chain_pem, key.serialize_pem()))
     }
 }
 
@@ -263,7 +231,7 @@ fn check_key_algorithm(csr_der: &[u8], alg: &SignatureAlgorithm) -> Result<(), C
 }
 
 /// 16 random bytes with the top bit cleared, so the DER integer is positive.
-fn random_serial() -> Result<SerialNumber, CaError> {
+pub(crate) fn random_serial() -> Result<SerialNumber, CaError> {
     let mut bytes = [0u8; 16];
     SystemRandom::new()
         .fill(&mut bytes)
@@ -272,5 +240,6 @@ fn random_serial() -> Result<SerialNumber, CaError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
+mod load;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `token` and `check`. This is the binary's edge, so errors become
+//! The command line: `serve`, `token`, `check` and `manifests`. This is the binary's edge, so errors become
 //! `anyhow` here and the tracing subscriber is installed here (never in the library, which tests
 //! run many times in one process).
 use std::ffi::OsString;
@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::server::{default_server_names, ControlPlane, ControlPlaneConfig};
+use crate::kubernetes::{KubernetesOptions, MeshSettings};
+use crate::server::{default_server_names, ConfigSource, ControlPlane, ControlPlaneConfig};
 use crate::token::TokenAuthority;
 
 #[derive(Debug, Parser)]
@@ -21,13 +22,30 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve discovery and identity to proxies.
     Serve {
-        /// The mesh YAML; reloaded when it changes.
+        /// Where the mesh config comes from: the YAML file, or the Kubernetes cluster.
+        #[arg(long, value_enum, default_value = "file")]
+        source: SourceKind,
+        /// The mesh YAML (source file); reloaded when it changes.
+        #[arg(long, required_if_eq("source", "file"))]
+        config: Option<PathBuf>,
+        /// Source kubernetes: a kubeconfig file (default: in-cluster, then $KUBECONFIG).
         #[arg(long)]
-        config: PathBuf,
+        kubeconfig: Option<PathBuf>,
+        /// Source kubernetes: the SPIFFE trust domain.
+        #[arg(long, default_value = "trellis.local")]
+        trust_domain: String,
+        /// Source kubernetes: the cluster's DNS domain.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        /// Source kubernetes: workload certificate lifetime (1s .. 90 days, e.g. 24h).
+        #[arg(long, default_value = "24h")]
+        certificate_lifetime: String,
         /// Where the CA and the token key are kept.
         #[arg(long)]
         state_dir: PathBuf,
@@ -41,6 +59,10 @@ enum Command {
         ca_cert: Option<PathBuf>,
         #[arg(long, requires = "ca_cert")]
         ca_key: Option<PathBuf>,
+        /// The root certificate (PEM) when --ca-cert is an intermediate (the root key stays
+        /// offline).
+        #[arg(long, requires = "ca_cert")]
+        ca_root: Option<PathBuf>,
     },
     /// Print a bootstrap token for a workload.
     Token {
@@ -56,21 +78,60 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the Kubernetes install manifests (deploy/control-plane.yaml).
+    Manifests {
+        #[arg(long, default_value = crate::manifests::DEFAULT_IMAGE)]
+        image: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SourceKind {
+    File,
+    Kubernetes,
 }
 
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
     let cli = Cli::try_parse_from(args).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Serve {
+            source,
             config,
+            kubeconfig,
+            trust_domain,
+            cluster_domain,
+            certificate_lifetime,
             state_dir,
             listen,
             server_names,
             ca_cert,
             ca_key,
+            ca_root,
         } => {
+            let source = match (source, config) {
+                (SourceKind::File, Some(path)) => ConfigSource::File(path),
+                (SourceKind::File, None) => anyhow::bail!("--source file needs --config FILE"),
+                (SourceKind::Kubernetes, _) => {
+                    let certificate_lifetime = crate::config::parse_duration(&certificate_lifetime)
+                        .filter(|d| (1..=90 * 24 * 3600).contains(&d.as_secs()))
+                        .with_context(|| {
+                            format!(
+                                "--certificate-lifetime {certificate_lifetime:?}: not a duration \
+                                 between 1s and 90 days"
+                            )
+                        })?;
+                    ConfigSource::Kubernetes(KubernetesOptions {
+                        kubeconfig,
+                        mesh: MeshSettings {
+                            trust_domain,
+                            cluster_domain,
+                            certificate_lifetime,
+                        },
+                    })
+                }
+            };
             let cfg = ControlPlaneConfig {
-                config_path: config,
+                source,
                 state_dir,
                 listen,
                 server_names: if server_names.is_empty() {
@@ -79,6 +140,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
                     server_names
                 },
                 ca: ca_cert.zip(ca_key),
+                ca_root,
             };
             serve(cfg)
         }
@@ -91,6 +153,10 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
                 .with_context(|| format!("creating {}", state_dir.display()))?;
             let tokens = TokenAuthority::load_or_create(&state_dir)?;
             println!("{}", tokens.issue(&namespace, &service_account));
+            Ok(())
+        }
+        Command::Manifests { image } => {
+            print!("{}", crate::manifests::render(&image)?);
             Ok(())
         }
         Command::Check { config } => match crate::config::load(&config) {
@@ -113,6 +179,8 @@ fn serve(cfg: ControlPlaneConfig) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // One process-wide TLS provider (ring) for the clients that take the default (kube's).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

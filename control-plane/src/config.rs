@@ -2,14 +2,17 @@
 //! names the file, line, column and field path, because the person fixing it is editing that file.
 //! The serde shape (with source spans) lives in `config/raw.rs`; this file holds what the rest of
 //! the control plane consumes: plain types with defaults applied and durations as `Duration`.
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+mod authz;
 mod locate;
 mod policy;
 mod raw;
 
+pub use authz::{Authorization, AuthzAction, AuthzRule, AuthzSource, AuthzTarget, Trust};
 pub use policy::{
     Backend, CircuitBreaker, Fault, FaultAbort, FaultDelay, HashOn, HeaderMatch, HeaderValueMatch,
     LoadBalancer, OutlierDetection, PathMatch, Policy, Retry, RetryOn, Route, RouteMatch,
@@ -22,6 +25,8 @@ pub struct MeshConfig {
     pub cluster_domain: String,
     pub certificate_lifetime: Duration,
     pub services: Vec<Service>,
+    /// Extra roots for the trust bundle (CA rotation).
+    pub trust: Trust,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +39,8 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     pub policy: Policy,
     pub routes: Vec<Route>,
+    /// None: every caller the mTLS mode admits.
+    pub authorization: Option<Authorization>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +106,8 @@ pub fn parse(file_name: &str, text: &str) -> Result<MeshConfig, ConfigError> {
         Ok(mesh) => mesh,
         Err(err) => return Err(syntax_error(file_name, text, &err)),
     };
-    mesh.validate().map_err(|e| ConfigError::Invalid {
+    let base = Path::new(file_name).parent().unwrap_or(Path::new(""));
+    mesh.validate(base).map_err(|e| ConfigError::Invalid {
         file: file_name.to_owned(),
         line: e.line,
         column: e.column,
@@ -130,6 +138,41 @@ fn syntax_error(file_name: &str, text: &str, err: &serde_saphyr::Error) -> Confi
         path: locate::path_at(text, line, column),
         reason,
     }
+}
+
+/// The policy and routes of one service, given apart from the mesh file (a Kubernetes
+/// `TrafficPolicy`), validated by the same rules as a service's `policy` and `routes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePolicy {
+    /// The target service's name, in the namespace the policy was given for.
+    pub service: String,
+    pub policy: Policy,
+    pub routes: Vec<Route>,
+}
+
+/// Parses and validates `{"spec": {"service": .., "policy": .., "routes": [..]}}` (JSON is YAML,
+/// so a Kubernetes object's spec can be passed as `serde_json` wrote it). `known` holds every
+/// (namespace, service) of the mesh: the target and route backends must be among them. Errors name
+/// the field path (`spec.policy.retry.attempts`); their line and column refer to `text`.
+pub fn parse_service_policy(
+    origin: &str,
+    text: &str,
+    namespace: &str,
+    known: &HashSet<(String, String)>,
+) -> Result<ServicePolicy, ConfigError> {
+    let document: raw::RawPolicyDocument = match serde_saphyr::from_str(text) {
+        Ok(document) => document,
+        Err(err) => return Err(syntax_error(origin, text, &err)),
+    };
+    document
+        .validate(namespace, known)
+        .map_err(|e| ConfigError::Invalid {
+            file: origin.to_owned(),
+            line: e.line,
+            column: e.column,
+            path: e.path,
+            reason: e.reason,
+        })
 }
 
 /// Parses a duration written as `<n>ms`, `<n>s`, `<n>m` or `<n>h`.

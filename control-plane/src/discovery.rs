@@ -14,10 +14,9 @@ use trellis_api::discovery::aggregated_discovery_server::AggregatedDiscovery;
 use trellis_api::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use trellis_api::type_url;
 
-use crate::identity::grant_from_metadata;
+use crate::authn::{grant_from_metadata, Authenticator};
 use crate::resources::{SharedSnapshot, Snapshot};
 use crate::status::{ControlPlaneStatus, NackRecord};
-use crate::token::TokenAuthority;
 
 mod diff;
 pub use diff::{diff, Delta, TypeState};
@@ -30,7 +29,7 @@ static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Clone)]
 pub struct DiscoveryService {
-    tokens: Arc<TokenAuthority>,
+    auth: Arc<dyn Authenticator>,
     snapshots: watch::Receiver<SharedSnapshot>,
     status: Arc<watch::Sender<ControlPlaneStatus>>,
     shutdown: watch::Receiver<bool>,
@@ -38,13 +37,13 @@ pub struct DiscoveryService {
 
 impl DiscoveryService {
     pub fn new(
-        tokens: Arc<TokenAuthority>,
+        auth: Arc<dyn Authenticator>,
         snapshots: watch::Receiver<SharedSnapshot>,
         status: Arc<watch::Sender<ControlPlaneStatus>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         DiscoveryService {
-            tokens,
+            auth,
             snapshots,
             status,
             shutdown,
@@ -62,7 +61,7 @@ impl AggregatedDiscovery for DiscoveryService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaResourcesStream>, Status> {
-        let grant = grant_from_metadata(&self.tokens, request.metadata())?;
+        let grant = grant_from_metadata(self.auth.as_ref(), request.metadata()).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = StreamTask {
             id: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),

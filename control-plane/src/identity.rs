@@ -1,51 +1,43 @@
-//! The identity service: a proxy proves who it is with a token and gets a certificate for exactly
-//! that SPIFFE ID. The private key never leaves the proxy; we only sign its CSR.
+//! The identity service: a proxy proves who it is with a token (checked by the source's
+//! `Authenticator`, see `authn.rs`) and gets a certificate for exactly that SPIFFE ID. The private
+//! key never leaves the proxy; we only sign its CSR.
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use trellis_api::identity::identity_server::Identity;
 use trellis_api::identity::{CertifyRequest, CertifyResponse};
 
+use crate::authn::{grant_from_metadata, Authenticator};
 use crate::ca::CertificateAuthority;
 use crate::resources::SharedSnapshot;
-use crate::token::{Grant, TokenAuthority};
-
-/// Verifies the `authorization: Bearer <token>` metadata. The token itself is never logged.
-pub(crate) fn grant_from_metadata(
-    tokens: &TokenAuthority,
-    metadata: &MetadataMap,
-) -> Result<Grant, Status> {
-    let value = metadata
-        .get(trellis_api::AUTHORIZATION)
-        .ok_or_else(|| Status::unauthenticated("missing authorization metadata"))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))?;
-    tokens
-        .verify(token.trim())
-        .map_err(|e| Status::unauthenticated(format!("invalid token: {e}")))
-}
+use crate::token::TokenAuthority;
 
 pub struct IdentityService {
     ca: Arc<CertificateAuthority>,
-    tokens: Arc<TokenAuthority>,
+    auth: Arc<dyn Authenticator>,
     /// For the trust domain and certificate lifetime of the current config.
     snapshots: watch::Receiver<SharedSnapshot>,
 }
 
 impl IdentityService {
+    /// Authenticates callers with bootstrap tokens.
     pub fn new(
         ca: Arc<CertificateAuthority>,
         tokens: Arc<TokenAuthority>,
         snapshots: watch::Receiver<SharedSnapshot>,
     ) -> Self {
+        Self::with_authenticator(ca, tokens, snapshots)
+    }
+
+    pub fn with_authenticator(
+        ca: Arc<CertificateAuthority>,
+        auth: Arc<dyn Authenticator>,
+        snapshots: watch::Receiver<SharedSnapshot>,
+    ) -> Self {
         IdentityService {
             ca,
-            tokens,
+            auth,
             snapshots,
         }
     }
@@ -57,7 +49,7 @@ impl Identity for IdentityService {
         &self,
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
-        let grant = grant_from_metadata(&self.tokens, request.metadata())?;
+        let grant = grant_from_metadata(self.auth.as_ref(), request.metadata()).await?;
         let (trust_domain, lifetime) = {
             let snap = self.snapshots.borrow();
             (snap.trust_domain.clone(), snap.certificate_lifetime)

@@ -15,6 +15,8 @@ use crate::config::{
 };
 use crate::files::hex;
 
+mod authz;
+
 /// One encoded resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {
@@ -74,7 +76,7 @@ pub fn build(config: &MeshConfig, roots_der: &[Vec<u8>], system_version: u64) ->
         "default".to_owned(),
         Resource::new(&pb::TrustBundle {
             trust_domain: config.trust_domain.clone(),
-            roots_der: roots_der.to_vec(),
+            roots_der: trust_roots(config, roots_der),
         }),
     );
     for service in &config.services {
@@ -108,6 +110,17 @@ pub fn build(config: &MeshConfig, roots_der: &[Vec<u8>], system_version: u64) ->
     }
 }
 
+/// The CA's roots, then the config's extra roots (CA rotation), without repeats.
+fn trust_roots(config: &MeshConfig, ca_roots: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut roots = ca_roots.to_vec();
+    for extra in &config.trust.extra_roots_der {
+        if !roots.contains(extra) {
+            roots.push(extra.clone());
+        }
+    }
+    roots
+}
+
 fn inbound(service: &Service) -> pb::InboundConfig {
     let mtls_mode = match service.mtls {
         MtlsMode::Strict => pb::MtlsMode::Strict,
@@ -126,6 +139,7 @@ fn inbound(service: &Service) -> pb::InboundConfig {
             })
             .collect(),
         mtls_mode: mtls_mode as i32,
+        authorization: service.authorization.as_ref().map(authz::authorization),
     }
 }
 
@@ -254,6 +268,7 @@ fn endpoints(config: &MeshConfig, service: &Service, name: &str) -> pb::Endpoint
                 address: e.address.to_string(),
                 identity: identity.clone(),
                 weight: e.weight,
+                plaintext: service.mtls == MtlsMode::Disabled,
             })
             .collect(),
     }

@@ -1,7 +1,9 @@
-//! Assembles the control plane: state directory, CA, token key, the initial config and snapshot,
-//! the TLS listener serving the identity and discovery services, and the config reloader. `bind`
-//! does everything that can fail on bad input before anything is served, so a wrong config or a
-//! busy port is reported at start; `run` serves until the shutdown future resolves.
+//! Assembles the control plane: state directory, CA, token key, the config source (the YAML file,
+//! or Kubernetes) with its initial config and snapshot and its authenticator, the TLS listener
+//! serving the identity and discovery services, and the source's updater (the file reloader or
+//! the Kubernetes watches). `bind` does everything that can fail on bad input before anything is
+//! served, so a wrong config, an unreachable cluster or a busy port is reported at start; `run`
+//! serves until the shutdown future resolves.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,10 +17,14 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use trellis_api::discovery::aggregated_discovery_server::AggregatedDiscoveryServer;
 use trellis_api::identity::identity_server::IdentityServer;
 
+use crate::authn::Authenticator;
 use crate::ca::{CaError, CaSource, CertificateAuthority};
-use crate::config::{self, ConfigError};
+use crate::config::{self, ConfigError, MeshConfig};
 use crate::discovery::DiscoveryService;
 use crate::identity::IdentityService;
+use crate::kubernetes::translate::Built;
+use crate::kubernetes::{self, KubernetesError, KubernetesOptions, KubernetesSource};
+use crate::publish::Publisher;
 use crate::resources::{self, SharedSnapshot};
 use crate::status::ControlPlaneStatus;
 use crate::token::{TokenAuthority, TokenError};
@@ -27,26 +33,39 @@ use crate::watch::Reloader;
 /// How long in-flight RPCs get to finish after shutdown before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Where the mesh config comes from; the source also decides how proxies authenticate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigSource {
+    /// The mesh YAML, reloaded when it changes; proxies present bootstrap tokens.
+    File(PathBuf),
+    /// The cluster's Services, EndpointSlices, Pods and TrafficPolicies; proxies present their
+    /// projected service-account tokens, checked with the TokenReview API.
+    Kubernetes(KubernetesOptions),
+}
+
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
-    pub config_path: PathBuf,
+    pub source: ConfigSource,
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
     /// Names (DNS or IP) of the serving certificate.
     pub server_names: Vec<String>,
     /// Operator-provided CA (cert PEM, key PEM); otherwise the CA lives in `state_dir`.
     pub ca: Option<(PathBuf, PathBuf)>,
+    /// The root certificate (PEM) when `ca` is an intermediate; its key can stay offline.
+    pub ca_root: Option<PathBuf>,
 }
 
 impl ControlPlaneConfig {
     /// Defaults: listen on 127.0.0.1:8090, the default server names, CA in `state_dir`.
     pub fn new(config_path: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
         ControlPlaneConfig {
-            config_path: config_path.into(),
+            source: ConfigSource::File(config_path.into()),
             state_dir: state_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             server_names: default_server_names(),
             ca: None,
+            ca_root: None,
         }
     }
 }
@@ -67,6 +86,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Kubernetes(#[from] KubernetesError),
     #[error("certificate authority: {0}")]
     Ca(#[from] CaError),
     #[error("token key: {0}")]
@@ -89,9 +110,10 @@ pub struct ControlPlane {
     local_addr: SocketAddr,
     ca: Arc<CertificateAuthority>,
     tokens: Arc<TokenAuthority>,
+    auth: Arc<dyn Authenticator>,
     /// (cert PEM, key PEM) of the serving certificate.
     server_identity: (String, String),
-    initial_config: Vec<u8>,
+    updater: Updater,
     snapshots: watch::Sender<SharedSnapshot>,
     status: Arc<watch::Sender<ControlPlaneStatus>>,
 }
@@ -102,25 +124,46 @@ impl ControlPlane {
             path: cfg.state_dir.clone(),
             source,
         })?;
-        let file = cfg.config_path.display().to_string();
-        let read_error = |source| ConfigError::Read {
-            file: file.clone(),
-            source,
+        let (mesh, updater) = match &cfg.source {
+            ConfigSource::File(path) => {
+                let (mesh, initial) = read_config(path)?;
+                let updater = Updater::File {
+                    path: path.clone(),
+                    initial,
+                };
+                (mesh, updater)
+            }
+            ConfigSource::Kubernetes(options) => {
+                let client = kubernetes::client(options.kubeconfig.as_deref()).await?;
+                let source = KubernetesSource::start(client.clone(), options.mesh.clone());
+                source.wait_synced(kubernetes::SYNC_TIMEOUT).await?;
+                let built = source.build();
+                for reason in &built.skipped {
+                    tracing::warn!("not applied: {reason}");
+                }
+                let auth = kubernetes::TokenReviewAuthenticator::new(client);
+                let updater = Updater::Kubernetes {
+                    source: Box::new(source),
+                    built: built.clone(),
+                    auth: Arc::new(auth),
+                };
+                (built.mesh, updater)
+            }
         };
-        let initial_config = std::fs::read(&cfg.config_path).map_err(read_error)?;
-        let text = std::str::from_utf8(&initial_config)
-            .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-        let mesh = config::parse(&file, text)?;
-
         let source = match &cfg.ca {
             Some((cert, key)) => CaSource::Files {
                 cert: cert.clone(),
                 key: key.clone(),
+                root: cfg.ca_root.clone(),
             },
             None => CaSource::StateDir(cfg.state_dir.clone()),
         };
         let ca = CertificateAuthority::load(&source)?;
-        let tokens = TokenAuthority::load_or_create(&cfg.state_dir)?;
+        let tokens = Arc::new(TokenAuthority::load_or_create(&cfg.state_dir)?);
+        let auth: Arc<dyn Authenticator> = match &updater {
+            Updater::Kubernetes { auth, .. } => auth.clone(),
+            Updater::File { .. } => tokens.clone(),
+        };
         let server_identity = ca.server_certificate(&mesh.trust_domain, &cfg.server_names)?;
 
         let listener = TcpListener::bind(cfg.listen)
@@ -138,6 +181,10 @@ impl ControlPlane {
         let (snapshots, _) = watch::channel(Arc::new(snapshot));
         let (status, _) = watch::channel(ControlPlaneStatus {
             config_version: 1,
+            skipped: match &updater {
+                Updater::Kubernetes { built, .. } => built.skipped.clone(),
+                Updater::File { .. } => Vec::new(),
+            },
             ..Default::default()
         });
         Ok(ControlPlane {
@@ -145,9 +192,10 @@ impl ControlPlane {
             listener,
             local_addr,
             ca: Arc::new(ca),
-            tokens: Arc::new(tokens),
+            tokens,
+            auth,
             server_identity,
-            initial_config,
+            updater,
             snapshots,
             status: Arc::new(status),
         })
@@ -193,26 +241,28 @@ impl ControlPlane {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (cert_pem, key_pem) = &self.server_identity;
         let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
-        let identity = IdentityService::new(
+        let identity = IdentityService::with_authenticator(
             self.ca.clone(),
-            self.tokens.clone(),
+            self.auth.clone(),
             self.snapshots.subscribe(),
         );
         let discovery = DiscoveryService::new(
-            self.tokens.clone(),
+            self.auth.clone(),
             self.snapshots.subscribe(),
             self.status.clone(),
             stop_rx.clone(),
         );
-        let reloader = Reloader::new(
-            self.cfg.config_path.clone(),
-            self.initial_config,
-            vec![self.ca.root_der().to_vec()],
-            self.snapshots,
-            self.status,
-        );
-        let reloader = tokio::spawn(reloader.run(stop_rx.clone()));
-
+        let roots_der = vec![self.ca.root_der().to_vec()];
+        let updater = match self.updater {
+            Updater::File { path, initial } => {
+                let reloader = Reloader::new(path, initial, roots_der, self.snapshots, self.status);
+                tokio::spawn(reloader.run(stop_rx.clone()))
+            }
+            Updater::Kubernetes { source, built, .. } => {
+                let publisher = Publisher::new(roots_der, self.snapshots, self.status);
+                tokio::spawn(source.run(publisher, built, stop_rx.clone()))
+            }
+        };
         let mut server_stop = stop_rx;
         let serve = Server::builder()
             .tls_config(tls)?
@@ -240,8 +290,33 @@ impl ControlPlane {
                 }
             },
         };
-        let _ = reloader.await;
+        let _ = updater.await;
         tracing::info!(addr = %self.local_addr, "control plane stopped");
         Ok(result??)
     }
+}
+
+/// What keeps the config current while serving.
+enum Updater {
+    /// The YAML reloader; `initial` is the content the first snapshot was built from.
+    File { path: PathBuf, initial: Vec<u8> },
+    Kubernetes {
+        source: Box<KubernetesSource>,
+        built: Built,
+        auth: Arc<kubernetes::TokenReviewAuthenticator>,
+    },
+}
+
+/// Reads and validates the mesh YAML; returns it with the bytes it was parsed from.
+fn read_config(path: &std::path::Path) -> Result<(MeshConfig, Vec<u8>), ConfigError> {
+    let file = path.display().to_string();
+    let read_error = |source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    };
+    let initial = std::fs::read(path).map_err(read_error)?;
+    let text = std::str::from_utf8(&initial)
+        .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    let mesh = config::parse(&file, text)?;
+    Ok((mesh, initial))
 }

@@ -12,6 +12,9 @@ pub struct ControlPlaneStatus {
     pub config_version: u64,
     /// The error of the last reload attempt, cleared by the next successful one.
     pub last_error: Option<String>,
+    /// What the source left out of the applied config, with why (Kubernetes: invalid or
+    /// conflicting TrafficPolicies). Empty for the YAML file, which applies whole or not at all.
+    pub skipped: Vec<String>,
     /// The most recent NACKs, oldest first.
     pub nacks: Vec<NackRecord>,
 }

@@ -1,7 +1,8 @@
 //! Reloads the mesh YAML while serving. The file is polled every 200 ms and compared by content
 //! (editors and `cp` do not reliably change mtime at our resolution); a valid change becomes a new
 //! snapshot with the next system version, an invalid one is logged with its file:line:field error
-//! and recorded in the status while the previous snapshot keeps being served.
+//! and recorded in the status while the previous snapshot keeps being served. Publishing is
+//! `publish.rs`, shared with the Kubernetes source.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config;
-use crate::resources::{self, SharedSnapshot};
+use crate::publish::Publisher;
+use crate::resources::SharedSnapshot;
 use crate::status::ControlPlaneStatus;
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -18,9 +20,7 @@ pub struct Reloader {
     path: PathBuf,
     /// The content last parsed, valid or not, so a bad file is reported once, not every poll.
     last_seen: Vec<u8>,
-    roots_der: Vec<Vec<u8>>,
-    snapshots: watch::Sender<SharedSnapshot>,
-    status: Arc<watch::Sender<ControlPlaneStatus>>,
+    publisher: Publisher,
 }
 
 impl Reloader {
@@ -35,9 +35,7 @@ impl Reloader {
         Reloader {
             path,
             last_seen: initial,
-            roots_der,
-            snapshots,
-            status,
+            publisher: Publisher::new(roots_der, snapshots, status),
         }
     }
 
@@ -76,31 +74,21 @@ impl Reloader {
             .and_then(|text| config::parse(&file, text).map_err(|e| e.to_string()));
         match parsed {
             Ok(mesh) => {
-                let version = self.snapshots.borrow().system_version + 1;
-                let snapshot = resources::build(&mesh, &self.roots_der, version);
-                self.snapshots.send_replace(Arc::new(snapshot));
-                self.status.send_modify(|s| {
-                    s.config_version = version;
-                    s.last_error = None;
-                });
-                tracing::info!("config version {version} applied");
+                self.publisher.publish(&mesh, Vec::new());
             }
             Err(error) => self.record_error(error),
         }
     }
 
     fn record_error(&self, error: String) {
-        let repeated = self.status.borrow().last_error.as_deref() == Some(error.as_str());
-        if !repeated {
-            tracing::error!("config not applied, still serving the previous one: {error}");
-            self.status.send_modify(|s| s.last_error = Some(error));
-        }
+        self.publisher.record_error(error);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources;
 
     const GOOD: &str = "services:\n  - name: a\n    ports: [{port: 80}]\n";
 

@@ -105,7 +105,7 @@ async fn certify_discover_and_reload() {
         .await
         .unwrap();
     let issued = issued.into_inner();
-    assert_eq!(issued.chain_der.len(), 1);
+    assert_eq!(issued.chain_der.len(), 2, "leaf and intermediate");
     assert_eq!(issued.trust_anchors_der.len(), 1);
     let other = "spiffe://trellis.local/ns/default/sa/admin";
     let denied = identity

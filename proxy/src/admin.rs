@@ -1,13 +1,21 @@
-//! The admin listener: `/live` (the process answers), `/ready` (a valid certificate is held and
-//! every resource type has been received once), `/config` (the snapshot in force, with versions,
-//! as JSON), `/stats` (resilience counters per cluster and route, as JSON). Plain HTTP/1.1, bound to localhost by default.
+//! The admin listener, plain HTTP/1.1 bound to localhost by default:
+//! - `GET /live`: the process answers;
+//! - `GET /ready`: a valid certificate is held and every resource type has been received once;
+//! - `GET /config`: the snapshot in force, with versions, as JSON;
+//! - `GET /stats`: resilience and authorization counters as JSON;
+//! - `GET /metrics`: Prometheus text format;
+//! - `PUT /log-level` (body: a tracing filter such as `debug`): changes logging at runtime;
+//! - `POST /shutdown`: graceful drain, as SIGTERM (how a Job ends its sidecar).
 
 use crate::config::SnapshotStore;
 use crate::discovery::SharedStatus;
 use crate::drain::DrainWatch;
 use crate::http::Body;
 use crate::identity::IdentityInfo;
+use crate::proxy::LogControl;
+use crate::telemetry::metrics::MetricsCollector;
 use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
@@ -19,13 +27,25 @@ pub struct AdminState {
     pub store: SnapshotStore,
     pub identity: watch::Receiver<Option<IdentityInfo>>,
     pub discovery: SharedStatus,
+    /// Authorization outcomes per rule (`/stats` → `authorization`).
+    pub authz: std::sync::Arc<crate::authz::AuthzStats>,
+    pub metrics: std::sync::Arc<MetricsCollector>,
+    pub log_control: Option<LogControl>,
+    /// Notified by `POST /shutdown`.
+    pub stop: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl AdminState {
     pub fn ready(&self) -> Result<(), String> {
         match &*self.identity.borrow() {
             Some(id) if id.is_valid_now() => {}
-            Some(_) => return Err("certificate expired".into()),
+            Some(id) => {
+                return Err(format!(
+                    "certificate expired (serial {}, notAfter {} unix); the control plane has not \
+                     renewed it",
+                    id.serial, id.not_after_unix
+                ))
+            }
             None => return Err("no certificate yet".into()),
         }
         let status = self
@@ -80,7 +100,11 @@ impl AdminState {
                 (table.clone(), per_rule.into())
             })
             .collect();
-        let doc = serde_json::json!({ "clusters": clusters, "routes": routes });
+        let doc = serde_json::json!({
+            "clusters": clusters,
+            "routes": routes,
+            "authorization": self.authz.to_json(),
+        });
         serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
@@ -112,7 +136,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, drain: DrainWatch) 
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -121,8 +145,22 @@ pub async fn serve(listener: TcpListener, state: AdminState, drain: DrainWatch) 
     }
 }
 
-fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+/// Largest body accepted by `/log-level`.
+const MAX_ADMIN_BODY: usize = 1024;
+
+async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let (status, content_type, body) = match (&method, path.as_str()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics_text(&state.metrics),
+        ),
+        (&Method::PUT | &Method::POST, "/log-level") => set_log_level(state, req).await,
+        (&Method::POST, "/shutdown") => {
+            state.stop.notify_one();
+            (StatusCode::ACCEPTED, "text/plain", "draining\n".to_string())
+        }
         (&Method::GET, "/live") => (StatusCode::OK, "text/plain", "live\n".to_string()),
         (&Method::GET, "/ready") => match state.ready() {
             Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
@@ -134,15 +172,26 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         },
         (&Method::GET, "/config") => (StatusCode::OK, "application/json", state.config_json()),
         (&Method::GET, "/stats") => (StatusCode::OK, "application/json", state.stats_json()),
-        (_, "/live" | "/ready" | "/config" | "/stats") => (
+        (_, "/live" | "/ready" | "/config" | "/stats" | "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "use GET\n".to_string(),
         ),
+        (_, "/log-level") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use PUT\n".to_string(),
+        ),
+        (_, "/shutdown") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST\n".to_string(),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /live, /ready, /config, /stats\n".to_string(),
+            "not found: try /live, /ready, /config, /stats, /metrics, /log-level, /shutdown\n"
+                .to_string(),
         ),
     };
     let mut rsp = Response::new(Body::full(body));
@@ -152,4 +201,59 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         http::HeaderValue::from_static(content_type),
     );
     rsp
+}
+
+fn metrics_text(collector: &std::sync::Arc<MetricsCollector>) -> String {
+    crate::telemetry::metrics::render(MetricsCollector {
+        metrics: collector.metrics.clone(),
+        store: collector.store.clone(),
+        discovery: collector.discovery.clone(),
+        identity: collector.identity.clone(),
+    })
+}
+
+async fn set_log_level(
+    state: &AdminState,
+    req: Request<Incoming>,
+) -> (StatusCode, &'static str, String) {
+    let Some(control) = &state.log_control else {
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            "text/plain",
+            "log level is fixed in this process\n".into(),
+        );
+    };
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY);
+    let filter = match limited.collect().await {
+        Ok(body) => String::from_utf8_lossy(&body.to_bytes()).trim().to_string(),
+        Err(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "body too large or unreadable\n".into(),
+            )
+        }
+    };
+    if filter.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "send a filter such as `debug` in the body\n".into(),
+        );
+    }
+    match (control.0)(&filter) {
+        Ok(()) => {
+            tracing::info!(%filter, "log level changed on the admin port");
+            (
+                StatusCode::OK,
+                "text/plain",
+                format!("log level: {filter}\n"),
+            )
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            format!("invalid filter {filter:?}: {e}\n"),
+        ),
+    }
 }

@@ -1,14 +1,18 @@
 //! The `trellis-proxy` command line (also reachable as `trellis proxy`). Flags can come from the
 //! environment (`TRELLIS_*`), which is how the injector configures a sidecar.
 
+use crate::listeners::transparent::TransparentConfig;
 use crate::listeners::Listeners;
-use crate::proxy::{run, ProxyConfig};
+use crate::proxy::{run, LogControl, ProxyConfig, TelemetryConfig};
+use crate::telemetry::observe::B3Format;
 use anyhow::Context;
 use clap::Parser;
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
 
 #[derive(Debug, Parser)]
 #[command(name = "trellis-proxy", version, about = "The Trellis sidecar proxy")]
@@ -58,13 +62,58 @@ pub struct Args {
     drain_grace_seconds: u64,
     #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
     log: String,
+    /// OTLP/gRPC collector for spans, e.g. http://127.0.0.1:4317 (no span export without it).
+    #[arg(long, env = "TRELLIS_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Share of new traces sampled (requests arriving with a trace context keep its decision).
+    #[arg(long, env = "TRELLIS_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    trace_sample_ratio: f64,
+    /// Context headers written: w3c, or w3c plus b3 (single header) or b3multi (X-B3-*).
+    #[arg(long, env = "TRELLIS_TRACE_PROPAGATION", default_value = "w3c", value_parser = ["w3c", "b3", "b3multi"])]
+    trace_propagation: String,
+    /// JSON access log: `stdout` or a file path.
+    #[arg(long, env = "TRELLIS_ACCESS_LOG")]
+    access_log: Option<String>,
+    /// Transparent mode: connections arrive through `trellis-proxy redirect`'s iptables rules and
+    /// go where they were originally addressed (docs/interception.md).
+    #[arg(long, env = "TRELLIS_TRANSPARENT")]
+    transparent: bool,
+    /// Transparent mode: comma-separated destination ports carried as opaque TCP without
+    /// protocol detection (server-speaks-first protocols such as SMTP or MySQL).
+    #[arg(long, env = "TRELLIS_OPAQUE_PORTS", default_value = "")]
+    opaque_ports: String,
+    /// Transparent mode: milliseconds to wait for the app's first bytes before treating the
+    /// connection as opaque TCP.
+    #[arg(long, env = "TRELLIS_DETECT_TIMEOUT_MS", default_value_t = 1000)]
+    detect_timeout_ms: u64,
+}
+
+/// `trellis-proxy redirect …`: the init step (see `crate::redirect`), the same binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "trellis-proxy redirect",
+    version,
+    about = "Install the pod's iptables redirect"
+)]
+struct RedirectCommand {
+    #[command(flatten)]
+    args: crate::redirect::RedirectArgs,
 }
 
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    if args.get(1).is_some_and(|a| a == "redirect") {
+        args.remove(1);
+        return crate::redirect::main(RedirectCommand::try_parse_from(args)?.args);
+    }
     let args = Args::try_parse_from(args)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        .init();
+    let log_control = init_logging(&args.log)?;
+    if !(0.0..=1.0).contains(&args.trace_sample_ratio) {
+        anyhow::bail!(
+            "--trace-sample-ratio: {} is not in [0, 1]",
+            args.trace_sample_ratio
+        );
+    }
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.clone(),
         (None, Some(path)) => std::fs::read_to_string(path)
@@ -97,15 +146,30 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
             .clone()
             .unwrap_or_else(|| format!("{}-{}", args.service, std::process::id())),
         drain_grace: Duration::from_secs(args.drain_grace_seconds),
+        telemetry: TelemetryConfig {
+            otlp_endpoint: args.otlp_endpoint.clone(),
+            sample_ratio: args.trace_sample_ratio,
+            b3: match args.trace_propagation.as_str() {
+                "b3" => Some(B3Format::Single),
+                "b3multi" => Some(B3Format::Multi),
+                _ => None,
+            },
+            access_log: args.access_log.clone(),
+        },
+        log_control: Some(log_control),
     };
+    let transparent = transparent_config(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let listeners = Listeners::bind(args.inbound, args.outbound, args.admin)
+        let mut listeners = Listeners::bind(args.inbound, args.outbound, args.admin)
             .await
             .context("binding listeners")?;
+        if let Some(transparent) = transparent {
+            listeners = listeners.with_transparent(transparent);
+        }
         tracing::info!(
             inbound = %args.inbound, outbound = %args.outbound, admin = %args.admin,
             service = %config.service, "trellis-proxy starting"
@@ -113,6 +177,34 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
         run(config, listeners, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// The transparent-mode settings, `None` without `--transparent`.
+fn transparent_config(args: &Args) -> anyhow::Result<Option<TransparentConfig>> {
+    if !args.transparent {
+        return Ok(None);
+    }
+    let opaque_ports = crate::redirect::parse_ports("--opaque-ports", &args.opaque_ports)?
+        .into_iter()
+        .flat_map(|r| r.first..=r.last)
+        .collect();
+    Ok(Some(TransparentConfig {
+        opaque_ports,
+        detect_timeout: Duration::from_millis(args.detect_timeout_ms),
+    }))
+}
+
+/// Installs the log subscriber with a filter the admin port can replace at runtime.
+fn init_logging(filter: &str) -> anyhow::Result<LogControl> {
+    let (filter, handle) = reload::Layer::new(EnvFilter::try_new(filter).context("--log")?);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer())
+        .init();
+    Ok(LogControl(Arc::new(move |new: &str| {
+        let parsed = EnvFilter::try_new(new).map_err(|e| e.to_string())?;
+        handle.reload(parsed).map_err(|e| e.to_string())
+    })))
 }
 
 /// Ctrl-C or SIGTERM.

@@ -39,6 +39,8 @@ pub enum ProxyError {
     FaultAbort { status: u16 },
     #[error("upstream per-try timeout after {after:?}")]
     PerTryTimeout { after: Duration },
+    #[error("forbidden by authorization rule \"{rule}\"")]
+    Forbidden { rule: String },
 }
 
 impl ProxyError {
@@ -67,6 +69,7 @@ impl ProxyError {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
             ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::PerTryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } | ProxyError::NoAppPort { .. } => StatusCode::NOT_FOUND,
@@ -90,6 +93,7 @@ impl ProxyError {
         const DEADLINE_EXCEEDED: u16 = 4;
         const UNIMPLEMENTED: u16 = 12;
         const RESOURCE_EXHAUSTED: u16 = 8;
+        const PERMISSION_DENIED: u16 = 7;
         match self {
             ProxyError::FaultAbort { status } => match status {
                 429 => RESOURCE_EXHAUSTED,
@@ -99,6 +103,7 @@ impl ProxyError {
                 _ => INTERNAL,
             },
             ProxyError::Overflow { .. } => UNAVAILABLE,
+            ProxyError::Forbidden { .. } => PERMISSION_DENIED,
             ProxyError::PerTryTimeout { .. } => DEADLINE_EXCEEDED,
             ProxyError::BadRequest(_) => INTERNAL,
             ProxyError::NoRoute { .. } | ProxyError::NoAppPort { .. } => UNIMPLEMENTED,

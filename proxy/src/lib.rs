@@ -1,18 +1,21 @@
 //! The Trellis sidecar proxy.
 //!
-//! Where things live: `listeners` (sockets and connection serving), `http` (the request layers:
+//! Where things live: `authz` (inbound authorization policy), `listeners` (sockets and connection serving), `http` (the request layers:
 //! rescue, route, fault, forward, the app client), `resilience` (timeouts, retries and their
 //! budget, circuit breaking, outlier ejection), `balance` (endpoint choice), `telemetry`
 //! (counters), `transport` (HTTP/2 over
 //! mTLS between sidecars), `tls` (rustls configs and SPIFFE verification), `identity` (key, CSR,
 //! certificate renewal), `discovery` (the delta-xDS client), `config` (the snapshot the proxy
 //! serves with), `admin`, `drain`, and `proxy` (wiring).
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere except `listeners::original_dst` (one getsockopt call).
+#![deny(unsafe_code)]
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod errors;
@@ -21,10 +24,11 @@ pub mod identity;
 pub mod listeners;
 mod proxy;
 pub mod random;
+pub mod redirect;
 pub mod resilience;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
 
 pub use listeners::Listeners;
-pub use proxy::{run, ProxyConfig, StartError};
+pub use proxy::{run, LogControl, ProxyConfig, StartError, TelemetryConfig};

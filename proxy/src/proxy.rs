@@ -7,10 +7,13 @@ use crate::discovery::{DiscoveryClient, SharedStatus};
 use crate::http::app::AppClient;
 use crate::identity::IdentityManager;
 use crate::listeners::{inbound, outbound, Listeners};
+use crate::telemetry::metrics::{MetricsCollector, ProxyMetrics};
+use crate::telemetry::observe::Telemetry;
 use crate::tls::TlsContext;
 use crate::transport::MeshConnector;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use trellis_api::discovery::{aggregated_discovery_client::AggregatedDiscoveryClient, Node};
@@ -36,10 +39,54 @@ pub struct ProxyConfig {
     pub node_id: String,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_grace: Duration,
+    pub telemetry: TelemetryConfig,
+    /// Lets the admin port change the log filter; set by whoever installed the subscriber.
+    pub log_control: Option<LogControl>,
+}
+
+/// Tracing, metrics and access-log settings.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; no span export without it.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces (no incoming context) that are sampled.
+    pub sample_ratio: f64,
+    /// Also write B3 headers.
+    pub b3: Option<crate::telemetry::observe::B3Format>,
+    /// `stdout` or a file path.
+    pub access_log: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            b3: None,
+            access_log: None,
+        }
+    }
+}
+
+/// The function behind `LogControl`: parse and apply a filter, or say why not.
+pub type ApplyFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+/// Applies a new tracing filter (e.g. `debug` or `trellis_proxy=trace`).
+#[derive(Clone)]
+pub struct LogControl(pub Arc<ApplyFilter>);
+
+impl std::fmt::Debug for LogControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogControl")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("access log {0}: {1}")]
+    AccessLog(String, std::io::Error),
+    #[error("OTLP endpoint {0:?}: {1}")]
+    Otlp(String, tonic::transport::Error),
     #[error("control plane address {0:?}: {1}")]
     ControlPlane(String, tonic::transport::Error),
     #[error(transparent)]
@@ -98,12 +145,41 @@ pub async fn run(
         tls: tls.clone(),
         status: discovery_status.clone(),
     };
+    let authz_stats = std::sync::Arc::new(crate::authz::AuthzStats::default());
+    let telemetry = Arc::new(telemetry(&config)?);
+    let stop = Arc::new(tokio::sync::Notify::new());
     let admin_state = AdminState {
         store: store.clone(),
-        identity: identity_rx,
-        discovery: discovery_status,
+        identity: identity_rx.clone(),
+        discovery: discovery_status.clone(),
+        authz: authz_stats.clone(),
+        metrics: Arc::new(MetricsCollector {
+            metrics: telemetry.metrics.clone(),
+            store: store.clone(),
+            discovery: discovery_status,
+            identity: identity_rx,
+        }),
+        log_control: config.log_control.clone(),
+        stop: stop.clone(),
     };
 
+    let own_ports = [&listeners.inbound, &listeners.outbound, &listeners.admin]
+        .iter()
+        .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+        .collect();
+    let opaque = Arc::new(crate::listeners::opaque::InboundOpaque {
+        app_host: config.app_host,
+        own_ports,
+        store: store.clone(),
+        authz: authz_stats.clone(),
+    });
+    let transparent =
+        (listeners.transparent.clone()).map(|c| crate::listeners::transparent::Outbound {
+            config: Arc::new(c),
+            store: store.clone(),
+            tls: tls.clone(),
+            metrics: telemetry.metrics.clone(),
+        });
     let (drain, watch) = crate::drain::channel();
     let background = [
         tokio::spawn(identity.run()),
@@ -113,15 +189,30 @@ pub async fn run(
     let servers = [
         tokio::spawn(inbound::serve(
             listeners.inbound,
-            server_tls,
-            store.clone(),
-            AppClient::new(config.app_host),
+            inbound::Inbound {
+                tls: server_tls,
+                store: store.clone(),
+                app: AppClient::new(config.app_host),
+                authz: authz_stats.clone(),
+                telemetry: telemetry.clone(),
+                opaque,
+                transparent: transparent.is_some(),
+            },
             watch.clone(),
         )),
-        tokio::spawn(outbound::serve(listeners.outbound, store, watch.clone())),
+        tokio::spawn(outbound::serve(
+            listeners.outbound,
+            store,
+            telemetry,
+            watch.clone(),
+            transparent,
+        )),
         tokio::spawn(admin::serve(listeners.admin, admin_state, watch)),
     ];
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = stop.notified() => tracing::info!("shutdown requested on the admin port"),
+    }
     tracing::info!(grace = ?config.drain_grace, "draining");
     if tokio::time::timeout(config.drain_grace, drain.drain())
         .await
@@ -151,4 +242,41 @@ async fn close_idle_connections(store: crate::config::SnapshotStore) {
             }
         }
     }
+}
+
+fn telemetry(config: &ProxyConfig) -> Result<Telemetry, StartError> {
+    let metrics = Arc::new(ProxyMetrics::new(format!(
+        "{}/{}",
+        config.namespace, config.service
+    )));
+    let t = &config.telemetry;
+    let spans = match &t.otlp_endpoint {
+        Some(endpoint) => Some(
+            crate::telemetry::export::start(
+                endpoint,
+                crate::telemetry::export::ResourceInfo {
+                    service: config.service.clone(),
+                    namespace: config.namespace.clone(),
+                    pod: config.node_id.clone(),
+                },
+                metrics.clone(),
+            )
+            .map_err(|e| StartError::Otlp(endpoint.clone(), e))?,
+        ),
+        None => None,
+    };
+    let access_log = match &t.access_log {
+        Some(target) => Some(
+            crate::telemetry::access_log::AccessLog::open(target)
+                .map_err(|e| StartError::AccessLog(target.clone(), e))?,
+        ),
+        None => None,
+    };
+    Ok(Telemetry {
+        metrics,
+        spans,
+        sample_ratio: t.sample_ratio.clamp(0.0, 1.0),
+        b3: t.b3,
+        access_log,
+    })
 }

@@ -10,6 +10,8 @@ pub mod apps;
 pub mod client;
 pub mod fake_control_plane;
 pub mod mesh;
+pub mod otlp;
+pub mod tools;
 
 pub use apps::{EchoApp, Protocol};
 pub use client::TestClient;

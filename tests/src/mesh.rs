@@ -113,9 +113,35 @@ impl Drop for Workload {
 #[derive(Default)]
 pub struct MeshBuilder {
     services: Vec<Service>,
+    telemetry: trellis_proxy::TelemetryConfig,
+    /// PEM roots sidecars also accept for the control plane (for CA rotation tests).
+    extra_control_plane_ca: String,
+    mesh_yaml: String,
 }
 
 impl MeshBuilder {
+    /// Sidecars also trust `pem` for the control plane's certificate, as an operator distributes
+    /// a new root before a CA rotation.
+    pub fn control_plane_ca_extra(mut self, pem: &str) -> Self {
+        self.extra_control_plane_ca.push_str(pem);
+        self
+    }
+
+    /// Top-level YAML lines of the mesh config (`certificateLifetime: 20s`, `trust: …`).
+    pub fn mesh_yaml(mut self, text: &str) -> Self {
+        self.mesh_yaml.push_str(text);
+        if !text.ends_with('\n') {
+            self.mesh_yaml.push('\n');
+        }
+        self
+    }
+
+    /// Telemetry settings for every sidecar (OTLP endpoint, sampling, B3, access log).
+    pub fn telemetry(mut self, telemetry: trellis_proxy::TelemetryConfig) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
     pub fn service(mut self, s: Service) -> Self {
         self.services.push(s);
         self
@@ -134,6 +160,8 @@ impl MeshBuilder {
             tokens: Vec::new(),
             ca_pem: String::new(),
             next_host: 2,
+            telemetry: self.telemetry.clone(),
+            mesh_yaml: self.mesh_yaml.clone(),
             _dir: dir,
         };
         for s in &self.services {
@@ -145,7 +173,7 @@ impl MeshBuilder {
         let mut cp_config = ControlPlaneConfig::new(&mesh.config_path, &mesh.state_dir);
         cp_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let cp = ControlPlane::bind(cp_config).await?;
-        mesh.ca_pem = cp.ca_pem();
+        mesh.ca_pem = cp.ca_pem() + &self.extra_control_plane_ca;
         for s in &self.services {
             mesh.tokens
                 .push((s.name.clone(), cp.issue_token(NAMESPACE, &s.name)));
@@ -201,12 +229,29 @@ pub struct Mesh {
     tokens: Vec<(String, String)>,
     ca_pem: String,
     next_host: u8,
+    telemetry: trellis_proxy::TelemetryConfig,
+    /// Top-level YAML lines written before `services:`; change and `write_config` to apply.
+    pub mesh_yaml: String,
     _dir: tempfile::TempDir,
 }
 
 impl Mesh {
     pub fn builder() -> MeshBuilder {
         MeshBuilder::default()
+    }
+
+    /// The most common shape: a `client` workload and one destination service.
+    /// Panics if the mesh cannot start (tests want the reason, not a Result).
+    pub async fn client_and(destination: Service) -> Mesh {
+        match Mesh::builder()
+            .service(Service::http1("client"))
+            .service(destination)
+            .start()
+            .await
+        {
+            Ok(mesh) => mesh,
+            Err(e) => panic!("mesh starts: {e:#}"),
+        }
     }
 
     fn service(&self, name: &str) -> anyhow::Result<&Service> {
@@ -249,6 +294,49 @@ impl Mesh {
             .as_ref()
             .map(|c| c.addr)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Stops the control plane; sidecars keep serving with what they hold.
+    pub async fn stop_control_plane(&mut self) {
+        if let Some(cp) = self.control_plane.as_mut() {
+            // Without a stop sender it was stopped already (and its task awaited).
+            if let Some(stop) = cp.stop.take() {
+                let _ = stop.send(());
+                let _ = (&mut cp.task).await;
+            }
+        }
+    }
+
+    /// Starts the control plane again on the same address and state directory (after
+    /// `stop_control_plane`), optionally with operator CA files (issuer cert, key, root).
+    pub async fn restart_control_plane(
+        &mut self,
+        ca: Option<(PathBuf, PathBuf, PathBuf)>,
+    ) -> anyhow::Result<()> {
+        self.stop_control_plane().await;
+        let mut cp_config = ControlPlaneConfig::new(&self.config_path, &self.state_dir);
+        cp_config.listen = self.control_plane_addr();
+        if let Some((cert, key, root)) = ca {
+            cp_config.ca = Some((cert, key));
+            cp_config.ca_root = Some(root);
+        }
+        let cp = ControlPlane::bind(cp_config).await?;
+        let (addr, status) = (cp.local_addr(), cp.status());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = cp
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        self.control_plane = Some(ControlPlaneHandle {
+            addr,
+            status,
+            stop: Some(stop),
+            task,
+        });
+        Ok(())
     }
 
     pub fn token(&self, service_account: &str) -> Option<&str> {
@@ -323,6 +411,8 @@ impl Mesh {
             app_host: w.app.addr.ip(),
             node_id: format!("{service}-{index}"),
             drain_grace: Duration::from_secs(1),
+            telemetry: self.telemetry.clone(),
+            log_control: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         w.stop = Some(stop);
@@ -362,6 +452,8 @@ impl Mesh {
             app_host: self.workload(service).app.addr.ip(),
             node_id: format!("{service}-standalone"),
             drain_grace: Duration::from_secs(1),
+            telemetry: self.telemetry.clone(),
+            log_control: None,
         };
         Ok(Sidecar {
             inbound: listeners.inbound_addr()?,
@@ -381,6 +473,11 @@ impl Mesh {
             let _ = stop.send(());
         }
         w.task.take()
+    }
+
+    /// The sidecar's task, to watch it end (after `POST /shutdown`, say) without asking it to stop.
+    pub fn take_sidecar_task(&mut self, index: usize) -> Option<JoinHandle<()>> {
+        self.workloads[index].task.take()
     }
 
     /// The app port of a service.
@@ -436,7 +533,7 @@ impl Mesh {
 
     /// The mesh YAML for the current services and listed workloads.
     pub fn render_config(&self) -> String {
-        let mut y = format!("trustDomain: {TRUST_DOMAIN}\nservices:\n");
+        let mut y = format!("trustDomain: {TRUST_DOMAIN}\n{}services:\n", self.mesh_yaml);
         for s in &self.services {
             let port = self
                 .app_ports

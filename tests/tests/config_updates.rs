@@ -12,12 +12,7 @@ use trellis_tests::{Mesh, Service};
 
 #[tokio::test]
 async fn an_added_endpoint_takes_traffic_within_2s_and_a_streaming_request_survives() {
-    let mut mesh = Mesh::builder()
-        .service(Service::http1("client"))
-        .service(Service::http1("hello"))
-        .start()
-        .await
-        .expect("mesh starts");
+    let mut mesh = Mesh::client_and(Service::http1("hello")).await;
     let client = mesh.client("client", false);
 
     // A request whose body is still streaming while the config changes.
@@ -71,12 +66,7 @@ async fn an_added_endpoint_takes_traffic_within_2s_and_a_streaming_request_survi
 
 #[tokio::test]
 async fn an_invalid_edit_is_reported_with_file_line_field_and_the_old_config_serves() {
-    let mesh = Mesh::builder()
-        .service(Service::http1("client"))
-        .service(Service::http1("hello"))
-        .start()
-        .await
-        .expect("mesh starts");
+    let mesh = Mesh::client_and(Service::http1("hello")).await;
     let client = mesh.client("client", false);
     let before = mesh.admin_get(0, "/config").await.expect("config").1;
     let version_before = mesh.control_plane_status().config_version;

@@ -10,12 +10,7 @@ use trellis_tests::{Mesh, Service};
 
 #[tokio::test]
 async fn in_flight_request_finishes_and_new_connections_are_refused() {
-    let mut mesh = Mesh::builder()
-        .service(Service::http1("client"))
-        .service(Service::http1("hello"))
-        .start()
-        .await
-        .expect("mesh starts");
+    let mut mesh = Mesh::client_and(Service::http1("hello")).await;
     let client = mesh.client("client", false);
     let (mut tx, body) =
         http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);

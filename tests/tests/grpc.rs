@@ -76,12 +76,7 @@ async fn grpc_calls_succeed_and_failures_become_grpc_statuses() {
 
 #[tokio::test]
 async fn grpc_timeout_is_passed_on_reduced_by_the_time_spent() {
-    let mesh = Mesh::builder()
-        .service(Service::http1("client"))
-        .service(Service::http1("echo"))
-        .start()
-        .await
-        .expect("mesh starts");
+    let mesh = Mesh::client_and(Service::http1("echo")).await;
     let req = http::Request::post("http://echo/trellis.test.v1.Echo/Say")
         .header("content-type", "application/grpc")
         .header("grpc-timeout", "2S")

@@ -14,12 +14,7 @@ use trellis_tests::client::{collect, full};
 use trellis_tests::{Mesh, Service};
 
 async fn mesh() -> Mesh {
-    Mesh::builder()
-        .service(Service::http1("client"))
-        .service(Service::http1("hello"))
-        .start()
-        .await
-        .expect("mesh starts")
+    Mesh::client_and(Service::http1("hello")).await
 }
 
 #[tokio::test]

@@ -67,6 +67,7 @@ async fn an_unacceptable_resource_is_nacked_and_the_previous_one_keeps_serving()
                     protocol: pb::AppProtocol::Http1 as i32,
                 }],
                 mtls_mode: pb::MtlsMode::Strict as i32,
+                ..Default::default()
             },
         )],
     );
@@ -89,6 +90,7 @@ async fn an_unacceptable_resource_is_nacked_and_the_previous_one_keeps_serving()
                     address: sidecar.inbound.to_string(),
                     identity: hello.clone(),
                     weight: 1,
+                    plaintext: false,
                 }],
             },
         )],

@@ -1,4 +1,5 @@
 use super::*;
+use rustls_pki_types::{pem::PemObject, CertificateDer};
 use x509_parser::extensions::GeneralName;
 
 const ID: &str = "spiffe://trellis.local/ns/default/sa/hello";
@@ -21,7 +22,7 @@ fn signs_a_csr_for_the_granted_identity_only() {
     let issued = ca
         .sign_workload(ID, &der, Duration::from_secs(3600))
         .unwrap();
-    assert_eq!(issued.chain_der.len(), 1);
+    assert_eq!(issued.chain_der.len(), 2, "leaf and intermediate");
     let (_, cert) =
         x509_parser::certificate::X509Certificate::from_der(&issued.chain_der[0]).unwrap();
     let sans = &cert
@@ -41,10 +42,14 @@ fn signs_a_csr_for_the_granted_identity_only() {
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && eku.client_auth);
     assert!(cert.serial.bits() <= 128);
-    // The leaf chains to the root.
+    // The leaf chains to the root through the intermediate.
     let (_, root) = x509_parser::certificate::X509Certificate::from_der(ca.root_der()).unwrap();
-    assert!(cert.verify_signature(Some(root.public_key())).is_ok());
-    assert!(root.is_ca());
+    let (_, inter) =
+        x509_parser::certificate::X509Certificate::from_der(&issued.chain_der[1]).unwrap();
+    assert!(cert.verify_signature(Some(inter.public_key())).is_ok());
+    assert!(inter.verify_signature(Some(root.public_key())).is_ok());
+    assert!(root.is_ca() && inter.is_ca());
+    assert_eq!(ca.intermediate_der(), Some(issued.chain_der[1].as_slice()));
 }
 
 #[test]
@@ -108,16 +113,72 @@ fn root_is_persisted_and_reloaded() {
         .unwrap();
     let (_, leaf) =
         x509_parser::certificate::X509Certificate::from_der(&issued.chain_der[0]).unwrap();
-    let (_, root) = x509_parser::certificate::X509Certificate::from_der(first.root_der()).unwrap();
-    assert!(leaf.verify_signature(Some(root.public_key())).is_ok());
-    let files = CaSource::Files {
+    let (_, inter) =
+        x509_parser::certificate::X509Certificate::from_der(first.intermediate_der().unwrap())
+            .unwrap();
+    assert!(leaf.verify_signature(Some(inter.public_key())).is_ok());
+    assert_eq!(second.intermediate_der(), first.intermediate_der());
+    for key in [KEY_FILE, ISSUER_KEY_FILE] {
+        let mode = std::fs::metadata(dir.path().join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    // The root alone (self-signed) loads as a root-only CA.
+    let root_only = CaSource::Files {
         cert: dir.path().join(CERT_FILE),
         key: dir.path().join(KEY_FILE),
+        root: None,
     };
-    assert_eq!(
-        CertificateAuthority::load(&files).unwrap().root_der(),
-        first.root_der()
-    );
+    let ca = CertificateAuthority::load(&root_only).unwrap();
+    assert_eq!(ca.root_der(), first.root_der());
+    assert!(ca.intermediate_der().is_none());
+}
+
+#[test]
+fn runs_with_the_intermediate_and_the_root_certificate_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = CertificateAuthority::load(&CaSource::StateDir(dir.path().to_owned())).unwrap();
+    // The root key goes offline.
+    std::fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
+    let files = CaSource::Files {
+        cert: dir.path().join(ISSUER_CERT_FILE),
+        key: dir.path().join(ISSUER_KEY_FILE),
+        root: Some(dir.path().join(CERT_FILE)),
+    };
+    let ca = CertificateAuthority::load(&files).unwrap();
+    assert_eq!(ca.root_der(), first.root_der());
+    let der = csr(vec![uri(ID)], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let issued = ca.sign_workload(ID, &der, Duration::from_secs(60)).unwrap();
+    assert_eq!(issued.chain_der[1], first.intermediate_der().unwrap());
+    // The same state directory without the root key still loads.
+    CertificateAuthority::load(&CaSource::StateDir(dir.path().to_owned())).unwrap();
+}
+
+#[test]
+fn refuses_an_intermediate_with_the_wrong_root_or_no_root() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    CertificateAuthority::load(&CaSource::StateDir(a.path().to_owned())).unwrap();
+    CertificateAuthority::load(&CaSource::StateDir(b.path().to_owned())).unwrap();
+    let files = |root: Option<std::path::PathBuf>| CaSource::Files {
+        cert: a.path().join(ISSUER_CERT_FILE),
+        key: a.path().join(ISSUER_KEY_FILE),
+        root,
+    };
+    let err = CertificateAuthority::load(&files(Some(b.path().join(CERT_FILE)))).unwrap_err();
+    assert!(err.to_string().contains("not signed by the root"), "{err}");
+    let err = CertificateAuthority::load(&files(None)).unwrap_err();
+    assert!(err.to_string().contains("--ca-root"), "{err}");
+    // A key that is not the certificate's.
+    let mismatched = CaSource::Files {
+        cert: a.path().join(ISSUER_CERT_FILE),
+        key: b.path().join(ISSUER_KEY_FILE),
+        root: Some(a.path().join(CERT_FILE)),
+    };
+    let err = CertificateAuthority::load(&mismatched).unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
 }
 
 #[test]

@@ -12,11 +12,15 @@ use serde_saphyr::Spanned;
 
 use super::{parse_duration, Endpoint, MeshConfig, MtlsMode, Policy, Port, Protocol, Service};
 
+mod authz;
 mod policy;
 mod route;
+mod service_policy;
 
+use authz::{RawAuthorization, RawTrust};
 use policy::RawPolicy;
 use route::{RawRoute, Scope};
+pub(super) use service_policy::RawPolicyDocument;
 
 const MAX_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -50,6 +54,7 @@ pub(super) struct RawMesh {
     trust_domain: Option<S<String>>,
     cluster_domain: Option<S<String>>,
     certificate_lifetime: Option<S<String>>,
+    trust: Option<RawTrust>,
     #[serde(default)]
     services: Vec<RawService>,
 }
@@ -68,6 +73,7 @@ struct RawService {
     policy: Option<RawPolicy>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    authorization: Option<RawAuthorization>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +92,8 @@ struct RawEndpoint {
 }
 
 impl RawMesh {
-    pub(super) fn validate(self) -> Result<MeshConfig, FieldError> {
+    /// `base` is the config file's folder (relative paths in `trust` are resolved against it).
+    pub(super) fn validate(self, base: &std::path::Path) -> Result<MeshConfig, FieldError> {
         let trust_domain = domain(self.trust_domain, "trustDomain", "trellis.local")?;
         let cluster_domain = domain(self.cluster_domain, "clusterDomain", "cluster.local")?;
         let certificate_lifetime = match &self.certificate_lifetime {
@@ -128,11 +135,16 @@ impl RawMesh {
             seen.insert(key, i);
             services.push(service);
         }
+        let trust = match &self.trust {
+            Some(t) => t.validate(base)?,
+            None => Default::default(),
+        };
         Ok(MeshConfig {
             trust_domain,
             cluster_domain,
             certificate_lifetime,
             services,
+            trust,
         })
     }
 }
@@ -172,7 +184,7 @@ impl RawService {
         }
         let ports = (self.ports.iter().enumerate())
             .map(|(i, p)| p.validate(&format!("{at}.ports[{i}]")))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         let endpoints = (self.endpoints.iter().enumerate())
             .map(|(i, e)| e.validate(&format!("{at}.endpoints[{i}]")))
             .collect::<Result<_, _>>()?;
@@ -185,20 +197,11 @@ impl RawService {
             service: &name,
             known,
         };
-        // Remembers the index that first used each route name to name it in the error.
-        let mut route_names: HashMap<&str, usize> = HashMap::new();
-        let mut routes = Vec::with_capacity(self.routes.len());
-        for (i, raw) in self.routes.iter().enumerate() {
-            let route = raw.validate(&format!("{at}.routes[{i}]"), &scope)?;
-            if let Some(first) = route_names.insert(&raw.name.value, i) {
-                return fail(
-                    &raw.name,
-                    format!("{at}.routes[{i}].name"),
-                    format!("route \"{}\" repeats routes[{first}]", route.name),
-                );
-            }
-            routes.push(route);
-        }
+        let routes = route::routes(&self.routes, &format!("{at}.routes"), &scope)?;
+        let authorization = match &self.authorization {
+            Some(a) => Some(a.validate(&format!("{at}.authorization"), &ports)?),
+            None => None,
+        };
         Ok(Service {
             name,
             namespace,
@@ -208,6 +211,7 @@ impl RawService {
             endpoints,
             policy,
             routes,
+            authorization,
         })
     }
 }

@@ -16,6 +16,7 @@ pub(crate) fn cluster(lb: LbPolicy, weights: &[u32]) -> Arc<Cluster> {
                 addr,
                 identity: "spiffe://t/ns/a/sa/b".into(),
                 weight: *w,
+                plaintext: false,
                 state: Arc::new(EndpointState {
                     conn: connector.connection(addr, "spiffe://t/ns/a/sa/b"),
                     load: Load::default(),

@@ -12,7 +12,7 @@ use super::{
 use crate::balance::{HashRing, Load};
 use crate::resilience::outlier::OutlierState;
 use crate::telemetry::RouteStats;
-use crate::transport::MeshConnector;
+use crate::transport::{MeshConnection, MeshConnector};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -79,10 +79,12 @@ fn build_clusters(
     previous: &MeshSnapshot,
     connector: &MeshConnector,
 ) -> BTreeMap<String, Arc<Cluster>> {
-    let mut endpoint_states: HashMap<(SocketAddr, &str), Arc<EndpointState>> = HashMap::new();
+    // Keyed by address, identity and plaintext-ness: a change of mTLS mode needs a new connection.
+    let mut endpoint_states: HashMap<(SocketAddr, &str, bool), Arc<EndpointState>> = HashMap::new();
     for cluster in previous.clusters.values() {
         for ep in &cluster.endpoints {
-            endpoint_states.insert((ep.addr, ep.identity.as_str()), ep.state.clone());
+            let key = (ep.addr, ep.identity.as_str(), ep.plaintext);
+            endpoint_states.insert(key, ep.state.clone());
         }
     }
     let mut names: Vec<&String> = clusters.keys().chain(endpoints.keys()).collect();
@@ -102,11 +104,15 @@ fn build_clusters(
             .iter()
             .map(|spec| {
                 let state = endpoint_states
-                    .get(&(spec.addr, spec.identity.as_str()))
+                    .get(&(spec.addr, spec.identity.as_str(), spec.plaintext))
                     .cloned()
                     .unwrap_or_else(|| {
                         Arc::new(EndpointState {
-                            conn: connector.connection(spec.addr, &spec.identity),
+                            conn: if spec.plaintext {
+                                MeshConnection::plain(spec.addr)
+                            } else {
+                                connector.connection(spec.addr, &spec.identity)
+                            },
                             load: Load::default(),
                             outlier: OutlierState::default(),
                         })
@@ -115,6 +121,7 @@ fn build_clusters(
                     addr: spec.addr,
                     identity: spec.identity.clone(),
                     weight: spec.weight,
+                    plaintext: spec.plaintext,
                     state,
                 })
             })

@@ -51,6 +51,8 @@ pub struct EndpointSpec {
     pub addr: SocketAddr,
     pub identity: String,
     pub weight: u32,
+    /// The endpoint's workload has mTLS disabled: plaintext h2c, no identity check.
+    pub plaintext: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +122,12 @@ fn decode_inbound(msg: pb::InboundConfig) -> Result<InboundPolicy, String> {
             protocol,
         });
     }
-    Ok(InboundPolicy { ports, mtls })
+    let authorization = crate::authz::decode_policy(msg.authorization)?;
+    Ok(InboundPolicy {
+        ports,
+        mtls,
+        authorization,
+    })
 }
 
 fn decode_routes(msg: pb::RouteConfig) -> Result<RouteConfig, String> {
@@ -377,6 +384,7 @@ fn decode_endpoints(msg: pb::Endpoints) -> Result<Vec<EndpointSpec>, String> {
             addr,
             identity: e.identity,
             weight: e.weight.max(1),
+            plaintext: e.plaintext,
         });
     }
     Ok(out)
@@ -430,6 +438,7 @@ mod tests {
                 address: "10.0.0.1".into(),
                 identity: "spiffe://td/ns/a/sa/b".into(),
                 weight: 1,
+                plaintext: false,
             }],
         };
         let err = decode(type_url::ENDPOINTS, &resource("c", &msg)).map(|_| ());
@@ -444,6 +453,7 @@ mod tests {
                 address: "127.0.0.1:4143".into(),
                 identity: "spiffe://td/ns/a/sa/b".into(),
                 weight: 0,
+                plaintext: false,
             }],
         };
         match decode(type_url::ENDPOINTS, &resource("c", &msg)) {

@@ -81,6 +81,7 @@ pub enum AppProtocol {
 pub struct InboundPolicy {
     pub ports: Vec<AppPort>,
     pub mtls: MtlsMode,
+    pub authorization: crate::authz::Policy,
 }
 
 impl InboundPolicy {
@@ -129,6 +130,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub identity: String,
     pub weight: u32,
+    /// mTLS disabled at the endpoint: plaintext h2c.
+    pub plaintext: bool,
     #[serde(serialize_with = "ser_ejected")]
     pub state: Arc<EndpointState>,
 }

@@ -29,6 +29,8 @@ pub struct DiscoveryStatus {
     /// Types for which at least one response was accepted since start.
     pub received: HashSet<String>,
     pub last_nack: Option<String>,
+    /// (ACKs, NACKs) sent, by type URL.
+    pub responses: std::collections::HashMap<String, (u64, u64)>,
 }
 
 pub type SharedStatus = Arc<Mutex<DiscoveryStatus>>;
@@ -129,11 +131,15 @@ impl DiscoveryClient {
                 tracing::debug!(type_url = %rsp.type_url, nonce = %rsp.nonce, "accepted");
                 self.set_status(|s| {
                     s.received.insert(rsp.type_url.clone());
+                    s.responses.entry(rsp.type_url.clone()).or_default().0 += 1;
                 });
             }
             Err(reason) => {
                 tracing::warn!(type_url = %rsp.type_url, nonce = %rsp.nonce, %reason, "rejected update (NACK); keeping the previous config");
-                self.set_status(|s| s.last_nack = Some(reason.clone()));
+                self.set_status(|s| {
+                    s.last_nack = Some(reason.clone());
+                    s.responses.entry(rsp.type_url.clone()).or_default().1 += 1;
+                });
                 ack.error_detail = Some(ErrorDetail {
                     code: tonic::Code::InvalidArgument as i32,
                     message: reason,

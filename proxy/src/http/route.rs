@@ -51,6 +51,7 @@ pub fn resolve(store: &SnapshotStore, req: &Request<Body>) -> Result<Target, Pro
     let snapshot = store.load();
     let table = snapshot
         .route_table(&host, port)
+        .or_else(|| destination_table(&snapshot, req))
         .ok_or_else(|| ProxyError::NoRoute {
             authority: format_authority(&host, port),
         })?;
@@ -72,6 +73,20 @@ pub fn resolve(store: &SnapshotStore, req: &Request<Body>) -> Result<Target, Pro
         rule: rule.clone(),
         cluster: cluster.clone(),
     })
+}
+
+/// The cluster a transparently intercepted connection was addressed to (set per connection by
+/// `listeners::transparent`): requests whose Host matches no route go to that cluster's routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationCluster(pub String);
+
+/// The route table whose fallback is the request's `DestinationCluster`, if it has one.
+fn destination_table<'a>(
+    snapshot: &'a crate::config::MeshSnapshot,
+    req: &Request<Body>,
+) -> Option<&'a Arc<crate::config::RouteTable>> {
+    let DestinationCluster(cluster) = req.extensions().get::<DestinationCluster>()?;
+    (snapshot.routes.values()).find(|t| t.fallback.backends.iter().any(|b| &b.cluster == cluster))
 }
 
 fn format_authority(host: &str, port: Option<u16>) -> String {

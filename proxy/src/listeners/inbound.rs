@@ -1,35 +1,57 @@
-//! The inbound listener: mutual TLS from other sidecars, then HTTP (HTTP/2 from Trellis peers) to
-//! the local app. The caller's SPIFFE ID, proven by its certificate, is handed to the app in the
-//! `trellis-client-id` header; a copy of that header arriving from the network is dropped first.
+//! The inbound listener: connections from other sidecars (mutual TLS) and, when the workload's
+//! mTLS mode allows, from plaintext clients; then HTTP to the local app. The mode is read from the
+//! snapshot at accept time: `strict` requires the TLS handshake, `permissive` peeks at the first
+//! bytes (`crate::detect`) and serves TLS or plaintext on the same port, `disabled` serves
+//! plaintext only. The caller's SPIFFE ID, proven by its certificate, is handed to the app in
+//! `trellis-client-id`; a copy of that header from the network is always dropped, so a plaintext
+//! caller never carries an identity. Each request passes the authorization layer (`crate::authz`)
+//! with the connection's peer before it reaches the app. A peer that negotiated the
+//! `trellis-opaque` ALPN gets an opaque TCP stream to the app instead (`super::opaque`); in
+//! transparent mode the app port is the connection's original destination port
+//! (`super::transparent`).
 
 use super::serve_connection;
-use crate::config::SnapshotStore;
+use crate::authz::{AuthzLayer, AuthzStats, Peer};
+use crate::config::{MtlsMode, SnapshotStore};
+use crate::detect::{self, Detected};
 use crate::drain::DrainWatch;
 use crate::errors::ProxyError;
 use crate::http::app::AppClient;
 use crate::http::headers::CLIENT_ID;
 use crate::http::{rescue::RescueLayer, Body};
+use crate::telemetry::io::Counted;
+use crate::telemetry::metrics::{tls_failure_reason, Direction};
+use crate::telemetry::observe::{ObserveLayer, Telemetry};
 use crate::tls::peer_identity;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    store: SnapshotStore,
-    app: AppClient,
-    drain: DrainWatch,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+/// What every inbound connection needs.
+#[derive(Clone)]
+pub struct Inbound {
+    pub tls: Arc<rustls::ServerConfig>,
+    pub store: SnapshotStore,
+    pub app: AppClient,
+    pub authz: Arc<AuthzStats>,
+    pub telemetry: Arc<Telemetry>,
+    /// Opaque TCP streams from peer sidecars.
+    pub opaque: Arc<super::opaque::InboundOpaque>,
+    /// Transparent mode: the app port comes from the original destination.
+    pub transparent: bool,
+}
+
+pub async fn serve(listener: TcpListener, inbound: Inbound, drain: DrainWatch) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -44,49 +66,144 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let (store, app, drain) = (store.clone(), app.clone(), drain.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "inbound TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%peer, "inbound TLS handshake timed out");
-                    return;
-                }
-            };
-            // The verifier already required a SPIFFE ID; a missing one here means no client cert.
-            let identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(peer_identity)
-                .and_then(|id| HeaderValue::from_str(&id).ok());
-            let Some(identity) = identity else {
-                tracing::info!(%peer, "inbound connection without a SPIFFE identity refused");
-                return;
-            };
-            let service = ServiceBuilder::new()
-                .map_request(|req: Request<Incoming>| req.map(Body::from))
-                .layer(RescueLayer)
-                .service(ToApp {
-                    identity,
-                    store,
-                    app,
-                });
-            serve_connection(tls, service, drain).await;
-        });
+        tokio::spawn(connection(stream, peer, inbound.clone(), drain.clone()));
     }
 }
 
-/// Hands a request from an authenticated peer to the local app.
+async fn connection(stream: TcpStream, addr: SocketAddr, inbound: Inbound, drain: DrainWatch) {
+    let target = match inbound.transparent {
+        false => None,
+        true => match super::transparent::inbound_target_port(&stream) {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::warn!(peer = %addr, error = %e, "inbound: no original destination; refused");
+                return;
+            }
+        },
+    };
+    let mode = (inbound.store.load().inbound.as_ref()).map_or(MtlsMode::Strict, |i| i.mtls);
+    let is_tls = match mode {
+        MtlsMode::Strict => true,
+        MtlsMode::Permissive | MtlsMode::Disabled => {
+            match detect::peek(&stream, HANDSHAKE_TIMEOUT).await {
+                Ok(Some(Detected::Tls)) => true,
+                Ok(Some(Detected::Plaintext)) => false,
+                Ok(Some(Detected::NeedMore)) | Ok(None) | Err(_) => return,
+            }
+        }
+    };
+    match (mode, is_tls) {
+        (MtlsMode::Disabled, true) => {
+            tracing::info!(peer = %addr, "inbound TLS refused: mTLS is disabled for this workload");
+        }
+        (_, false) => match target {
+            // Transparent mode: a plaintext client that is not HTTP goes to the app as opaque TCP.
+            Some(port) if !super::transparent::speaks_http(&stream).await => {
+                let opaque = super::opaque::serve_plaintext(stream, port.0, &inbound.opaque);
+                if let Err(e) = opaque.await {
+                    tracing::info!(peer = %addr, error = %e, "inbound plaintext TCP refused");
+                }
+            }
+            _ => serve_http(stream, Peer::unauthenticated(), inbound, drain, target).await,
+        },
+        (_, true) => match handshake(stream, addr, &inbound).await {
+            Some((tls, peer)) if super::opaque::is_opaque(&tls) => {
+                if let Err(e) = super::opaque::serve_inbound(tls, peer, &inbound.opaque).await {
+                    tracing::info!(peer = %addr, error = %e, "inbound opaque stream refused");
+                }
+            }
+            Some((tls, peer)) => serve_http(tls, peer, inbound, drain, target).await,
+            None => {}
+        },
+    }
+}
+
+/// The mTLS handshake and the peer's SPIFFE ID; `None` (logged) if either fails.
+async fn handshake(
+    stream: TcpStream,
+    addr: SocketAddr,
+    inbound: &Inbound,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Peer)> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(inbound.tls.clone());
+    let failures = &inbound.telemetry.metrics.tls_failures;
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            failures.record(tls_failure_reason(&e));
+            tracing::info!(peer = %addr, error = %e, "inbound TLS handshake refused");
+            return None;
+        }
+        Err(_) => {
+            failures.record("timeout");
+            tracing::info!(peer = %addr, "inbound TLS handshake timed out");
+            return None;
+        }
+    };
+    // The verifier already required a SPIFFE ID; a missing one here means no client cert.
+    let identity = (tls.get_ref().1.peer_certificates())
+        .and_then(|chain| chain.first())
+        .and_then(peer_identity);
+    let Some(identity) = identity else {
+        tracing::info!(peer = %addr, "inbound connection without a SPIFFE identity refused");
+        return None;
+    };
+    Some((tls, Peer::authenticated(identity)))
+}
+
+async fn serve_http<IO>(
+    io: IO,
+    peer: Peer,
+    inbound: Inbound,
+    drain: DrainWatch,
+    target: Option<super::transparent::TargetPort>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let identity = (peer.identity.as_deref()).and_then(|id| HeaderValue::from_str(id).ok());
+    let observe = ObserveLayer::inbound(
+        inbound.telemetry.clone(),
+        identity
+            .clone()
+            .unwrap_or_else(|| HeaderValue::from_static("unauthenticated")),
+    );
+    let io = Counted::new(io, inbound.telemetry.metrics.clone(), Direction::Inbound);
+    // The identity header is set (or removed) before authorization, so header rules can never
+    // match a copy sent by the caller.
+    let service = ServiceBuilder::new()
+        .map_request(move |req: Request<Incoming>| {
+            let mut req = with_identity(req.map(Body::from), &identity);
+            if let Some(target) = target {
+                req.extensions_mut().insert(target);
+            }
+            req
+        })
+        .layer(RescueLayer)
+        .layer(observe)
+        .layer(AuthzLayer::new(
+            inbound.store.clone(),
+            peer,
+            inbound.authz.clone(),
+        ))
+        .service(ToApp {
+            store: inbound.store,
+            app: inbound.app,
+        });
+    serve_connection(io, service, drain).await;
+}
+
+/// Replaces any `trellis-client-id` from the network with the proven identity, if there is one.
+fn with_identity(mut req: Request<Body>, identity: &Option<HeaderValue>) -> Request<Body> {
+    let headers = req.headers_mut();
+    headers.remove(&CLIENT_ID);
+    if let Some(identity) = identity {
+        headers.insert(CLIENT_ID.clone(), identity.clone());
+    }
+    req
+}
+
+/// Hands a request to the local app on the app port that serves its service port.
 #[derive(Clone)]
 struct ToApp {
-    identity: HeaderValue,
     store: SnapshotStore,
     app: AppClient,
 }
@@ -100,17 +217,21 @@ impl tower::Service<Request<Body>> for ToApp {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let headers = req.headers_mut();
-        headers.remove(&CLIENT_ID);
-        headers.insert(CLIENT_ID.clone(), self.identity.clone());
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let port = crate::http::authority(&req).and_then(|(_, p)| p);
+        let target = req
+            .extensions()
+            .get::<super::transparent::TargetPort>()
+            .copied();
         let app_port = self
             .store
             .load()
             .inbound
             .as_ref()
-            .and_then(|i| i.app_port(port).copied());
+            .and_then(|i| match target {
+                Some(target) => Some(super::transparent::app_port_for(i, target)),
+                None => i.app_port(port).copied(),
+            });
         let app = self.app.clone();
         Box::pin(async move {
             let app_port = app_port.ok_or(ProxyError::NoAppPort {

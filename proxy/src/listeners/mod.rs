@@ -3,7 +3,11 @@
 //! harness) can learn the ports before the proxy starts.
 
 pub mod inbound;
+pub mod opaque;
+#[allow(unsafe_code)]
+pub mod original_dst;
 pub mod outbound;
+pub mod transparent;
 
 use crate::drain::DrainWatch;
 use crate::http::Body;
@@ -20,6 +24,8 @@ pub struct Listeners {
     pub inbound: TcpListener,
     pub outbound: TcpListener,
     pub admin: TcpListener,
+    /// Transparent mode (connections arrive through the iptables redirect); `None`: explicit.
+    pub transparent: Option<transparent::TransparentConfig>,
 }
 
 impl Listeners {
@@ -32,7 +38,14 @@ impl Listeners {
             inbound: TcpListener::bind(inbound).await?,
             outbound: TcpListener::bind(outbound).await?,
             admin: TcpListener::bind(admin).await?,
+            transparent: None,
         })
+    }
+
+    /// Serves in transparent mode (see `transparent`).
+    pub fn with_transparent(mut self, config: transparent::TransparentConfig) -> Self {
+        self.transparent = Some(config);
+        self
     }
 
     pub fn inbound_addr(&self) -> std::io::Result<SocketAddr> {

@@ -28,6 +28,10 @@ use tower::ServiceExt;
 #[derive(Debug, Clone, Copy)]
 pub struct AvoidEndpoint(pub SocketAddr);
 
+/// Set on responses: how many attempts the request took.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempts(pub u32);
+
 /// Set by forwarding on responses: which endpoint answered.
 #[derive(Debug, Clone, Copy)]
 pub struct AnsweredBy(pub SocketAddr);
@@ -222,7 +226,10 @@ where
             Verdict::Retryable => idempotent,
         };
         if !allowed || !replayable || attempt >= policy.max_attempts {
-            return result;
+            return result.map(|mut rsp| {
+                rsp.extensions_mut().insert(Attempts(attempt));
+                rsp
+            });
         }
         if !cluster
             .state
@@ -231,7 +238,10 @@ where
         {
             cluster.state.stats.budget_exhausted.inc();
             rule.stats.budget_exhausted.inc();
-            return result;
+            return result.map(|mut rsp| {
+                rsp.extensions_mut().insert(Attempts(attempt));
+                rsp
+            });
         }
         cluster.state.stats.retries.inc();
         rule.stats.retries.inc();

@@ -1,52 +1,19 @@
-//! Counters of what the resilience machinery did, per destination cluster and per route: lock-free
-//! atomics bumped on the request path and read by the admin port (`/stats`). They live outside the
-//! config snapshot's lifetime, carried from one snapshot to the next by name, so a config update
-//! does not reset them.
+//! What the proxy tells operators about the traffic it carries:
+//! - `counters`: resilience counters per cluster and route (shown on `/stats`, exported as metrics);
+//! - `trace_context`: W3C Trace Context and B3 parsing and formatting, by the letter of the specs;
+//! - `observe`: the tower layer that, per request, propagates trace context, makes this sidecar's span,
+//!   records request metrics and writes the access log;
+//! - `io`: byte and connection counting around accepted sockets;
+//! - `export`: OTLP/gRPC span export with a bounded queue that drops rather than blocks;
+//! - `metrics`: Prometheus metrics (prometheus-client) served on the admin port;
+//! - `access_log`: optional JSON lines, one per request.
 
-use serde::{Serialize, Serializer};
-use std::sync::atomic::{AtomicU64, Ordering};
+pub mod access_log;
+mod counters;
+pub mod export;
+pub mod io;
+pub mod metrics;
+pub mod observe;
+pub mod trace_context;
 
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Serialize for Counter {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(self.get())
-    }
-}
-
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteStats {
-    pub requests: Counter,
-    pub retries: Counter,
-    pub budget_exhausted: Counter,
-    pub timeouts: Counter,
-    pub per_try_timeouts: Counter,
-    pub faults_injected: Counter,
-}
-
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterStats {
-    pub requests: Counter,
-    pub retries: Counter,
-    pub budget_exhausted: Counter,
-    pub timeouts: Counter,
-    pub overflow_connections: Counter,
-    pub overflow_pending: Counter,
-    pub overflow_requests: Counter,
-    pub overflow_retries: Counter,
-    pub ejections: Counter,
-    pub connect_failures: Counter,
-}
+pub use counters::{ClusterStats, Counter, RouteStats};

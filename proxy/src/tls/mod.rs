@@ -130,7 +130,12 @@ impl TlsContext {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(self.certs.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // `trellis-opaque`: opaque TCP between sidecars (listeners/opaque.rs).
+        config.alpn_protocols = vec![
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+            crate::listeners::opaque::ALPN.to_vec(),
+        ];
         Ok(Arc::new(config))
     }
 }

@@ -1,6 +1,6 @@
 //! A service's `routes` as written (match, weighted backends, timeout, retry, fault) and their
 //! validation. Backends name other services, so validation gets the set of every service.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 
@@ -25,7 +25,7 @@ pub(in crate::config) struct Scope<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(in crate::config) struct RawRoute {
-    pub(super) name: S<String>,
+    name: S<String>,
     r#match: Option<RawMatch>,
     backends: Option<S<Vec<RawBackend>>>,
     timeout: Option<S<String>>,
@@ -88,8 +88,27 @@ struct RawAbort {
     percent: S<f64>,
 }
 
+/// A service's ordered route list; route names are unique within it.
+pub(super) fn routes(list: &[RawRoute], at: &str, scope: &Scope) -> Result<Vec<Route>, FieldError> {
+    // Remembers the index that first used each route name to name it in the error.
+    let mut route_names: HashMap<&str, usize> = HashMap::new();
+    let mut routes = Vec::with_capacity(list.len());
+    for (i, raw) in list.iter().enumerate() {
+        let route = raw.validate(&format!("{at}[{i}]"), scope)?;
+        if let Some(first) = route_names.insert(&raw.name.value, i) {
+            return fail(
+                &raw.name,
+                format!("{at}[{i}].name"),
+                format!("route \"{}\" repeats routes[{first}]", route.name),
+            );
+        }
+        routes.push(route);
+    }
+    Ok(routes)
+}
+
 impl RawRoute {
-    pub(super) fn validate(&self, at: &str, scope: &Scope) -> Result<Route, FieldError> {
+    fn validate(&self, at: &str, scope: &Scope) -> Result<Route, FieldError> {
         let name = label(&self.name, &format!("{at}.name"))?;
         let r#match = match &self.r#match {
             Some(m) => m.validate(&format!("{at}.match"))?,

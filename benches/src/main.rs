@@ -1,0 +1,230 @@
+//! `trellis-bench`: the command line of the latency benchmark. `run --short|--full` runs the
+//! suite and writes `results/<timestamp>/`; `report` prints the last run's markdown; `load` and
+//! `saturate` drive one target by hand; `upstream` is the server the suite starts as a process.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use trellis_bench::load::{self, LoadConfig, Protocol, SaturationConfig, Target};
+use trellis_bench::report;
+use trellis_bench::suite::{self, SuiteConfig};
+use trellis_bench::systems::peers::Template;
+
+#[derive(Debug, Parser)]
+#[command(name = "trellis-bench", about = "Trellis latency benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Address to send to (loopback only).
+    #[arg(long)]
+    target: SocketAddr,
+    /// Host header / :authority.
+    #[arg(long, default_value = "upstream")]
+    host: String,
+    #[arg(long, value_enum, default_value = "http1")]
+    protocol: Protocol,
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Response body size, bytes.
+    #[arg(long, default_value_t = 1024)]
+    payload: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up seconds (not measured).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the suite: direct, Trellis one hop and mesh path, and the installed peers.
+    Run {
+        /// About 2 minutes: 2,000 rps, 3 s per scenario.
+        #[arg(long, conflicts_with = "full")]
+        short: bool,
+        /// 500, 2,000 and 8,000 rps, 8 s per scenario after 2 s warm-up.
+        #[arg(long)]
+        full: bool,
+        /// Override the rates (rps), comma separated.
+        #[arg(long, value_delimiter = ',')]
+        rates: Option<Vec<f64>>,
+        /// Override the protocols, comma separated.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        protocols: Option<Vec<Protocol>>,
+        /// Override the measured seconds per scenario.
+        #[arg(long)]
+        duration: Option<f64>,
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// The `trellis` binary (default: next to this one).
+        #[arg(long)]
+        trellis: Option<PathBuf>,
+        /// The pingora baseline binary (default: benches/pingora-baseline/target/release/).
+        #[arg(long)]
+        pingora: Option<PathBuf>,
+        /// Another proxy, one hop: NAME=COMMAND with {listen} and {upstream} (repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<Template>,
+        /// Where results go (default: <workspace>/results).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the last run's markdown report.
+    Report {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// One constant-rate run against a target; prints JSON.
+    Load {
+        #[command(flatten)]
+        args: LoadArgs,
+        /// Requests per second.
+        #[arg(long)]
+        rate: f64,
+    },
+    /// Step the rate up until p99 exceeds the bound; prints the highest rate held.
+    Saturate {
+        #[command(flatten)]
+        args: LoadArgs,
+        #[arg(long, default_value_t = 500.0)]
+        start_rps: f64,
+        #[arg(long, default_value_t = 1.5)]
+        factor: f64,
+        #[arg(long, default_value_t = 100_000.0)]
+        max_rps: f64,
+        #[arg(long, default_value_t = 10_000)]
+        p99_bound_us: u64,
+    },
+    /// The benchmark's upstream server (started by `run`).
+    Upstream {
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+    },
+}
+
+fn load_config(a: &LoadArgs, rate: f64) -> anyhow::Result<LoadConfig> {
+    anyhow::ensure!(
+        a.target.ip().is_loopback(),
+        "the benchmark only sends to loopback addresses"
+    );
+    let mut c = LoadConfig::new(
+        Target::plain(a.target, a.host.clone()),
+        a.protocol,
+        rate,
+        Duration::try_from_secs_f64(a.duration).context("--duration")?,
+    );
+    c.connections = a.connections;
+    c.payload_bytes = a.payload;
+    c.warmup = Duration::try_from_secs_f64(a.warmup).context("--warmup")?;
+    Ok(c)
+}
+
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            short: _,
+            full,
+            rates,
+            protocols,
+            duration,
+            rounds,
+            trellis,
+            pingora,
+            peers,
+            out,
+        } => {
+            let root = out.unwrap_or_else(report::results_root);
+            let dir = root.join(report::timestamp());
+            let mut cfg = if full {
+                SuiteConfig::full(dir.join("work"))
+            } else {
+                SuiteConfig::short(dir.join("work"))
+            };
+            if let Some(r) = rates {
+                cfg.rates = r;
+            }
+            if let Some(p) = protocols {
+                cfg.protocols = p;
+            }
+            if let Some(d) = duration {
+                cfg.duration = Duration::try_from_secs_f64(d).context("--duration")?;
+            }
+            if let Some(r) = rounds {
+                cfg.rounds = r.max(1);
+            }
+            cfg.trellis = trellis;
+            cfg.pingora = pingora;
+            cfg.templates = peers;
+            // One worker for the generator (plus the pacer thread): the proxies need the cores.
+            let report = runtime(1)?.block_on(suite::run(&cfg))?;
+            report.write(&dir)?;
+            print!("{}", std::fs::read_to_string(dir.join("report.md"))?);
+            eprintln!("\nresults in {}", dir.display());
+        }
+        Command::Report { out } => {
+            let root = out.unwrap_or_else(report::results_root);
+            let dir = report::last_run(&root)?;
+            print!("{}", std::fs::read_to_string(dir.join("report.md"))?);
+            eprintln!("\n(from {})", dir.display());
+        }
+        Command::Load { args, rate } => {
+            let c = load_config(&args, rate)?;
+            let r = runtime(1)?.block_on(load::run(&c))?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Command::Saturate {
+            args,
+            start_rps,
+            factor,
+            max_rps,
+            p99_bound_us,
+        } => {
+            let c = load_config(&args, start_rps)?;
+            let sat = SaturationConfig {
+                start_rps,
+                factor,
+                max_rps,
+                p99_bound_us,
+            };
+            let r = runtime(1)?.block_on(load::saturate(&c, &sat))?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            eprintln!(
+                "highest rate held with p99 ≤ {p99_bound_us} µs: {:.0} rps",
+                r.max_held_rps
+            );
+        }
+        Command::Upstream { listen } => {
+            runtime(2)?.block_on(async move {
+                let mut servers = Vec::new();
+                for addr in listen {
+                    anyhow::ensure!(
+                        addr.ip().is_loopback(),
+                        "the upstream only listens on loopback"
+                    );
+                    servers.push(trellis_bench::upstream::Upstream::start(addr, None).await?);
+                }
+                tokio::signal::ctrl_c().await?;
+                drop(servers);
+                Ok::<_, anyhow::Error>(())
+            })?;
+        }
+    }
+    Ok(())
+}

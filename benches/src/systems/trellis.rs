@@ -1,0 +1,265 @@
+//! Trellis under test, as the demo runs it: the `trellis` binary started as a control plane and two
+//! sidecars, each its own process, on loopback "pods". Sidecar A (127.0.0.61) is the load
+//! generator's sidecar; sidecar B (127.0.0.62) fronts the upstream as service `bench` (port 80 →
+//! HTTP/1.1 upstream, port 81 → h2c upstream).
+//!
+//! - mesh path: client → A's outbound (plain, `Host: bench[:81]`) → HTTP/2 over mTLS → B's inbound
+//!   → upstream. Both sidecars are measured.
+//! - one hop: client → B's inbound directly, presenting a mesh certificate (SPIFFE ID
+//!   `…/sa/loadgen`, signed by the mesh CA from the state directory) → upstream. Only B is in the
+//!   path; the TLS the client does is on the generator's side. This is the honest single-proxy
+//!   path: a Trellis inbound never accepts plain text.
+
+use super::{addr, certs, PathKind, Process, Running};
+use crate::load::{Protocol, Target};
+use anyhow::{bail, Context};
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TRUST_DOMAIN: &str = "trellis.local";
+const NAMESPACE: &str = "default";
+const INBOUND: u16 = 4143;
+const OUTBOUND: u16 = 4140;
+const ADMIN: u16 = 4191;
+
+fn mesh_yaml() -> String {
+    format!(
+        "trustDomain: {TRUST_DOMAIN}
+services:
+  - name: loadgen
+    ports:
+      - port: 80
+        targetPort: 18099
+        protocol: http1
+    endpoints:
+      - address: {client}
+  - name: bench
+    ports:
+      - port: 80
+        targetPort: {h1}
+        protocol: http1
+      - port: 81
+        targetPort: {h2}
+        protocol: h2c
+    endpoints:
+      - address: {server}
+    policy:
+      loadBalancer: roundRobin
+      connectTimeout: 1s
+      requestTimeout: 15s
+",
+        client = addr::at(addr::CLIENT_POD, INBOUND),
+        server = addr::at(addr::SERVER_POD, INBOUND),
+        h1 = addr::UPSTREAM_H1.port(),
+        h2 = addr::UPSTREAM_H2C.port(),
+    )
+}
+
+/// The `Host` a client sends to reach the upstream for a protocol.
+fn authority(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Http1 => "bench",
+        Protocol::H2c | Protocol::Grpc => "bench:81",
+    }
+}
+
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Finds the `trellis` binary: `--trellis`, else next to this executable (target/release).
+pub fn find_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let exe = std::env::current_exe()?;
+    let beside = exe.with_file_name("trellis");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    bail!(
+        "no trellis binary at {} (run benches/setup.sh or `cargo build --release -p trellis`)",
+        beside.display()
+    )
+}
+
+/// Starts the control plane and both sidecars; waits until both are ready.
+pub async fn start(
+    binary: &Path,
+    work: &Path,
+    procs: &mut Vec<Process>,
+) -> anyhow::Result<Vec<Running>> {
+    let state = work.join("trellis-state");
+    std::fs::create_dir_all(&state)?;
+    let config = work.join("mesh.yaml");
+    std::fs::write(&config, mesh_yaml())?;
+    let log = work.join("trellis.log");
+    // Tokens first: `token` creates the token key the control plane then loads.
+    let mut tokens = Vec::new();
+    for service in ["loadgen", "bench"] {
+        let out = tokio::process::Command::new(binary)
+            .args([
+                "control-plane",
+                "token",
+                "--namespace",
+                NAMESPACE,
+                "--service-account",
+                service,
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .await
+            .context("running `trellis control-plane token`")?;
+        if !out.status.success() {
+            bail!(
+                "`trellis control-plane token` failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        tokens.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    procs.push(Process::spawn(
+        "trellis control plane",
+        binary,
+        &[
+            "control-plane".into(),
+            "serve".into(),
+            "--config".into(),
+            config.into(),
+            "--state-dir".into(),
+            state.clone().into(),
+            "--listen".into(),
+            addr::CONTROL_PLANE.to_string().into(),
+        ],
+        &log,
+    )?);
+    super::wait_port(
+        "the control plane",
+        addr::CONTROL_PLANE,
+        Duration::from_secs(20),
+    )
+    .await?;
+    let ca_cert = state.join("ca.crt.pem");
+    let mut measured = Vec::new();
+    let pods = [("loadgen", addr::CLIENT_POD), ("bench", addr::SERVER_POD)];
+    for ((service, pod), token) in pods.into_iter().zip(&tokens) {
+        let token_file = state.join(format!("{service}.token"));
+        write_secret(&token_file, token)?;
+        let args: Vec<OsString> = vec![
+            "proxy".into(),
+            "--service".into(),
+            service.into(),
+            "--namespace".into(),
+            NAMESPACE.into(),
+            "--node-id".into(),
+            format!("{service}-0").into(),
+            "--inbound".into(),
+            addr::at(pod, INBOUND).to_string().into(),
+            "--outbound".into(),
+            addr::at(pod, OUTBOUND).to_string().into(),
+            "--admin".into(),
+            addr::at(pod, ADMIN).to_string().into(),
+            "--app-host".into(),
+            addr::at(pod, 0).ip().to_string().into(),
+            "--token-file".into(),
+            token_file.into(),
+            "--control-plane".into(),
+            format!("https://{}", addr::CONTROL_PLANE).into(),
+            "--control-plane-ca".into(),
+            ca_cert.clone().into(),
+            "--control-plane-name".into(),
+            "localhost".into(),
+            "--trust-domain".into(),
+            TRUST_DOMAIN.into(),
+            "--log".into(),
+            "warn".into(),
+        ];
+        let name = format!("sidecar {service}");
+        let p = Process::spawn(&name, binary, &args, &log)?;
+        measured.push((name, p.pid().context("sidecar has no pid")?));
+        procs.push(p);
+    }
+    for pod in [addr::CLIENT_POD, addr::SERVER_POD] {
+        wait_ready(addr::at(pod, ADMIN), procs).await?;
+    }
+    let mut systems = vec![Running {
+        system: "trellis".into(),
+        path: PathKind::Mesh,
+        protocols: vec![Protocol::Http1, Protocol::H2c, Protocol::Grpc],
+        measured: measured.clone(),
+        target: Box::new(|p| Target::plain(addr::at(addr::CLIENT_POD, OUTBOUND), authority(p))),
+    }];
+    match one_hop_tls(&state) {
+        Ok(tls) => systems.push(Running {
+            system: "trellis".into(),
+            path: PathKind::OneHop,
+            protocols: vec![Protocol::Http1, Protocol::H2c, Protocol::Grpc],
+            measured: measured
+                .into_iter()
+                .filter(|(n, _)| n.ends_with("bench"))
+                .collect(),
+            target: Box::new(move |p| Target {
+                addr: addr::at(addr::SERVER_POD, INBOUND),
+                authority: authority(p).into(),
+                tls: Some(tls.clone()),
+            }),
+        }),
+        Err(e) => eprintln!("skipping the Trellis one-hop path: {e:#}"),
+    }
+    Ok(systems)
+}
+
+async fn wait_ready(admin: std::net::SocketAddr, procs: &mut [Process]) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Ok((200, _)) = super::http_get(admin, "localhost", "/ready").await {
+            return Ok(());
+        }
+        for p in procs.iter_mut() {
+            p.check_alive()?;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let why = super::http_get(admin, "localhost", "/ready").await;
+            bail!("sidecar with admin {admin} not ready within 30 s: {why:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The client TLS config for the one-hop path: a `loadgen` certificate from the mesh CA, trusting
+/// the mesh root, requiring the server to be `bench`.
+fn one_hop_tls(state: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let cert = certs::mesh_cert(state, &trellis_api_id("loadgen"))?;
+    let tls = trellis_proxy::tls::TlsContext::default();
+    let chain = cert
+        .chain_der
+        .into_iter()
+        .map(rustls_pki_types::CertificateDer::from)
+        .collect();
+    let key = tls
+        .provider()
+        .key_provider
+        .load_private_key(rustls_pki_types::PrivateKeyDer::Pkcs8(cert.key_der.into()))
+        .context("loading the generated key")?;
+    tls.certs
+        .set(Arc::new(rustls::sign::CertifiedKey::new(chain, key)));
+    tls.trust.set_roots(&[cert.root_der]);
+    Ok(tls.client_config(&trellis_api_id("bench"))?)
+}
+
+fn trellis_api_id(service_account: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{service_account}")
+}

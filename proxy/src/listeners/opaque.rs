@@ -1,0 +1,249 @@
+//! Opaque TCP: byte streams the proxy carries without understanding them (server-speaks-first
+//! protocols, TLS from the app, anything not HTTP).
+//!
+//! Between sidecars an opaque stream still goes over mutual TLS: the client offers only the ALPN
+//! protocol `trellis-opaque`, then sends one header line, `dst-port <port>\n`, naming the port the
+//! app originally connected to; the server (the destination's inbound listener) checks the peer
+//! against its authorization policy as a connection, connects to `app_host:<port>` and copies
+//! bytes both ways. See docs/protocol.md. Destinations outside the mesh get a plain TCP
+//! connection (`passthrough`).
+
+use crate::authz::{Attributes, AuthzStats, Peer};
+use crate::config::SnapshotStore;
+use crate::tls::TlsContext;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{copy_bidirectional, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The ALPN protocol of an opaque stream between sidecars.
+pub const ALPN: &[u8] = b"trellis-opaque";
+const HEADER_PREFIX: &str = "dst-port ";
+/// Longest header line accepted, newline included.
+const MAX_HEADER: usize = 32;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpaqueError {
+    #[error("connecting to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("mTLS to {addr}: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
+    #[error("{addr} does not speak trellis-opaque (ALPN not negotiated)")]
+    NoAlpn { addr: SocketAddr },
+    #[error("bad trellis-opaque header: {0}")]
+    Header(&'static str),
+    #[error("port {0} is the proxy's own and is not reachable through opaque TCP")]
+    OwnPort(u16),
+    #[error("{peer} may not open TCP connections to port {port} (rule {rule})")]
+    Denied {
+        peer: String,
+        port: u16,
+        rule: String,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The header line the client sends first.
+pub fn encode_header(port: u16) -> Vec<u8> {
+    format!("{HEADER_PREFIX}{port}\n").into_bytes()
+}
+
+/// Parses a header line (without its newline).
+pub fn parse_header(line: &[u8]) -> Result<u16, OpaqueError> {
+    let text = std::str::from_utf8(line).map_err(|_| OpaqueError::Header("not ASCII"))?;
+    let port = text
+        .strip_prefix(HEADER_PREFIX)
+        .ok_or(OpaqueError::Header("expected `dst-port <port>`"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(OpaqueError::Header("port is not 1-65535")),
+    }
+}
+
+/// Reads the header one byte at a time, so no payload byte is consumed with it.
+async fn read_header<IO: AsyncRead + Unpin>(io: &mut IO) -> Result<u16, OpaqueError> {
+    let mut line = Vec::with_capacity(MAX_HEADER);
+    loop {
+        let byte = io.read_u8().await?;
+        if byte == b'\n' {
+            return parse_header(&line);
+        }
+        if line.len() + 1 >= MAX_HEADER {
+            return Err(OpaqueError::Header("line too long"));
+        }
+        line.push(byte);
+    }
+}
+
+/// Copies until both directions end; errors are the normal end of many TCP conversations.
+async fn splice<A, B>(mut a: A, mut b: B, what: &str)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    match copy_bidirectional(&mut a, &mut b).await {
+        Ok((up, down)) => tracing::debug!(what, up, down, "opaque stream closed"),
+        Err(e) => tracing::debug!(what, error = %e, "opaque stream ended with an error"),
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, OpaqueError> {
+    let fail = |reason: String| OpaqueError::Connect { addr, reason };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| fail("timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Carries `app` to a peer sidecar at `endpoint` (which must prove `identity`) over mTLS, for
+/// the peer's app port `port`.
+pub async fn to_mesh(
+    app: TcpStream,
+    endpoint: SocketAddr,
+    identity: &str,
+    port: u16,
+    tls: &TlsContext,
+) -> Result<(), OpaqueError> {
+    let tls_err = |reason: String| OpaqueError::Tls {
+        addr: endpoint,
+        reason,
+    };
+    let config = tls
+        .client_config(identity)
+        .map_err(|e| tls_err(e.to_string()))?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let tcp = connect(endpoint).await?;
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(crate::tls::placeholder_server_name(), tcp)
+        .await
+        .map_err(|e| tls_err(e.to_string()))?;
+    if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
+        return Err(OpaqueError::NoAlpn { addr: endpoint });
+    }
+    stream.write_all(&encode_header(port)).await?;
+    splice(app, stream, "to mesh").await;
+    Ok(())
+}
+
+/// A plain TCP connection to a destination outside the mesh.
+pub async fn passthrough(app: TcpStream, dst: SocketAddr) -> Result<(), OpaqueError> {
+    let upstream = connect(dst).await?;
+    splice(app, upstream, "passthrough").await;
+    Ok(())
+}
+
+/// What the inbound side needs to serve opaque streams.
+#[derive(Debug, Clone)]
+pub struct InboundOpaque {
+    pub app_host: IpAddr,
+    /// The proxy's listener ports, never reachable this way.
+    pub own_ports: Vec<u16>,
+    pub store: SnapshotStore,
+    pub authz: Arc<AuthzStats>,
+}
+
+/// Whether the handshake negotiated `trellis-opaque`.
+pub fn is_opaque<IO>(tls: &tokio_rustls::server::TlsStream<IO>) -> bool {
+    tls.get_ref().1.alpn_protocol() == Some(ALPN)
+}
+
+/// Serves one opaque stream from an authenticated peer: header, authorization, then the app.
+pub async fn serve_inbound<IO>(
+    mut io: IO,
+    peer: Peer,
+    ctx: &InboundOpaque,
+) -> Result<(), OpaqueError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let port = tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut io))
+        .await
+        .map_err(|_| OpaqueError::Header("timed out"))??;
+    authorize(&peer, port, ctx)?;
+    let app = connect(SocketAddr::new(ctx.app_host, port)).await?;
+    splice(io, app, "to app").await;
+    Ok(())
+}
+
+/// A plaintext connection that is not HTTP, to a workload whose mTLS mode admits plaintext
+/// (transparent mode): to the app on the original destination's `port`, if the policy lets an
+/// unauthenticated peer open it.
+pub async fn serve_plaintext(
+    stream: TcpStream,
+    port: u16,
+    ctx: &InboundOpaque,
+) -> Result<(), OpaqueError> {
+    authorize(&Peer::unauthenticated(), port, ctx)?;
+    let app = connect(SocketAddr::new(ctx.app_host, port)).await?;
+    splice(stream, app, "plaintext to app").await;
+    Ok(())
+}
+
+/// The connection-level checks: never the proxy's own ports, and the authorization policy.
+fn authorize(peer: &Peer, port: u16, ctx: &InboundOpaque) -> Result<(), OpaqueError> {
+    if ctx.own_ports.contains(&port) {
+        return Err(OpaqueError::OwnPort(port));
+    }
+    let snapshot = ctx.store.load();
+    let Some(inbound) = snapshot.inbound.as_ref() else {
+        return Ok(());
+    };
+    // Policies name service ports; map the app port back when the config knows it.
+    let service_port =
+        (inbound.ports.iter().find(|p| p.target_port == port)).map_or(port, |p| p.port);
+    let attrs = Attributes {
+        port: Some(service_port),
+        http: None,
+    };
+    let decision = inbound.authorization.decide(peer, &attrs);
+    ctx.authz.record(&decision);
+    if decision.allowed() {
+        return Ok(());
+    }
+    Err(OpaqueError::Denied {
+        peer: (peer.identity.clone()).unwrap_or_else(|| "an unauthenticated peer".into()),
+        port,
+        rule: decision.rule,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_rejects_junk() {
+        let line = encode_header(5432);
+        assert_eq!(line, b"dst-port 5432\n");
+        assert_eq!(parse_header(&line[..line.len() - 1]).unwrap(), 5432);
+        for bad in [
+            &b"dst-port 0"[..],
+            b"dst-port 70000",
+            b"port 80",
+            b"dst-port",
+            b"\xff",
+        ] {
+            assert!(parse_header(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn header_is_read_without_the_payload() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"dst-port 25\nEHLO").await.unwrap();
+        assert_eq!(read_header(&mut server).await.unwrap(), 25);
+        let mut rest = [0u8; 4];
+        server.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"EHLO");
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&[b'a'; 40]).await.unwrap();
+        assert!(read_header(&mut server).await.is_err(), "too long");
+    }
+}
