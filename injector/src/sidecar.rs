@@ -247,6 +247,9 @@ fn env(config: &InjectorConfig, service: &str, log_level: &str) -> Vec<EnvVar> {
         value("TRELLIS_INBOUND", format!("0.0.0.0:{INBOUND_PORT}")),
         value("TRELLIS_OUTBOUND", format!("127.0.0.1:{OUTBOUND_PORT}")),
         value("TRELLIS_ADMIN", format!("0.0.0.0:{ADMIN_PORT}")),
+        // The init step redirects the pod's traffic to the proxy, which reads the original
+        // destination of each connection.
+        value("TRELLIS_TRANSPARENT", "true".to_string()),
         value(
             "TRELLIS_DRAIN_GRACE_SECONDS",
             config.drain_grace_seconds.to_string(),

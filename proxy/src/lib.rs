@@ -6,7 +6,9 @@
 //! (counters), `transport` (HTTP/2 over
 //! mTLS between sidecars), `tls` (rustls configs and SPIFFE verification), `identity` (key, CSR,
 //! certificate renewal), `discovery` (the delta-xDS client), `config` (the snapshot the proxy
-//! serves with), `admin`, `drain`, and `proxy` (wiring).
+//! serves with), `admin`, `drain`, `redirect` (the `trellis-proxy redirect` init step: iptables
+//! rules), `detect` (protocol detection), and `proxy` (wiring). Transparent mode (original
+//! destination, opaque TCP, passthrough) lives in `listeners`.
 // `unsafe` is denied everywhere except `listeners::original_dst` (one getsockopt call).
 #![deny(unsafe_code)]
 

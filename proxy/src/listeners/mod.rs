@@ -1,6 +1,8 @@
 //! The proxy's sockets: outbound (plain HTTP from the local app), inbound (mTLS from other
 //! sidecars) and admin. Binding is separate from serving so that callers (the CLI, the test
-//! harness) can learn the ports before the proxy starts.
+//! harness) can learn the ports before the proxy starts. In transparent mode `transparent`
+//! classifies each connection by its original destination (`original_dst`, the crate's only
+//! `unsafe`), and `opaque` carries non-HTTP streams.
 
 pub mod inbound;
 pub mod opaque;
