@@ -5,6 +5,7 @@
 //! failure), the loopback address plan, and readiness polling.
 
 pub mod certs;
+pub mod otlp_sink;
 pub mod peers;
 pub mod trellis;
 
@@ -30,6 +31,11 @@ pub mod addr {
     /// The client pod (sidecar A) and the server pod (sidecar B, the upstream).
     pub const CLIENT_POD: u8 = 61;
     pub const SERVER_POD: u8 = 62;
+    /// A second sidecar pair that samples every trace and exports it (the tracing-cost path).
+    pub const TRACED_CLIENT_POD: u8 = 71;
+    pub const TRACED_SERVER_POD: u8 = 72;
+    /// The OTLP sink the traced pair exports to.
+    pub const OTLP_SINK: SocketAddr = at(60, 14317);
     pub const UPSTREAM_H1: SocketAddr = at(SERVER_POD, 18080);
     pub const UPSTREAM_H2C: SocketAddr = at(SERVER_POD, 18081);
 }

@@ -5,6 +5,9 @@
 //!
 //! - mesh path: client → A's outbound (plain, `Host: bench[:81]`) → HTTP/2 over mTLS → B's inbound
 //!   → upstream. Both sidecars are measured.
+//! - tracing cost: the mesh path again through a second pair (127.0.0.71/72) that samples every
+//!   trace and exports the spans over OTLP to a local sink; the first pair samples none
+//!   (`--trace-sample-ratio 0`), so `trellis` vs `trellis-traced` is tracing at 0% vs 100%.
 //! - one hop: client → B's inbound directly, presenting a mesh certificate (SPIFFE ID
 //!   `…/sa/loadgen`, signed by the mesh CA from the state directory) → upstream. Only B is in the
 //!   path; the TLS the client does is on the generator's side. This is the honest single-proxy
@@ -51,9 +54,32 @@ services:
       loadBalancer: roundRobin
       connectTimeout: 1s
       requestTimeout: 15s
+  - name: loadgen-traced
+    ports:
+      - port: 80
+        targetPort: 18099
+        protocol: http1
+    endpoints:
+      - address: {traced_client}
+  - name: bench-traced
+    ports:
+      - port: 80
+        targetPort: {h1}
+        protocol: http1
+      - port: 81
+        targetPort: {h2}
+        protocol: h2c
+    endpoints:
+      - address: {traced_server}
+    policy:
+      loadBalancer: roundRobin
+      connectTimeout: 1s
+      requestTimeout: 15s
 ",
         client = addr::at(addr::CLIENT_POD, INBOUND),
         server = addr::at(addr::SERVER_POD, INBOUND),
+        traced_client = addr::at(addr::TRACED_CLIENT_POD, INBOUND),
+        traced_server = addr::at(addr::TRACED_SERVER_POD, INBOUND),
         h1 = addr::UPSTREAM_H1.port(),
         h2 = addr::UPSTREAM_H2C.port(),
     )
@@ -64,6 +90,14 @@ fn authority(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::Http1 => "bench",
         Protocol::H2c | Protocol::Grpc => "bench:81",
+    }
+}
+
+/// The same, through the traced pair.
+fn traced_authority(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Http1 => "bench-traced",
+        Protocol::H2c | Protocol::Grpc => "bench-traced:81",
     }
 }
 
@@ -108,7 +142,7 @@ pub async fn start(
     let log = work.join("trellis.log");
     // Tokens first: `token` creates the token key the control plane then loads.
     let mut tokens = Vec::new();
-    for service in ["loadgen", "bench"] {
+    for service in ["loadgen", "bench", "loadgen-traced", "bench-traced"] {
         let out = tokio::process::Command::new(binary)
             .args([
                 "control-plane",
@@ -153,12 +187,29 @@ pub async fn start(
     )
     .await?;
     let ca_cert = state.join("ca.crt.pem");
+    super::otlp_sink::start(addr::OTLP_SINK)
+        .await
+        .context("starting the OTLP sink")?;
+    let untraced = ["--trace-sample-ratio".to_string(), "0".to_string()];
+    let traced = [
+        "--trace-sample-ratio".to_string(),
+        "1".to_string(),
+        "--otlp-endpoint".to_string(),
+        format!("http://{}", addr::OTLP_SINK),
+    ];
+    let upstream_host = addr::at(addr::SERVER_POD, 0).ip().to_string();
+    let pods = [
+        ("loadgen", addr::CLIENT_POD, &untraced[..]),
+        ("bench", addr::SERVER_POD, &untraced[..]),
+        ("loadgen-traced", addr::TRACED_CLIENT_POD, &traced[..]),
+        ("bench-traced", addr::TRACED_SERVER_POD, &traced[..]),
+    ];
     let mut measured = Vec::new();
-    let pods = [("loadgen", addr::CLIENT_POD), ("bench", addr::SERVER_POD)];
-    for ((service, pod), token) in pods.into_iter().zip(&tokens) {
+    let mut measured_traced = Vec::new();
+    for ((service, pod, extra), token) in pods.into_iter().zip(&tokens) {
         let token_file = state.join(format!("{service}.token"));
         write_secret(&token_file, token)?;
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "proxy".into(),
             "--service".into(),
             service.into(),
@@ -172,8 +223,9 @@ pub async fn start(
             addr::at(pod, OUTBOUND).to_string().into(),
             "--admin".into(),
             addr::at(pod, ADMIN).to_string().into(),
+            // Both server sidecars front the one upstream.
             "--app-host".into(),
-            addr::at(pod, 0).ip().to_string().into(),
+            upstream_host.clone().into(),
             "--token-file".into(),
             token_file.into(),
             "--control-plane".into(),
@@ -187,21 +239,45 @@ pub async fn start(
             "--log".into(),
             "warn".into(),
         ];
+        args.extend(extra.iter().map(OsString::from));
         let name = format!("sidecar {service}");
         let p = Process::spawn(&name, binary, &args, &log)?;
-        measured.push((name, p.pid().context("sidecar has no pid")?));
+        let pid = p.pid().context("sidecar has no pid")?;
+        if service.ends_with("-traced") {
+            measured_traced.push((name, pid));
+        } else {
+            measured.push((name, pid));
+        }
         procs.push(p);
+    }
+    for pod in [addr::TRACED_CLIENT_POD, addr::TRACED_SERVER_POD] {
+        wait_ready(addr::at(pod, ADMIN), procs).await?;
     }
     for pod in [addr::CLIENT_POD, addr::SERVER_POD] {
         wait_ready(addr::at(pod, ADMIN), procs).await?;
     }
-    let mut systems = vec![Running {
-        system: "trellis".into(),
-        path: PathKind::Mesh,
-        protocols: vec![Protocol::Http1, Protocol::H2c, Protocol::Grpc],
-        measured: measured.clone(),
-        target: Box::new(|p| Target::plain(addr::at(addr::CLIENT_POD, OUTBOUND), authority(p))),
-    }];
+    let mut systems = vec![
+        Running {
+            system: "trellis".into(),
+            path: PathKind::Mesh,
+            protocols: vec![Protocol::Http1, Protocol::H2c, Protocol::Grpc],
+            measured: measured.clone(),
+            target: Box::new(|p| Target::plain(addr::at(addr::CLIENT_POD, OUTBOUND), authority(p))),
+        },
+        // The same path with every request traced: both sidecars make, batch and export spans.
+        Running {
+            system: "trellis-traced".into(),
+            path: PathKind::Mesh,
+            protocols: vec![Protocol::Http1, Protocol::H2c, Protocol::Grpc],
+            measured: measured_traced,
+            target: Box::new(|p| {
+                Target::plain(
+                    addr::at(addr::TRACED_CLIENT_POD, OUTBOUND),
+                    traced_authority(p),
+                )
+            }),
+        },
+    ];
     match one_hop_tls(&state) {
         Ok(tls) => systems.push(Running {
             system: "trellis".into(),
