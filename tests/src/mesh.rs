@@ -178,22 +178,7 @@ impl MeshBuilder {
             mesh.tokens
                 .push((s.name.clone(), cp.issue_token(NAMESPACE, &s.name)));
         }
-        let addr = cp.local_addr();
-        let status = cp.status();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = cp
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        mesh.control_plane = Some(ControlPlaneHandle {
-            addr,
-            status,
-            stop: Some(stop),
-            task,
-        });
+        mesh.control_plane = Some(ControlPlaneHandle::spawn(cp));
         for i in 0..mesh.workloads.len() {
             mesh.start_proxy(i).await?;
         }
@@ -207,6 +192,27 @@ struct ControlPlaneHandle {
     status: watch::Receiver<ControlPlaneStatus>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+}
+
+impl ControlPlaneHandle {
+    /// Runs a bound control plane until the handle is stopped or dropped.
+    fn spawn(cp: ControlPlane) -> ControlPlaneHandle {
+        let (addr, status) = (cp.local_addr(), cp.status());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = cp
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        ControlPlaneHandle {
+            addr,
+            status,
+            stop: Some(stop),
+            task,
+        }
+    }
 }
 
 impl Drop for ControlPlaneHandle {
@@ -321,21 +327,7 @@ impl Mesh {
             cp_config.ca_root = Some(root);
         }
         let cp = ControlPlane::bind(cp_config).await?;
-        let (addr, status) = (cp.local_addr(), cp.status());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = cp
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        self.control_plane = Some(ControlPlaneHandle {
-            addr,
-            status,
-            stop: Some(stop),
-            task,
-        });
+        self.control_plane = Some(ControlPlaneHandle::spawn(cp));
         Ok(())
     }
 
