@@ -106,6 +106,10 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
         args.remove(1);
         return crate::redirect::main(RedirectCommand::try_parse_from(args)?.args);
     }
+    if args.get(1).is_some_and(|a| a == "wait-ready") {
+        args.remove(1);
+        return crate::wait_ready::run(&crate::wait_ready::WaitReady::try_parse_from(args)?);
+    }
     let args = Args::try_parse_from(args)?;
     let log_control = init_logging(&args.log)?;
     if !(0.0..=1.0).contains(&args.trace_sample_ratio) {

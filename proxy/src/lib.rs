@@ -31,6 +31,7 @@ pub mod resilience;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod wait_ready;
 
 pub use listeners::Listeners;
 pub use proxy::{run, LogControl, ProxyConfig, StartError, TelemetryConfig};
