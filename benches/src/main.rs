@@ -1,6 +1,9 @@
 //! `trellis-bench`: the command line of the latency benchmark. `run --short|--full` runs the
 //! suite and writes `results/<timestamp>/`; `report` prints the last run's markdown; `load` and
-//! `saturate` drive one target by hand; `upstream` is the server the suite starts as a process.
+//! `saturate` drive one target by hand; `overload` offers the mesh path twice its saturation rate
+//! and reports the load shedding; `soak` runs a fixed rate for minutes watching the sidecars' memory
+//! and descriptors (non-zero exit if they grow); `upstream` is the server the suite starts as a
+//! process.
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
@@ -102,6 +105,55 @@ enum Command {
         max_rps: f64,
         #[arg(long, default_value_t = 10_000)]
         p99_bound_us: u64,
+    },
+    /// Find the mesh path's saturation rate, offer twice that, report the shedding and memory.
+    Overload {
+        #[arg(long, value_enum, default_value = "h2c")]
+        protocol: Protocol,
+        /// The sidecars' --max-in-flight-requests.
+        #[arg(long, default_value_t = 256)]
+        limit: usize,
+        /// Seconds at twice the saturation rate.
+        #[arg(long, default_value_t = 10.0)]
+        window: f64,
+        #[arg(long, default_value_t = 1000.0)]
+        start_rps: f64,
+        /// Generous: on a shared machine p99 noise alone reaches tens of ms, so the knee is
+        /// found by errors (sheds count) and the achieved rate.
+        #[arg(long, default_value_t = 100_000)]
+        p99_bound_us: u64,
+        /// Skip the search: take this as the saturation rate.
+        #[arg(long)]
+        saturation_rps: Option<f64>,
+        #[arg(long)]
+        trellis: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A fixed rate over the mesh path for minutes, sampling sidecar RSS and open fds; exits
+    /// non-zero if either grows.
+    Soak {
+        /// Total requests per second, split evenly over the protocols.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "http1,h2c")]
+        protocols: Vec<Protocol>,
+        /// Seconds (default 10 minutes).
+        #[arg(long, default_value_t = 600.0)]
+        duration: f64,
+        /// Seconds left out of the verdict.
+        #[arg(long, default_value_t = 60.0)]
+        warmup: f64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 5.0)]
+        sample_every: f64,
+        /// Allowed RSS growth after the warm-up, KiB.
+        #[arg(long, default_value_t = 4096)]
+        rss_bound_kib: u64,
+        #[arg(long)]
+        trellis: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// The benchmark's upstream server (started by `run`).
     Upstream {
@@ -209,6 +261,58 @@ fn main() -> anyhow::Result<()> {
                 "highest rate held with p99 ≤ {p99_bound_us} µs: {:.0} rps",
                 r.max_held_rps
             );
+        }
+        Command::Overload {
+            protocol,
+            limit,
+            window,
+            start_rps,
+            p99_bound_us,
+            saturation_rps,
+            trellis,
+            out,
+        } => {
+            let root = out.unwrap_or_else(report::results_root);
+            let dir = root.join(format!("{}-overload", report::timestamp()));
+            let mut cfg = trellis_bench::overload::OverloadConfig::new(dir.clone());
+            cfg.protocol = protocol;
+            cfg.limit = limit;
+            cfg.window = Duration::try_from_secs_f64(window).context("--window")?;
+            cfg.start_rps = start_rps;
+            cfg.p99_bound_us = p99_bound_us;
+            cfg.saturation_rps = saturation_rps;
+            cfg.trellis = trellis;
+            let r = runtime(1)?.block_on(trellis_bench::overload::run(&cfg))?;
+            print!("{}", trellis_bench::overload::markdown(&r));
+            eprintln!("\nresults in {}", dir.display());
+        }
+        Command::Soak {
+            rate,
+            protocols,
+            duration,
+            warmup,
+            sample_every,
+            rss_bound_kib,
+            trellis,
+            out,
+        } => {
+            let root = out.unwrap_or_else(report::results_root);
+            let dir = root.join(format!("{}-soak", report::timestamp()));
+            let mut cfg = trellis_bench::soak::SoakConfig::new(dir.clone());
+            cfg.rate = rate;
+            cfg.protocols = protocols;
+            cfg.duration = Duration::try_from_secs_f64(duration).context("--duration")?;
+            cfg.warmup = Duration::try_from_secs_f64(warmup).context("--warmup")?;
+            cfg.sample_every =
+                Duration::try_from_secs_f64(sample_every).context("--sample-every")?;
+            cfg.rss_bound_kib = rss_bound_kib;
+            cfg.trellis = trellis;
+            let r = runtime(1)?.block_on(trellis_bench::soak::run(&cfg))?;
+            print!("{}", trellis_bench::soak::markdown(&r));
+            eprintln!("\nresults in {}", dir.display());
+            if !r.held {
+                std::process::exit(1);
+            }
         }
         Command::Upstream { listen } => {
             runtime(2)?.block_on(async move {

@@ -73,6 +73,13 @@ pub fn sample(pid: u32) -> Option<Sample> {
     found.then_some(total)
 }
 
+/// Open file descriptors of one process (entries of /proc/<pid>/fd); None if it is gone.
+pub fn open_fds(pid: u32) -> Option<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|entries| entries.count())
+}
+
 /// Resets the peak RSS of the tree (writes 5 to clear_refs; allowed for our own children).
 pub fn reset_peak(pid: u32) {
     for p in tree(pid) {
@@ -119,6 +126,17 @@ mod tests {
     fn our_own_process_can_be_sampled() {
         let s = sample(std::process::id());
         assert!(s.is_some_and(|s| s.peak_rss_kib > 0));
+    }
+
+    #[test]
+    fn our_own_fds_can_be_counted() {
+        let before = open_fds(std::process::id()).unwrap_or(0);
+        let file = std::fs::File::open("/proc/self/status");
+        let after = open_fds(std::process::id()).unwrap_or(0);
+        assert!(
+            file.is_ok() && before > 0 && after > before,
+            "{before} -> {after}"
+        );
     }
 
     #[test]

@@ -225,9 +225,16 @@ fn transparent_interception_in_network_namespaces() {
     // 5. No loops: a connection addressed to the outbound listener itself is refused.
     let direct = "import socket\n\
          s = socket.create_connection(('127.0.0.1', 4140), timeout=5)\n\
-         s.sendall(b'GET / HTTP/1.1\\r\\nHost: beta\\r\\n\\r\\n'); print(repr(s.recv(100)))";
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: beta\\r\\n\\r\\n')\n\
+         try: print(repr(s.recv(100)))\n\
+         except ConnectionResetError: print('reset')";
     let said = expect_ok(&lab, &a, direct, "the loop check");
-    assert_eq!(said.trim(), "b''", "closed without an answer");
+    // Closed without an answer: a FIN, or a RST when the request was already in the socket's
+    // receive buffer as the proxy closed it (which of the two is a race).
+    assert!(
+        matches!(said.trim(), "b''" | "reset"),
+        "closed without an answer, got {said:?}"
+    );
 
     // 6. B is permissive: a plaintext client outside the mesh (in C) reaches B's TCP service,
     //    detected as not HTTP by B's inbound listener and carried to the app as opaque TCP.

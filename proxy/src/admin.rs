@@ -110,14 +110,22 @@ impl AdminState {
 
     fn config_json(&self) -> String {
         let snapshot = self.store.load();
-        let (connected, last_nack) = self
+        let (connected, last_nack, failures) = self
             .discovery
             .lock()
-            .map(|s| (s.connected, s.last_nack.clone()))
-            .unwrap_or((false, None));
+            .map(|s| {
+                let failures = serde_json::json!({
+                    "total": s.failed_streams,
+                    "consecutive": s.consecutive_failures,
+                });
+                (s.connected, s.last_nack.clone(), failures)
+            })
+            .unwrap_or((false, None, serde_json::Value::Null));
         let doc = serde_json::json!({
             "identity": &*self.identity.borrow(),
             "controlPlaneConnected": connected,
+            // Discovery streams lost (each followed by a jittered backoff), to watch reconnects.
+            "discoveryFailures": failures,
             "lastNack": last_nack,
             "config": &**snapshot,
         });

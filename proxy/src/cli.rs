@@ -5,6 +5,7 @@ use crate::listeners::transparent::TransparentConfig;
 use crate::listeners::Listeners;
 use crate::proxy::{run, LogControl, ProxyConfig, TelemetryConfig};
 use crate::telemetry::observe::B3Format;
+use crate::Limits;
 use anyhow::Context;
 use clap::Parser;
 use std::ffi::OsString;
@@ -86,6 +87,36 @@ pub struct Args {
     /// connection as opaque TCP.
     #[arg(long, env = "TRELLIS_DETECT_TIMEOUT_MS", default_value_t = 1000)]
     detect_timeout_ms: u64,
+    /// Open connections per listener; more are closed at once.
+    #[arg(long, env = "TRELLIS_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Requests in flight at once, per listener; more are answered 503 at once (load shedding).
+    #[arg(long, env = "TRELLIS_MAX_IN_FLIGHT_REQUESTS", default_value_t = Limits::default().max_in_flight_requests)]
+    max_in_flight_requests: usize,
+    /// Milliseconds an HTTP/1 client has to send a complete request head.
+    #[arg(long, env = "TRELLIS_HEADER_READ_TIMEOUT_MS", default_value_t = Limits::default().header_read_timeout.as_millis() as u64)]
+    header_read_timeout_ms: u64,
+    /// Milliseconds an HTTP/1 request body may stall before it is answered 408.
+    #[arg(long, env = "TRELLIS_BODY_IDLE_TIMEOUT_MS", default_value_t = Limits::default().body_idle_timeout.as_millis() as u64)]
+    body_idle_timeout_ms: u64,
+    /// Largest HTTP/1 request head, in bytes (at least 8192); larger ones are answered 431.
+    #[arg(long, env = "TRELLIS_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
+    max_header_bytes: usize,
+    /// Concurrent HTTP/2 streams per client connection; more are refused (REFUSED_STREAM).
+    #[arg(long, env = "TRELLIS_MAX_CONCURRENT_STREAMS", default_value_t = Limits::default().max_concurrent_streams)]
+    max_concurrent_streams: u32,
+}
+
+fn trellis_limits(args: &Args) -> Limits {
+    Limits {
+        max_connections: args.max_connections,
+        max_in_flight_requests: args.max_in_flight_requests,
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+        body_idle_timeout: Duration::from_millis(args.body_idle_timeout_ms),
+        max_header_bytes: args.max_header_bytes,
+        max_concurrent_streams: args.max_concurrent_streams,
+        ..Limits::default()
+    }
 }
 
 /// `trellis-proxy redirect …`: the init step (see `crate::redirect`), the same binary.
@@ -160,6 +191,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
             },
             access_log: args.access_log.clone(),
         },
+        limits: trellis_limits(&args),
         log_control: Some(log_control),
     };
     let transparent = transparent_config(&args)?;

@@ -4,7 +4,15 @@
 //! (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`). `Drain::drained` completes when the last watch
 //! is dropped, that is when the last connection has finished, so the proxy can exit as soon as
 //! the work is done rather than after a fixed sleep.
+//!
+//! hyper's graceful shutdown closes an HTTP/1.1 connection after the response in progress but
+//! does not say so; `CloseOnDrain` adds `Connection: close` (RFC 9112 §9.6) to HTTP/1 responses
+//! written once drain has begun, so the client knows not to reuse the connection.
 
+use http::{header, HeaderValue, Request, Response, Version};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::sync::{mpsc, watch};
 
 #[derive(Debug)]
@@ -48,6 +56,77 @@ impl DrainWatch {
         let mut rx = self.signal.clone();
         let _ = rx.wait_for(|v| *v).await;
     }
+
+    /// Completes once the `Drain` is gone: the grace period ran out (its `drain()` future was
+    /// dropped) or the proxy stopped. Connections still open then are closed at once, so an
+    /// in-process proxy ends its work as surely as a process whose runtime is dropped.
+    pub async fn aborted(&self) {
+        let mut rx = self.signal.clone();
+        while rx.changed().await.is_ok() {}
+    }
+
+    /// Whether drain has been signalled.
+    pub fn is_draining(&self) -> bool {
+        *self.signal.borrow()
+    }
+}
+
+/// Runs `serve` once `ready` completes, unless drain begins first. Until then the listener's
+/// connections wait in the kernel's backlog (a peer that gives up has had nothing processed).
+pub async fn once_ready(
+    ready: impl Future<Output = ()>,
+    drain: DrainWatch,
+    serve: impl Future<Output = ()>,
+) {
+    tokio::select! {
+        _ = ready => serve.await,
+        _ = drain.signaled() => {}
+    }
+}
+
+/// Wraps a connection's service: HTTP/1 responses produced after drain began carry
+/// `Connection: close`. Holds the connection's `DrainWatch` clone, so it costs no extra claim.
+#[derive(Clone, Debug)]
+pub struct CloseOnDrain<S> {
+    inner: S,
+    drain: DrainWatch,
+}
+
+impl<S> CloseOnDrain<S> {
+    pub fn new(inner: S, drain: DrainWatch) -> Self {
+        CloseOnDrain { inner, drain }
+    }
+}
+
+impl<S, B, R> tower::Service<Request<B>> for CloseOnDrain<S>
+where
+    S: tower::Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
+        let call = self.inner.call(req);
+        if !http1 {
+            return Box::pin(call);
+        }
+        let drain = self.drain.clone();
+        Box::pin(async move {
+            let mut rsp = call.await?;
+            if drain.is_draining() {
+                rsp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(rsp)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -73,9 +152,116 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn http1_responses_after_drain_began_say_connection_close() {
+        use tower::ServiceExt;
+        let (drain, watch) = super::channel();
+        let app = tower::service_fn(|_req: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        });
+        let service = super::CloseOnDrain::new(app, watch.clone());
+        let request = |version| {
+            let mut req = http::Request::new(());
+            *req.version_mut() = version;
+            req
+        };
+        let connection = |rsp: Result<http::Response<()>, _>| {
+            rsp.ok()
+                .and_then(|r| r.headers().get("connection").cloned())
+        };
+        let before = service
+            .clone()
+            .oneshot(request(http::Version::HTTP_11))
+            .await;
+        assert_eq!(connection(before), None);
+        let draining = tokio::spawn(drain.drain());
+        watch.signaled().await;
+        let after = service
+            .clone()
+            .oneshot(request(http::Version::HTTP_11))
+            .await;
+        assert_eq!(
+            connection(after).as_ref().map(|v| v.as_bytes()),
+            Some(&b"close"[..])
+        );
+        let h2 = service
+            .clone()
+            .oneshot(request(http::Version::HTTP_2))
+            .await;
+        assert_eq!(
+            connection(h2),
+            None,
+            "HTTP/2 has no Connection header; it gets GOAWAY"
+        );
+        drop((service, watch));
+        assert!(draining.await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn once_ready_serves_only_after_ready_and_never_once_draining() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let served = Arc::new(AtomicBool::new(false));
+        let serve = |flag: Arc<AtomicBool>| async move { flag.store(true, Ordering::SeqCst) };
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let (_drain, watch) = super::channel();
+        let task = tokio::spawn(super::once_ready(
+            async {
+                let _ = ready_rx.await;
+            },
+            watch,
+            serve(served.clone()),
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!served.load(Ordering::SeqCst), "not before ready");
+        let _ = ready_tx.send(());
+        assert!(task.await.is_ok());
+        assert!(served.load(Ordering::SeqCst), "served once ready");
+
+        let never = Arc::new(AtomicBool::new(false));
+        let (drain, watch) = super::channel();
+        let task = tokio::spawn(super::once_ready(
+            std::future::pending(),
+            watch,
+            serve(never.clone()),
+        ));
+        drain.drain().await;
+        assert!(task.await.is_ok());
+        assert!(
+            !never.load(Ordering::SeqCst),
+            "drain before ready: never served"
+        );
+    }
+
+    #[tokio::test]
     async fn dropping_the_drain_releases_watchers() {
         let (drain, watch) = super::channel();
         drop(drain);
         watch.signaled().await;
+    }
+
+    #[tokio::test]
+    async fn aborted_waits_for_the_grace_period_to_end() {
+        let (drain, watch) = super::channel();
+        let aborted = {
+            let watch = watch.clone();
+            tokio::spawn(async move { watch.aborted().await })
+        };
+        let grace = tokio::spawn(tokio::time::timeout(
+            Duration::from_millis(200),
+            drain.drain(),
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Draining is not aborting: the connection still gets its grace period.
+        assert!(
+            !aborted.is_finished(),
+            "not aborted during the grace period"
+        );
+        let grace = grace.await.expect("join");
+        assert!(grace.is_err(), "drain waits for the watch still held");
+        tokio::time::timeout(Duration::from_secs(2), aborted)
+            .await
+            .expect("aborted completes once the grace is over")
+            .expect("join");
+        drop(watch);
     }
 }

@@ -41,6 +41,12 @@ pub enum ProxyError {
     PerTryTimeout { after: Duration },
     #[error("forbidden by authorization rule \"{rule}\"")]
     Forbidden { rule: String },
+    #[error("overloaded: {max} requests already in flight")]
+    Overloaded { max: usize },
+    /// The peer provably never processed the request (RFC 9113 §8.7: refused by GOAWAY or
+    /// REFUSED_STREAM, or the connection closed before the request left): safe to send elsewhere.
+    #[error("upstream {addr} did not process the request: {reason}")]
+    Unprocessed { addr: SocketAddr, reason: String },
 }
 
 impl ProxyError {
@@ -52,13 +58,20 @@ impl ProxyError {
         )
     }
 
+    /// Nothing was processed by the endpoint (a connect failure or a refused stream): the
+    /// request can be sent elsewhere whatever its method.
+    pub fn is_unprocessed(&self) -> bool {
+        self.is_connect_failure() || matches!(self, ProxyError::Unprocessed { .. })
+    }
+
     /// The endpoint the failure is about, if it is about one.
     pub fn endpoint(&self) -> Option<SocketAddr> {
         match self {
             ProxyError::Connect { addr, .. }
             | ProxyError::ConnectTimeout { addr, .. }
             | ProxyError::Tls { addr, .. }
-            | ProxyError::Upstream { addr, .. } => Some(*addr),
+            | ProxyError::Upstream { addr, .. }
+            | ProxyError::Unprocessed { addr, .. } => Some(*addr),
             _ => None,
         }
     }
@@ -68,14 +81,16 @@ impl ProxyError {
             ProxyError::FaultAbort { status } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
-            ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overflow { .. } | ProxyError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::PerTryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } | ProxyError::NoAppPort { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NotReady(_) | ProxyError::NoEndpoints { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NotReady(_)
+            | ProxyError::NoEndpoints { .. }
+            | ProxyError::Unprocessed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }

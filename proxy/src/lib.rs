@@ -6,7 +6,7 @@
 //! (counters), `transport` (HTTP/2 over
 //! mTLS between sidecars), `tls` (rustls configs and SPIFFE verification), `identity` (key, CSR,
 //! certificate renewal), `discovery` (the delta-xDS client), `config` (the snapshot the proxy
-//! serves with), `admin`, `drain`, `redirect` (the `trellis-proxy redirect` init step: iptables
+//! serves with), `admin`, `drain`, `limits` (the bounds on what a client or a flood may cost), `redirect` (the `trellis-proxy redirect` init step: iptables
 //! rules), `detect` (protocol detection), and `proxy` (wiring). Transparent mode (original
 //! destination, opaque TCP, passthrough) lives in `listeners`.
 // `unsafe` is denied everywhere except `listeners::original_dst` (one getsockopt call).
@@ -23,6 +23,7 @@ pub mod drain;
 pub mod errors;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod listeners;
 mod proxy;
 pub mod random;
@@ -33,5 +34,6 @@ pub mod tls;
 pub mod transport;
 pub mod wait_ready;
 
+pub use limits::Limits;
 pub use listeners::Listeners;
 pub use proxy::{run, LogControl, ProxyConfig, StartError, TelemetryConfig};

@@ -40,6 +40,8 @@ pub struct ProxyConfig {
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_grace: Duration,
     pub telemetry: TelemetryConfig,
+    /// Bounds on connections, streams, requests in flight and slow peers.
+    pub limits: crate::Limits,
     /// Lets the admin port change the log filter; set by whoever installed the subscriber.
     pub log_control: Option<LogControl>,
 }
@@ -186,19 +188,25 @@ pub async fn run(
         tokio::spawn(discovery.run()),
         tokio::spawn(close_idle_connections(store.clone())),
     ];
+    let inbound_can_serve = can_serve_peers(admin_state.clone());
     let servers = [
-        tokio::spawn(inbound::serve(
-            listeners.inbound,
-            inbound::Inbound {
-                tls: server_tls,
-                store: store.clone(),
-                app: AppClient::new(config.app_host),
-                authz: authz_stats.clone(),
-                telemetry: telemetry.clone(),
-                opaque,
-                transparent: transparent.is_some(),
-            },
+        tokio::spawn(crate::drain::once_ready(
+            inbound_can_serve,
             watch.clone(),
+            inbound::serve(
+                listeners.inbound,
+                inbound::Inbound {
+                    tls: server_tls,
+                    store: store.clone(),
+                    app: AppClient::new(config.app_host),
+                    authz: authz_stats.clone(),
+                    telemetry: telemetry.clone(),
+                    opaque,
+                    transparent: transparent.is_some(),
+                },
+                watch.clone(),
+                config.limits.clone(),
+            ),
         )),
         tokio::spawn(outbound::serve(
             listeners.outbound,
@@ -206,6 +214,7 @@ pub async fn run(
             telemetry,
             watch.clone(),
             transparent,
+            config.limits.clone(),
         )),
         tokio::spawn(admin::serve(listeners.admin, admin_state, watch)),
     ];
@@ -224,6 +233,15 @@ pub async fn run(
         task.abort();
     }
     Ok(())
+}
+
+/// Completes once the inbound listener can serve a peer: with a certificate for the handshake and
+/// the inbound config naming the app ports. A restarted sidecar (a rollout) would otherwise
+/// accept a peer's request in between and answer it with an error.
+async fn can_serve_peers(state: AdminState) {
+    while state.identity.borrow().is_none() || state.store.load().inbound.is_none() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Closes pooled connections to endpoints unused for their cluster's idle timeout.
@@ -245,10 +263,10 @@ async fn close_idle_connections(store: crate::config::SnapshotStore) {
 }
 
 fn telemetry(config: &ProxyConfig) -> Result<Telemetry, StartError> {
-    let metrics = Arc::new(ProxyMetrics::new(format!(
-        "{}/{}",
-        config.namespace, config.service
-    )));
+    let metrics = Arc::new(
+        ProxyMetrics::new(format!("{}/{}", config.namespace, config.service))
+            .with_max_in_flight(config.limits.max_in_flight_requests),
+    );
     let t = &config.telemetry;
     let spans = match &t.otlp_endpoint {
         Some(endpoint) => Some(

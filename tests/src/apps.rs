@@ -50,6 +50,26 @@ pub struct Knobs {
     pub fail_status: AtomicU16,
     /// Wait this long before answering.
     pub delay_ms: AtomicU64,
+    /// Requests being answered now, and the most ever at once (for load-shedding tests).
+    pub in_flight: AtomicUsize,
+    pub peak_in_flight: AtomicUsize,
+}
+
+/// Counts one request in `Knobs::in_flight` while it lives.
+struct Answering<'a>(&'a Knobs);
+
+impl<'a> Answering<'a> {
+    fn start(knobs: &'a Knobs) -> Self {
+        let now = knobs.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        knobs.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        Answering(knobs)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 type EchoBody = BoxBody<Bytes, hyper::Error>;
@@ -151,6 +171,7 @@ fn empty() -> EchoBody {
 }
 
 async fn answer(server: &str, knobs: &Knobs, req: Request<Incoming>) -> Response<EchoBody> {
+    let _answering = Answering::start(knobs);
     let delay = knobs.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

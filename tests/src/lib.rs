@@ -7,10 +7,13 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod chaos;
 pub mod client;
+pub mod drain_probe;
 pub mod fake_control_plane;
 pub mod mesh;
 pub mod otlp;
+pub mod raw;
 pub mod tools;
 
 pub use apps::{EchoApp, Protocol};

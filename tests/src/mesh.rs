@@ -117,6 +117,7 @@ pub struct MeshBuilder {
     /// PEM roots sidecars also accept for the control plane (for CA rotation tests).
     extra_control_plane_ca: String,
     mesh_yaml: String,
+    limits: trellis_proxy::Limits,
 }
 
 impl MeshBuilder {
@@ -142,6 +143,12 @@ impl MeshBuilder {
         self
     }
 
+    /// Resource limits for every sidecar (connections, streams, in-flight requests, timeouts).
+    pub fn limits(mut self, limits: trellis_proxy::Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     pub fn service(mut self, s: Service) -> Self {
         self.services.push(s);
         self
@@ -161,6 +168,7 @@ impl MeshBuilder {
             ca_pem: String::new(),
             next_host: 2,
             telemetry: self.telemetry.clone(),
+            limits: self.limits.clone(),
             mesh_yaml: self.mesh_yaml.clone(),
             _dir: dir,
         };
@@ -236,6 +244,7 @@ pub struct Mesh {
     ca_pem: String,
     next_host: u8,
     telemetry: trellis_proxy::TelemetryConfig,
+    limits: trellis_proxy::Limits,
     /// Top-level YAML lines written before `services:`; change and `write_config` to apply.
     pub mesh_yaml: String,
     _dir: tempfile::TempDir,
@@ -404,6 +413,7 @@ impl Mesh {
             node_id: format!("{service}-{index}"),
             drain_grace: Duration::from_secs(1),
             telemetry: self.telemetry.clone(),
+            limits: self.limits.clone(),
             log_control: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -445,6 +455,7 @@ impl Mesh {
             node_id: format!("{service}-standalone"),
             drain_grace: Duration::from_secs(1),
             telemetry: self.telemetry.clone(),
+            limits: self.limits.clone(),
             log_control: None,
         };
         Ok(Sidecar {
@@ -470,6 +481,31 @@ impl Mesh {
     /// The sidecar's task, to watch it end (after `POST /shutdown`, say) without asking it to stop.
     pub fn take_sidecar_task(&mut self, index: usize) -> Option<JoinHandle<()>> {
         self.workloads[index].task.take()
+    }
+
+    /// Starts a stopped sidecar again on its same inbound, outbound and admin addresses (a pod
+    /// restarted in a rollout) and waits until it is ready. The old one must have exited.
+    pub async fn restart_sidecar(&mut self, index: usize) -> anyhow::Result<()> {
+        let w = &self.workloads[index];
+        let (inbound, outbound, admin) = (w.inbound, w.outbound, w.admin);
+        // The ports were just released; retry briefly in case the kernel still holds one.
+        let start = Instant::now();
+        let listeners = loop {
+            match trellis_proxy::Listeners::bind(inbound, outbound, admin).await {
+                Ok(l) => break l,
+                Err(e) if start.elapsed() < Duration::from_secs(5) => {
+                    tracing::debug!(error = %e, "rebinding the sidecar's ports");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e).context("rebinding the sidecar's ports"),
+            }
+        };
+        self.workloads[index].pending = Some(listeners);
+        self.start_proxy(index).await?;
+        wait_until(Duration::from_secs(15), || self.is_ready(index))
+            .await
+            .context("restarted sidecar never ready")?;
+        Ok(())
     }
 
     /// The app port of a service.

@@ -153,14 +153,44 @@ pub fn grpc_frame(len: usize) -> Bytes {
     b.freeze()
 }
 
-/// Sends one request and reads the whole answer; Ok only for a success.
-async fn exchange<F>(send: F, protocol: Protocol) -> anyhow::Result<()>
+/// How a request ended, as the recorder counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Refused at once by a proxy's load shedding: 503 with `trellis-error: overloaded…`.
+    Shed,
+    Failed,
+}
+
+/// Whether an answer is a Trellis sidecar's load-shedding refusal.
+pub fn is_shed<B>(rsp: &http::Response<B>) -> bool {
+    rsp.status() == http::StatusCode::SERVICE_UNAVAILABLE
+        && (rsp.headers().get("trellis-error"))
+            .is_some_and(|v| v.as_bytes().starts_with(b"overloaded"))
+}
+
+/// Sends one request and reads the whole answer.
+async fn exchange<F>(send: F, protocol: Protocol) -> Outcome
+where
+    F: std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
+{
+    match checked_exchange(send, protocol).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Failed,
+    }
+}
+
+async fn checked_exchange<F>(send: F, protocol: Protocol) -> anyhow::Result<Outcome>
 where
     F: std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
 {
     let rsp = send.await?;
     let status = rsp.status();
+    let shed = is_shed(&rsp);
     let collected = rsp.into_body().collect().await?;
+    if shed {
+        return Ok(Outcome::Shed);
+    }
     anyhow::ensure!(status.is_success(), "status {status}");
     if protocol == Protocol::Grpc {
         let grpc_status = collected
@@ -172,7 +202,7 @@ where
             "grpc-status {grpc_status:?}"
         );
     }
-    Ok(())
+    Ok(Outcome::Ok)
 }
 
 impl Lane {
@@ -222,17 +252,15 @@ impl Lane {
                     let ready = tokio::time::timeout(timeout, sender.ready()).await;
                     let sent = Instant::now();
                     let outcome = match ready {
-                        Ok(Ok(())) => {
-                            tokio::time::timeout(
-                                timeout,
-                                exchange(sender.send_request(req), protocol),
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => Ok(Err(e.into())),
-                        Err(elapsed) => Err(elapsed),
+                        Ok(Ok(())) => tokio::time::timeout(
+                            timeout,
+                            exchange(sender.send_request(req), protocol),
+                        )
+                        .await
+                        .unwrap_or(Outcome::Failed),
+                        Ok(Err(_)) | Err(_) => Outcome::Failed,
                     };
-                    record(&recorder, slot, sent, matches!(outcome, Ok(Ok(()))));
+                    record(&recorder, slot, sent, outcome);
                 }
                 Sender::H2(sender) => {
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -246,8 +274,9 @@ impl Lane {
                             timeout,
                             exchange(sender.send_request(req), protocol),
                         )
-                        .await;
-                        record(&recorder, slot, sent, matches!(outcome, Ok(Ok(()))));
+                        .await
+                        .unwrap_or(Outcome::Failed);
+                        record(&recorder, slot, sent, outcome);
                         drop(permit);
                     });
                 }
@@ -259,14 +288,14 @@ impl Lane {
     }
 }
 
-fn record(recorder: &Recorder, slot: Slot, sent: Instant, ok: bool) {
+fn record(recorder: &Recorder, slot: Slot, sent: Instant, outcome: Outcome) {
     if !slot.measured {
         return;
     }
     let done = Instant::now();
-    if ok {
-        recorder.ok(slot.intended, sent.max(slot.intended), done);
-    } else {
-        recorder.error(done);
+    match outcome {
+        Outcome::Ok => recorder.ok(slot.intended, sent.max(slot.intended), done),
+        Outcome::Shed => recorder.shed(slot.intended, sent.max(slot.intended), done),
+        Outcome::Failed => recorder.error(done),
     }
 }

@@ -64,7 +64,14 @@ pub struct LoadResult {
     pub achieved_rps: f64,
     pub ok: u64,
     /// Connection failures, timeouts, non-2xx statuses, non-zero grpc-status, unanswered slots.
+    /// Shed answers are counted here too.
     pub errors: u64,
+    /// Of the errors: 503s from a sidecar's load shedding (`trellis-error: overloaded…`).
+    pub shed: u64,
+    /// Shed answers, from each request's intended send time.
+    pub shed_latency: Percentiles,
+    /// Shed answers, from each request's actual send time: the proxy's own speed at refusing.
+    pub shed_uncorrected: Percentiles,
     pub connections: usize,
     pub payload_bytes: usize,
     pub duration_s: f64,
@@ -86,8 +93,11 @@ struct State {
     latency: Histogram<u64>,
     uncorrected: Histogram<u64>,
     send_lag: Histogram<u64>,
+    shed_latency: Histogram<u64>,
+    shed_uncorrected: Histogram<u64>,
     ok: u64,
     errors: u64,
+    shed: u64,
     last_answer: Option<Instant>,
 }
 
@@ -107,8 +117,11 @@ impl Recorder {
                 latency: new_histogram()?,
                 uncorrected: new_histogram()?,
                 send_lag: new_histogram()?,
+                shed_latency: new_histogram()?,
+                shed_uncorrected: new_histogram()?,
                 ok: 0,
                 errors: 0,
+                shed: 0,
                 last_answer: None,
             }),
         })
@@ -130,6 +143,17 @@ impl Recorder {
             s.uncorrected.saturating_record(micros(done - sent));
             s.send_lag.saturating_record(micros(sent - intended));
             s.ok += 1;
+            s.last_answer = Some(s.last_answer.map_or(done, |l| l.max(done)));
+        });
+    }
+
+    /// A measured request was refused by load shedding (also an error).
+    pub fn shed(&self, intended: Instant, sent: Instant, done: Instant) {
+        self.with(|s| {
+            s.shed_latency.saturating_record(micros(done - intended));
+            s.shed_uncorrected.saturating_record(micros(done - sent));
+            s.shed += 1;
+            s.errors += 1;
             s.last_answer = Some(s.last_answer.map_or(done, |l| l.max(done)));
         });
     }
@@ -164,6 +188,9 @@ impl Recorder {
                 },
                 ok: s.ok,
                 errors: s.errors + unanswered,
+                shed: s.shed,
+                shed_latency: Percentiles::of(&s.shed_latency),
+                shed_uncorrected: Percentiles::of(&s.shed_uncorrected),
                 connections: config.connections,
                 payload_bytes: config.payload_bytes,
                 duration_s: config.duration.as_secs_f64(),

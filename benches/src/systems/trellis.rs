@@ -129,11 +129,26 @@ pub fn find_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// A sidecar's admin address (`/metrics`, `/ready`), by pod.
+pub fn admin_addr(pod: u8) -> std::net::SocketAddr {
+    addr::at(pod, ADMIN)
+}
+
 /// Starts the control plane and both sidecars; waits until both are ready.
 pub async fn start(
     binary: &Path,
     work: &Path,
     procs: &mut Vec<Process>,
+) -> anyhow::Result<Vec<Running>> {
+    start_with(binary, work, procs, &[]).await
+}
+
+/// The same, with extra command-line flags for every sidecar (e.g. `--max-in-flight-requests`).
+pub async fn start_with(
+    binary: &Path,
+    work: &Path,
+    procs: &mut Vec<Process>,
+    sidecar_flags: &[OsString],
 ) -> anyhow::Result<Vec<Running>> {
     let state = work.join("trellis-state");
     std::fs::create_dir_all(&state)?;
@@ -240,6 +255,7 @@ pub async fn start(
             "warn".into(),
         ];
         args.extend(extra.iter().map(OsString::from));
+        args.extend(sidecar_flags.iter().cloned());
         let name = format!("sidecar {service}");
         let p = Process::spawn(&name, binary, &args, &log)?;
         let pid = p.pid().context("sidecar has no pid")?;

@@ -16,7 +16,7 @@ use super::{
     random_serial, CaError, CertificateAuthority, BACKDATE, CERT_FILE, INTERMEDIATE_LIFETIME,
     ISSUER_CERT_FILE, ISSUER_KEY_FILE, KEY_FILE, ROOT_LIFETIME,
 };
-use crate::files::write_atomic;
+use crate::files::CreatedFiles;
 
 fn ca_params(
     common_name: &str,
@@ -74,11 +74,17 @@ pub(super) fn from_state_dir(dir: &Path) -> Result<CertificateAuthority, CaError
     if cert.exists() || key.exists() {
         return from_files(&cert, &key, Some(&root_cert));
     }
-    let write = |path: &Path, text: &str, mode: u32| {
-        write_atomic(path, text.as_bytes(), mode).map_err(|source| CaError::Io {
-            path: path.to_owned(),
-            source,
-        })
+    // Everything written below is new; if any write fails (full disk, read-only mount), what
+    // this start wrote is removed again, so the next start begins from the same state, and files
+    // that were already there are never touched.
+    let mut created = CreatedFiles::default();
+    let mut write = |path: &Path, text: &str, mode: u32| {
+        created
+            .write_new(path, text.as_bytes(), mode)
+            .map_err(|source| CaError::Io {
+                path: path.to_owned(),
+                source,
+            })
     };
     let ca = if root_cert.exists() || root_key.exists() {
         let root = from_files(&root_cert, &root_key, None)?;
@@ -94,6 +100,7 @@ pub(super) fn from_state_dir(dir: &Path) -> Result<CertificateAuthority, CaError
     write(&key, &ca.issuer.key().serialize_pem(), 0o600)?;
     let pem = ca.intermediate.as_ref().map_or("", |(_, pem)| pem.as_str());
     write(&cert, pem, 0o644)?;
+    created.keep();
     Ok(ca)
 }
 

@@ -19,6 +19,12 @@ pub fn decode_policy(msg: Option<pb::AuthorizationPolicy>) -> Result<Policy, Str
         if r.name.is_empty() {
             return Err(format!("{at}.name: a rule needs a name"));
         }
+        if r.name == super::DEFAULT_RULE {
+            return Err(format!(
+                "{at}.name: {:?} names the policy's default action",
+                r.name
+            ));
+        }
         if rules.iter().any(|x: &Rule| x.name == r.name) {
             return Err(format!("{at}.name: {:?} is used twice", r.name));
         }

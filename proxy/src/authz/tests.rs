@@ -308,6 +308,16 @@ fn decode_rejects_bad_fields_by_name() {
     };
     let err = decode_policy(Some(msg)).map(|_| ()).unwrap_err();
     assert!(err.contains("authorization.rules[0].action"), "{err}");
+    let shadowing = pb::AuthorizationPolicy {
+        default_action: pb::AuthzAction::Deny as i32,
+        rules: vec![pb::AuthzRule {
+            name: "default".into(),
+            action: pb::AuthzAction::Allow as i32,
+            ..Default::default()
+        }],
+    };
+    let err = decode_policy(Some(shadowing)).map(|_| ()).unwrap_err();
+    assert!(err.contains("rules[0].name: \"default\""), "{err}");
     let policy = decode_policy(None).map_err(|e| e.to_string());
     assert!(matches!(policy, Ok(Policy { default: Action::Allow, ref rules }) if rules.is_empty()));
 }

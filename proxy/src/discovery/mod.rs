@@ -31,6 +31,10 @@ pub struct DiscoveryStatus {
     pub last_nack: Option<String>,
     /// (ACKs, NACKs) sent, by type URL.
     pub responses: std::collections::HashMap<String, (u64, u64)>,
+    /// Streams that failed or were closed since start (each one followed by a backoff).
+    pub failed_streams: u64,
+    /// Failed attempts since a response last arrived: what the current backoff step is based on.
+    pub consecutive_failures: u32,
 }
 
 pub type SharedStatus = Arc<Mutex<DiscoveryStatus>>;
@@ -54,8 +58,12 @@ impl DiscoveryClient {
                 Ok(()) => tracing::info!("discovery stream closed by the control plane"),
                 Err(e) => tracing::warn!(error = %e, "discovery stream failed"),
             }
-            self.set_status(|s| s.connected = false);
             failures += 1;
+            self.set_status(|s| {
+                s.connected = false;
+                s.failed_streams += 1;
+                s.consecutive_failures = failures;
+            });
             tokio::time::sleep(backoff(failures)).await;
         }
     }
@@ -100,7 +108,10 @@ impl DiscoveryClient {
         self.set_status(|s| s.connected = true);
         tracing::info!("discovery stream established");
         while let Some(rsp) = responses.message().await? {
-            *failures = 0;
+            if *failures > 0 {
+                *failures = 0;
+                self.set_status(|s| s.consecutive_failures = 0);
+            }
             let ack = self.apply(cache, rsp);
             if tx.send(ack).await.is_err() {
                 break;

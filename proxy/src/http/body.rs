@@ -9,6 +9,7 @@
 use crate::balance::LoadGuard;
 use crate::resilience::breaker::Permit;
 use crate::resilience::replay::ReplayBody;
+use crate::resilience::shed::Admitted;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -22,6 +23,7 @@ pub struct Body {
     kind: Kind,
     permit: Option<Permit>,
     load: Option<LoadGuard>,
+    in_flight: Option<Admitted>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +66,12 @@ impl Body {
         self
     }
 
+    /// Keeps the listener's load-shedding slot until the body ends.
+    pub fn hold_in_flight(mut self, admitted: Admitted) -> Self {
+        self.in_flight = Some(admitted);
+        self
+    }
+
     /// Keeps an endpoint's outstanding-request count until the body ends.
     pub fn hold_load(mut self, load: LoadGuard) -> Self {
         self.load = Some(load);
@@ -84,6 +92,7 @@ impl Body {
     fn release(&mut self) {
         self.permit = None;
         self.load = None;
+        self.in_flight = None;
     }
 }
 
@@ -105,13 +114,22 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.kind {
-            Kind::Empty => Poll::Ready(None),
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Incoming(inner) => Pin::new(inner)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(Into::into))),
-            Kind::Replay(inner) => Pin::new(inner).poll_frame(cx),
+        let polled = loop {
+            let polled = match &mut this.kind {
+                Kind::Empty => Poll::Ready(None),
+                Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+                Kind::Incoming(inner) => Pin::new(inner)
+                    .poll_frame(cx)
+                    .map(|f| f.map(|r| r.map_err(Into::into))),
+                Kind::Replay(inner) => Pin::new(inner).poll_frame(cx),
+            };
+            // An empty chunk (hyper yields one for a client's empty END_STREAM DATA frame) would
+            // be sent on as an empty DATA frame without END_STREAM, and h2 peers end the whole
+            // connection with ENHANCE_YOUR_CALM after 100 of those: never pass one on.
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) if frame.data_ref().is_some_and(|d| d.is_empty()) => {}
+                _ => break polled,
+            }
         };
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             this.release();
@@ -154,5 +172,47 @@ mod tests {
     #[test]
     fn empty_bytes_make_an_empty_body() {
         assert!(http_body::Body::is_end_stream(&Body::full("")));
+    }
+
+    /// A gRPC client ends its request with an empty END_STREAM DATA frame; forwarded as an empty
+    /// chunk it became an empty DATA frame without END_STREAM, and after 100 of those the next
+    /// hop's h2 ended the connection (ENHANCE_YOUR_CALM) with every request on it.
+    #[tokio::test]
+    async fn empty_data_chunks_are_never_passed_on() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (tx, rx) = tokio::sync::oneshot::channel::<Vec<Bytes>>();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let tx = tx.lock().ok().and_then(|mut t| t.take());
+            async move {
+                let mut body = Body::from(req.into_body());
+                let mut chunks = Vec::new();
+                while let Some(Ok(frame)) = body.frame().await {
+                    chunks.extend(frame.into_data().ok());
+                }
+                if let Some(tx) = tx {
+                    let _ = tx.send(chunks);
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+            }
+        });
+        let server = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(server_io), service);
+        tokio::spawn(server);
+        let (mut sender, conn) = h2::client::handshake(client_io)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = http::Request::post("http://app/")
+            .body(())
+            .expect("request");
+        let (_rsp, mut stream) = sender.send_request(req, false).expect("stream");
+        for (chunk, end) in [(&b"msg"[..], false), (b"", false), (b"", true)] {
+            stream
+                .send_data(Bytes::from_static(chunk), end)
+                .expect("send data");
+        }
+        let chunks = rx.await.expect("the server read the body");
+        assert_eq!(chunks, [Bytes::from_static(b"msg")]);
     }
 }

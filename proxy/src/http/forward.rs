@@ -80,14 +80,14 @@ async fn forward(mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     };
     let addr = endpoint.addr;
     load.sent();
-    let mut rsp = match sender.send_request(req).await {
+    let mut rsp = match crate::transport::send(&mut sender, req, addr).await {
         Ok(rsp) => rsp,
         Err(e) => {
-            record(Outcome::GatewayError);
-            return Err(ProxyError::Upstream {
-                addr,
-                reason: e.to_string(),
-            });
+            // A stream refused by a draining peer says nothing about the endpoint's health.
+            if !matches!(e, ProxyError::Unprocessed { .. }) {
+                record(Outcome::GatewayError);
+            }
+            return Err(e);
         }
     };
     load.headers_received();

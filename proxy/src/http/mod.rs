@@ -1,5 +1,5 @@
 //! HTTP request handling, as small tower layers composed by the listeners. Outbound:
-//! `rescue` (errors to responses) → `route` (authority, path, method, headers to a route and a
+//! `rescue` (errors to responses) → `resilience::shed` (load shedding) → `route` (authority, path, method, headers to a route and a
 //! backend cluster) → `fault` (injected delays and aborts) → `resilience::timeout` →
 //! `resilience::retry` → `resilience::breaker` → `forward` (balance, then send to an endpoint over
 //! the mesh). The inbound side uses `app` to reach the local app.

@@ -143,11 +143,26 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Exponential backoff from 200 ms to 10 s, with full jitter.
+/// The first retry waits about this long (before jitter).
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// No wait is longer: a control plane that returns is found within this long.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Delay before retry `attempt` (1 = the first retry): exponential from 400 ms, capped at 10 s,
+/// with "equal jitter" (uniform in the upper half of the step). The lower half bound keeps a
+/// fleet that lost its control plane from hammering it in a tight loop (never zero), and the
+/// spread keeps it from reconnecting in lockstep.
 pub fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)))
-        .min(Duration::from_secs(10));
-    jitter(cap, 1.0)
+    backoff_with(attempt, crate::random::unit())
+}
+
+/// `backoff` with its random draw `unit` in [0, 1) given, so the bounds can be tested.
+pub fn backoff_with(attempt: u32, unit: f64) -> Duration {
+    let step = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_MAX);
+    let half = step / 2;
+    half + half.mul_f64(unit.clamp(0.0, 1.0))
 }
 
 /// `base` ± `fraction` (fraction 1.0 means anywhere in [0, base]).
@@ -181,7 +196,45 @@ mod tests {
                 d >= Duration::from_secs(9) && d <= Duration::from_secs(11),
                 "{d:?}"
             );
-            assert!(backoff(20) <= Duration::from_secs(10));
+        }
+    }
+
+    #[test]
+    fn backoff_grows_then_is_capped() {
+        // The same draw at successive attempts: doubles until the cap.
+        let at = |attempt| backoff_with(attempt, 0.999);
+        assert!(at(1) < at(2) && at(2) < at(3) && at(3) < at(4) && at(4) < at(5));
+        assert_eq!(at(1).as_millis(), 399);
+        assert!(at(6) <= BACKOFF_MAX && at(6) > Duration::from_secs(9));
+        for attempt in [7, 20, 31, 32, 1000, u32::MAX] {
+            assert!(backoff(attempt) <= BACKOFF_MAX, "attempt {attempt}");
+            assert_eq!(at(attempt), at(6), "attempt {attempt}");
+        }
+    }
+
+    #[test]
+    fn backoff_is_never_zero_and_jitter_spreads_within_the_step() {
+        for attempt in [0, 1, 3, 10] {
+            let step = BACKOFF_BASE
+                .saturating_mul(1 << attempt.min(16))
+                .min(BACKOFF_MAX);
+            assert_eq!(backoff_with(attempt, 0.0), step / 2);
+            assert!(backoff_with(attempt, 0.0) > Duration::ZERO);
+            let draws: Vec<Duration> = (0..200).map(|_| backoff(attempt)).collect();
+            for d in &draws {
+                assert!(
+                    *d >= step / 2 && *d <= step,
+                    "attempt {attempt}: {d:?} vs {step:?}"
+                );
+            }
+            // 200 uniform draws over the half step: spread over most of it, not one value.
+            let (min, max) = (draws.iter().min(), draws.iter().max());
+            if let (Some(min), Some(max)) = (min, max) {
+                assert!(
+                    *max - *min > step / 4,
+                    "attempt {attempt}: {min:?}..{max:?}"
+                );
+            }
         }
     }
 }

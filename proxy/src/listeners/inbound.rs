@@ -10,7 +10,8 @@
 //! transparent mode the app port is the connection's original destination port
 //! (`super::transparent`).
 
-use super::serve_connection;
+use super::conn_limit::ConnLimit;
+use super::{serve_connection, HttpServer};
 use crate::authz::{AuthzLayer, AuthzStats, Peer};
 use crate::config::{MtlsMode, SnapshotStore};
 use crate::detect::{self, Detected};
@@ -19,15 +20,18 @@ use crate::errors::ProxyError;
 use crate::http::app::AppClient;
 use crate::http::headers::CLIENT_ID;
 use crate::http::{rescue::RescueLayer, Body};
+use crate::resilience::shed::ShedLayer;
 use crate::telemetry::io::Counted;
 use crate::telemetry::metrics::{tls_failure_reason, Direction};
 use crate::telemetry::observe::{ObserveLayer, Telemetry};
 use crate::tls::peer_identity;
+use crate::Limits;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -51,7 +55,9 @@ pub struct Inbound {
     pub transparent: bool,
 }
 
-pub async fn serve(listener: TcpListener, inbound: Inbound, drain: DrainWatch) {
+pub async fn serve(listener: TcpListener, inbound: Inbound, drain: DrainWatch, limits: Limits) {
+    let server = HttpServer::new(&limits);
+    let connections = ConnLimit::new(limits.max_connections);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -65,12 +71,27 @@ pub async fn serve(listener: TcpListener, inbound: Inbound, drain: DrainWatch) {
                 continue;
             }
         };
+        let Some(permit) = connections.try_acquire() else {
+            tracing::debug!(%peer, "inbound connection limit reached; closed");
+            (inbound.telemetry.metrics.inbound.refused).fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, peer, inbound.clone(), drain.clone()));
+        let conn = connection(stream, peer, inbound.clone(), drain.clone(), server.clone());
+        tokio::spawn(async move {
+            conn.await;
+            drop(permit);
+        });
     }
 }
 
-async fn connection(stream: TcpStream, addr: SocketAddr, inbound: Inbound, drain: DrainWatch) {
+async fn connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    inbound: Inbound,
+    drain: DrainWatch,
+    server: HttpServer,
+) {
     let target = match inbound.transparent {
         false => None,
         true => match super::transparent::inbound_target_port(&stream) {
@@ -99,20 +120,27 @@ async fn connection(stream: TcpStream, addr: SocketAddr, inbound: Inbound, drain
         (_, false) => match target {
             // Transparent mode: a plaintext client that is not HTTP goes to the app as opaque TCP.
             Some(port) if !super::transparent::speaks_http(&stream).await => {
-                let opaque = super::opaque::serve_plaintext(stream, port.0, &inbound.opaque);
+                let opaque = super::opaque::serve_plaintext(stream, port.0, &inbound.opaque, drain);
                 if let Err(e) = opaque.await {
                     tracing::info!(peer = %addr, error = %e, "inbound plaintext TCP refused");
                 }
             }
-            _ => serve_http(stream, Peer::unauthenticated(), inbound, drain, target).await,
+            _ => {
+                let peer = Peer::unauthenticated();
+                serve_http(stream, peer, inbound, drain, target, server).await
+            }
         },
         (_, true) => match handshake(stream, addr, &inbound).await {
             Some((tls, peer)) if super::opaque::is_opaque(&tls) => {
-                if let Err(e) = super::opaque::serve_inbound(tls, peer, &inbound.opaque).await {
+                let opaque = super::opaque::serve_inbound(tls, peer, &inbound.opaque, drain);
+                if let Err(e) = opaque.await {
                     tracing::info!(peer = %addr, error = %e, "inbound opaque stream refused");
                 }
             }
-            Some((tls, peer)) => serve_http(tls, peer, inbound, drain, target).await,
+            Some((tls, peer)) => {
+                let server = server.for_mesh_peer();
+                serve_http(tls, peer, inbound, drain, target, server).await
+            }
             None => {}
         },
     }
@@ -156,6 +184,7 @@ async fn serve_http<IO>(
     inbound: Inbound,
     drain: DrainWatch,
     target: Option<super::transparent::TargetPort>,
+    server: HttpServer,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -178,6 +207,10 @@ async fn serve_http<IO>(
             req
         })
         .layer(RescueLayer)
+        .layer(ShedLayer::of(
+            &inbound.telemetry.metrics,
+            Direction::Inbound,
+        ))
         .layer(observe)
         .layer(AuthzLayer::new(
             inbound.store.clone(),
@@ -188,7 +221,7 @@ async fn serve_http<IO>(
             store: inbound.store,
             app: inbound.app,
         });
-    serve_connection(io, service, drain).await;
+    serve_connection(io, service, drain, server).await;
 }
 
 /// Replaces any `trellis-client-id` from the network with the proven identity, if there is one.

@@ -2,22 +2,32 @@
 //! sidecars) and admin. Binding is separate from serving so that callers (the CLI, the test
 //! harness) can learn the ports before the proxy starts. In transparent mode `transparent`
 //! classifies each connection by its original destination (`original_dst`, the crate's only
-//! `unsafe`), and `opaque` carries non-HTTP streams.
+//! `unsafe`), and `opaque` carries non-HTTP streams. What a client may cost is bounded here:
+//! `conn_limit` (open connections per listener), `HttpServer` (hyper's head, header-list,
+//! stream and reset limits from `Limits`), the HTTP/1 guard (`h1_scan`, `h1_guard`: ambiguous
+//! framing refused, broken or stalled bodies answered as the client's fault) and `request_guard`
+//! (answers for those findings; closes connections whose client abandons most requests).
 
+pub mod conn_limit;
+pub mod h1_guard;
+pub mod h1_scan;
 pub mod inbound;
 pub mod opaque;
 #[allow(unsafe_code)]
 pub mod original_dst;
 pub mod outbound;
+pub mod request_guard;
 pub mod transparent;
 
 use crate::drain::DrainWatch;
 use crate::http::Body;
+use crate::Limits;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -61,28 +71,67 @@ impl Listeners {
     }
 }
 
-/// The HTTP server settings shared by the data-plane listeners (HTTP/1.1 and HTTP/2, detected by
-/// the connection preface).
-pub fn http_server() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1000)
-        .initial_stream_window_size(2 * 1024 * 1024)
-        .initial_connection_window_size(8 * 1024 * 1024)
-        .keep_alive_interval(Duration::from_secs(30));
-    builder
+/// How a listener serves HTTP (HTTP/1.1 and HTTP/2, told apart by the connection preface): the
+/// hyper settings derived from `Limits`, built once per listener and shared by its connections.
+#[derive(Clone)]
+pub struct HttpServer {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    max_head: usize,
+    body_idle: Duration,
+    /// Close connections whose client abandons most requests (`request_guard`).
+    police_abandons: bool,
 }
 
+/// hyper refuses a smaller read buffer.
+const MIN_HEAD_BUFFER: usize = 8 * 1024;
+
+impl HttpServer {
+    pub fn new(limits: &Limits) -> Self {
+        let max_head = limits.max_header_bytes.max(MIN_HEAD_BUFFER);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(max_head);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(limits.max_header_list_size)
+            // Rapid reset (CVE-2023-44487): streams a client opens and resets before they are
+            // served, and streams the proxy had to reset for the client's protocol errors, are
+            // bounded per connection; past the bound the connection ends with GOAWAY
+            // ENHANCE_YOUR_CALM.
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+            .initial_stream_window_size(2 * 1024 * 1024)
+            .initial_connection_window_size(8 * 1024 * 1024)
+            .keep_alive_interval(Duration::from_secs(30));
+        HttpServer {
+            builder: Arc::new(builder),
+            max_head,
+            body_idle: limits.body_idle_timeout,
+            police_abandons: true,
+        }
+    }
+
+    /// For connections from peer sidecars (mTLS): they multiplex many apps' requests, whose
+    /// cancellations are policed at each app's own sidecar; closing the shared connection would
+    /// punish every app on it for one.
+    pub fn for_mesh_peer(mut self) -> Self {
+        self.police_abandons = false;
+        self
+    }
+}
+
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// Serves one connection until it ends; on drain, lets in-flight requests finish (HTTP/2 GOAWAY,
-/// HTTP/1.1 `Connection: close`) and then returns.
-pub async fn serve_connection<IO, S>(io: IO, service: S, drain: DrainWatch)
+/// HTTP/1.1 `Connection: close`) and then returns. Requests pass the connection's guards
+/// (`h1_guard` under hyper, `request_guard` above it) first.
+pub async fn serve_connection<IO, S>(io: IO, service: S, drain: DrainWatch, server: HttpServer)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<http::Request<Incoming>, Response = http::Response<Body>, Error = Infallible>
@@ -91,8 +140,11 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let builder = http_server();
-    let conn = builder.serve_connection(
+    let (io, findings) = h1_guard::GuardedIo::new(io, server.max_head, server.body_idle);
+    let service = request_guard::Guarded::new(service, findings.clone());
+    // While draining, HTTP/1 responses say `Connection: close` (see `crate::drain`).
+    let service = crate::drain::CloseOnDrain::new(service, drain.clone());
+    let conn = server.builder.serve_connection(
         TokioIo::new(io),
         hyper_util::service::TowerToHyperService::new(service),
     );
@@ -105,9 +157,17 @@ where
         }
         _ = drain.signaled() => {
             conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error while draining");
+            tokio::select! {
+                res = conn => if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error while draining");
+                },
+                _ = drain.aborted() => tracing::debug!("drain grace over; connection closed"),
             }
+        }
+        _ = findings.abusive(), if server.police_abandons => {
+            // Closed at once: a graceful HTTP/2 shutdown would keep accepting streams for a
+            // round trip, and the client has shown what it does with them.
+            tracing::warn!("closing a connection whose client abandons most requests (rapid reset)");
         }
     }
 }

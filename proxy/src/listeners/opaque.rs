@@ -7,9 +7,14 @@
 //! against its authorization policy as a connection, connects to `app_host:<port>` and copies
 //! bytes both ways. See docs/protocol.md. Destinations outside the mesh get a plain TCP
 //! connection (`passthrough`).
+//!
+//! Drain: every stream holds a `DrainWatch` until it ends, so a draining proxy waits for it, up
+//! to the grace period. An opaque protocol cannot be asked to wind down, so the stream is left
+//! to end on its own and is cut only when the grace period is over.
 
 use crate::authz::{Attributes, AuthzStats, Peer};
 use crate::config::SnapshotStore;
+use crate::drain::DrainWatch;
 use crate::tls::TlsContext;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -80,14 +85,21 @@ async fn read_header<IO: AsyncRead + Unpin>(io: &mut IO) -> Result<u16, OpaqueEr
 }
 
 /// Copies until both directions end; errors are the normal end of many TCP conversations.
-async fn splice<A, B>(mut a: A, mut b: B, what: &str)
+/// `drain` is held for as long as bytes flow, and cuts the stream when the grace period ends.
+async fn splice<A, B>(mut a: A, mut b: B, what: &str, drain: DrainWatch)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    match copy_bidirectional(&mut a, &mut b).await {
-        Ok((up, down)) => tracing::debug!(what, up, down, "opaque stream closed"),
-        Err(e) => tracing::debug!(what, error = %e, "opaque stream ended with an error"),
+    tokio::select! {
+        res = copy_bidirectional(&mut a, &mut b) => match res {
+            Ok((up, down)) => tracing::debug!(what, up, down, "opaque stream closed"),
+            Err(e) => tracing::debug!(what, error = %e, "opaque stream ended with an error"),
+        },
+        _ = drain.aborted() => tracing::debug!(what, "drain grace over; opaque stream closed"),
+    }
+    if drain.is_draining() {
+        tracing::debug!(what, "opaque stream ended during drain");
     }
 }
 
@@ -109,6 +121,7 @@ pub async fn to_mesh(
     identity: &str,
     port: u16,
     tls: &TlsContext,
+    drain: DrainWatch,
 ) -> Result<(), OpaqueError> {
     let tls_err = |reason: String| OpaqueError::Tls {
         addr: endpoint,
@@ -128,14 +141,18 @@ pub async fn to_mesh(
         return Err(OpaqueError::NoAlpn { addr: endpoint });
     }
     stream.write_all(&encode_header(port)).await?;
-    splice(app, stream, "to mesh").await;
+    splice(app, stream, "to mesh", drain).await;
     Ok(())
 }
 
 /// A plain TCP connection to a destination outside the mesh.
-pub async fn passthrough(app: TcpStream, dst: SocketAddr) -> Result<(), OpaqueError> {
+pub async fn passthrough(
+    app: TcpStream,
+    dst: SocketAddr,
+    drain: DrainWatch,
+) -> Result<(), OpaqueError> {
     let upstream = connect(dst).await?;
-    splice(app, upstream, "passthrough").await;
+    splice(app, upstream, "passthrough", drain).await;
     Ok(())
 }
 
@@ -159,6 +176,7 @@ pub async fn serve_inbound<IO>(
     mut io: IO,
     peer: Peer,
     ctx: &InboundOpaque,
+    drain: DrainWatch,
 ) -> Result<(), OpaqueError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -168,7 +186,7 @@ where
         .map_err(|_| OpaqueError::Header("timed out"))??;
     authorize(&peer, port, ctx)?;
     let app = connect(SocketAddr::new(ctx.app_host, port)).await?;
-    splice(io, app, "to app").await;
+    splice(io, app, "to app", drain).await;
     Ok(())
 }
 
@@ -179,10 +197,11 @@ pub async fn serve_plaintext(
     stream: TcpStream,
     port: u16,
     ctx: &InboundOpaque,
+    drain: DrainWatch,
 ) -> Result<(), OpaqueError> {
     authorize(&Peer::unauthenticated(), port, ctx)?;
     let app = connect(SocketAddr::new(ctx.app_host, port)).await?;
-    splice(stream, app, "plaintext to app").await;
+    splice(stream, app, "plaintext to app", drain).await;
     Ok(())
 }
 
@@ -245,5 +264,55 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(&[b'a'; 40]).await.unwrap();
         assert!(read_header(&mut server).await.is_err(), "too long");
+    }
+
+    /// A draining proxy waits for an opaque stream until it ends (the grace period is the
+    /// caller's `timeout` around `drain`).
+    #[tokio::test]
+    async fn drain_waits_for_an_opaque_stream() {
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app_addr = app.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = app.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            // Echo until the client closes.
+            while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                let _ = conn.write_all(&buf[..n]).await;
+            }
+        });
+        let ctx = InboundOpaque {
+            app_host: app_addr.ip(),
+            own_ports: Vec::new(),
+            store: crate::config::new_store(),
+            authz: Arc::default(),
+        };
+        let (drain, watch) = crate::drain::channel();
+        let (mut client, server) = tokio::io::duplex(256);
+        let stream = tokio::spawn(async move {
+            serve_inbound(server, Peer::unauthenticated(), &ctx, watch).await
+        });
+        client
+            .write_all(&encode_header(app_addr.port()))
+            .await
+            .unwrap();
+        client.write_all(b"ping").await.unwrap();
+        let mut echoed = [0u8; 4];
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"ping");
+
+        let drained = tokio::spawn(drain.drain());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!drained.is_finished(), "drain waits for the open stream");
+        // Still carried while draining.
+        client.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"pong");
+
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(2), drained)
+            .await
+            .expect("drain completes once the stream ends")
+            .unwrap();
+        assert!(stream.await.unwrap().is_ok());
     }
 }

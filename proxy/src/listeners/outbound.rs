@@ -1,19 +1,25 @@
 //! The outbound listener: the local app's plain HTTP/1.1 or h2c requests for other services.
-//! Each request goes through rescue → route → observe (trace context, span, metrics, access log)
-//! → fault → timeout → retry → breaker → forward; see `http`, `telemetry` and `resilience`.
-//! In transparent mode each connection is first classified by `transparent::outbound`.
+//! Each request goes through rescue → shed (load shedding) → route → observe (trace context,
+//! span, metrics, access log) → fault → timeout → retry → breaker → forward; see `http`,
+//! `telemetry` and `resilience`.
+//! In transparent mode each connection is first classified by `transparent::outbound`. At most
+//! `Limits::max_connections` connections are open at once; more are closed as they arrive.
 
-use super::serve_connection;
+use super::conn_limit::ConnLimit;
+use super::{serve_connection, HttpServer};
 use crate::config::SnapshotStore;
 use crate::drain::DrainWatch;
 use crate::http::{
     fault::FaultLayer, forward::ForwardToMesh, rescue::RescueLayer, route::RouteLayer, Body,
 };
+use crate::resilience::shed::ShedLayer;
 use crate::resilience::{breaker::BreakerLayer, retry::RetryLayer, timeout::TimeoutLayer};
 use crate::telemetry::io::Counted;
 use crate::telemetry::metrics::Direction;
 use crate::telemetry::observe::{ObserveLayer, Telemetry};
+use crate::Limits;
 use hyper::body::Incoming;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -24,11 +30,15 @@ pub async fn serve(
     telemetry: Arc<Telemetry>,
     drain: DrainWatch,
     transparent: Option<super::transparent::Outbound>,
+    limits: Limits,
 ) {
     let metrics = telemetry.metrics.clone();
+    let server = HttpServer::new(&limits);
+    let connections = ConnLimit::new(limits.max_connections);
     let service = ServiceBuilder::new()
         .map_request(|req: http::Request<Incoming>| req.map(Body::from))
         .layer(RescueLayer)
+        .layer(ShedLayer::of(&metrics, Direction::Outbound))
         .layer(RouteLayer::new(store))
         .layer(ObserveLayer::outbound(telemetry))
         .layer(FaultLayer)
@@ -42,7 +52,12 @@ pub async fn serve(
             _ = drain.signaled() => return,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
+                let Some(permit) = connections.try_acquire() else {
+                    tracing::debug!(%peer, "outbound connection limit reached; closed");
+                    metrics.outbound.refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 if let Some(ctx) = &transparent {
                     let conn = super::transparent::outbound(
@@ -50,12 +65,20 @@ pub async fn serve(
                         ctx.clone(),
                         service.clone(),
                         drain.clone(),
+                        server.clone(),
                     );
-                    tokio::spawn(conn);
+                    tokio::spawn(async move {
+                        conn.await;
+                        drop(permit);
+                    });
                     continue;
                 }
                 let stream = Counted::new(stream, metrics.clone(), Direction::Outbound);
-                tokio::spawn(serve_connection(stream, service.clone(), drain.clone()));
+                let conn = serve_connection(stream, service.clone(), drain.clone(), server.clone());
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 // Usually EMFILE: back off briefly rather than spin.

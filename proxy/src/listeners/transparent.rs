@@ -15,7 +15,7 @@
 
 use super::opaque;
 use super::original_dst::original_dst;
-use super::serve_connection;
+use super::{serve_connection, HttpServer};
 use crate::config::{AppPort, AppProtocol, Endpoint, InboundPolicy, MeshSnapshot, SnapshotStore};
 use crate::detect::{peek_protocol, Protocol};
 use crate::drain::DrainWatch;
@@ -106,8 +106,13 @@ pub struct Outbound {
 }
 
 /// Serves one redirected outbound connection; `http` is the outbound HTTP stack.
-pub async fn outbound<S>(stream: TcpStream, ctx: Outbound, http: S, drain: DrainWatch)
-where
+pub async fn outbound<S>(
+    stream: TcpStream,
+    ctx: Outbound,
+    http: S,
+    drain: DrainWatch,
+    server: HttpServer,
+) where
     S: tower::Service<http::Request<Incoming>, Response = http::Response<Body>, Error = Infallible>
         + Clone
         + Send
@@ -144,7 +149,7 @@ where
                     req
                 });
             let stream = Counted::new(stream, ctx.metrics.clone(), Direction::Outbound);
-            serve_connection(stream, http, drain).await;
+            serve_connection(stream, http, drain, server).await;
             Ok(())
         }
         (Destination::Mesh { endpoint, .. } | Destination::MeshPod { endpoint }, _)
@@ -156,10 +161,11 @@ where
                 &endpoint.identity,
                 dst.port(),
                 &ctx.tls,
+                drain,
             )
             .await
         }
-        _ => opaque::passthrough(stream, dst).await,
+        _ => opaque::passthrough(stream, dst, drain).await,
     };
     if let Err(e) = result {
         tracing::info!(%dst, error = %e, "outbound opaque connection failed");

@@ -5,11 +5,13 @@
 //! - `retry`: whether and when another attempt is made (conditions, idempotency, replayable body,
 //!   backoff) and whether the `budget` allows it;
 //! - `breaker`: per-cluster limits on requests, pending connections and retries in flight;
-//! - `outlier`: ejecting endpoints that keep failing, consulted by the balancer.
+//! - `outlier`: ejecting endpoints that keep failing, consulted by the balancer;
+//! - `shed`: the listener-wide bound on requests in flight (load shedding), in front of routing.
 
 pub mod breaker;
 pub mod budget;
 pub mod outlier;
 pub mod replay;
 pub mod retry;
+pub mod shed;
 pub mod timeout;

@@ -1,8 +1,11 @@
 //! Retries: whether a failed attempt is tried again, and when. The rules, in the order applied:
 //! - only while attempts remain (`max_attempts` counts the first) and the overall deadline (an
 //!   outer layer) has not passed;
-//! - a connection failure (nothing was sent) is always safe to retry; anything else only for
-//!   idempotent methods (RFC 9110 §9.2.2) unless the policy allows non-idempotent ones;
+//! - a request the endpoint provably never processed (connect failure, a stream refused by GOAWAY
+//!   or REFUSED_STREAM, RFC 9113 §8.7) is safe to retry whatever its method, and gets up to
+//!   `UNPROCESSED_RETRIES` extra attempts whatever the policy says, so that a draining endpoint
+//!   during a rollout costs no request; anything else only for idempotent methods
+//!   (RFC 9110 §9.2.2) unless the policy allows non-idempotent ones;
 //! - the failure must be one the policy names (`retry_on`);
 //! - the request body must still be replayable (see `replay`): a body past the replay buffer has
 //!   streamed once and is never sent twice;
@@ -73,12 +76,20 @@ where
     }
 }
 
+/// Extra attempts for a request the endpoint never processed, on top of the policy's and outside
+/// its budget: a refusal costs the endpoint nothing, and two are enough to step past a draining
+/// endpoint and a stale connection to another, yet too few to amplify an outage.
+pub const UNPROCESSED_RETRIES: u32 = 2;
+
 /// Why an attempt may deserve another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     Done,
-    /// Nothing reached the endpoint: safe for any method.
-    ConnectFailure,
+    /// Nothing was processed by the endpoint: safe for any method. `policy` says whether the
+    /// route's policy also names the failure (once the free allowance is spent).
+    Unprocessed {
+        policy: bool,
+    },
     Retryable,
 }
 
@@ -105,13 +116,9 @@ fn classify(result: &Result<Response<Body>, ProxyError>, policy: &RetryPolicy) -
                 Verdict::Done
             }
         }
-        Err(e) if e.is_connect_failure() => {
-            if on.connect_failure || on.status_5xx || on.gateway_error {
-                Verdict::ConnectFailure
-            } else {
-                Verdict::Done
-            }
-        }
+        Err(e) if e.is_unprocessed() => Verdict::Unprocessed {
+            policy: on.connect_failure || on.reset || on.status_5xx || on.gateway_error,
+        },
         Err(ProxyError::Upstream { .. }) if on.reset || on.status_5xx || on.gateway_error => {
             Verdict::Retryable
         }
@@ -161,9 +168,8 @@ where
     cluster.state.stats.requests.inc();
     rule.stats.requests.inc();
     let policy = rule.retry.as_ref().unwrap_or(&cluster.policy.retry);
-    if policy.max_attempts <= 1 {
-        return inner.oneshot(req).await;
-    }
+    // Even without policy retries the body stays replayable (up to the buffer), for the
+    // unprocessed allowance.
     let idempotent = is_idempotent(req.method()) || policy.non_idempotent;
     let (parts, mut body) = req.into_parts();
     let mut bodies = if http_body::Body::is_end_stream(&body) {
@@ -185,8 +191,11 @@ where
         Bodies::Once(Some(body))
     };
     let head = Request::from_parts(parts, ());
-    let mut attempt = 1;
+    // `attempt` counts against the policy; `tries` is every attempt made.
+    let (mut attempt, mut tries, mut free) = (1, 1, UNPROCESSED_RETRIES);
     let mut avoid = None;
+    // Whether this attempt is one of the policy's retries (which the breaker limits).
+    let mut policy_retry_now = false;
     loop {
         let Some(body) = bodies.next() else {
             return Err(ProxyError::NotReady("request body cannot be replayed"));
@@ -200,7 +209,7 @@ where
         if let Some(addr) = avoid {
             req.extensions_mut().insert(AvoidEndpoint(addr));
         }
-        let retry_slot = if attempt > 1 {
+        let retry_slot = if policy_retry_now {
             Some(breaker::acquire(cluster, Limit::Retries)?)
         } else {
             None
@@ -220,28 +229,35 @@ where
             Bodies::Empty => true,
             Bodies::Once(_) => false,
         };
-        let allowed = match verdict {
-            Verdict::Done => false,
-            Verdict::ConnectFailure => true,
-            Verdict::Retryable => idempotent,
-        };
-        if !allowed || !replayable || attempt >= policy.max_attempts {
-            return result.map(|mut rsp| {
-                rsp.extensions_mut().insert(Attempts(attempt));
+        let finish = |result: Result<Response<Body>, ProxyError>| {
+            result.map(|mut rsp| {
+                rsp.extensions_mut().insert(Attempts(tries));
                 rsp
-            });
+            })
+        };
+        let free_retry = matches!(verdict, Verdict::Unprocessed { .. }) && free > 0;
+        let policy_retry = attempt < policy.max_attempts
+            && match verdict {
+                Verdict::Done => false,
+                Verdict::Unprocessed { policy } => policy,
+                Verdict::Retryable => idempotent,
+            };
+        if !replayable || !(free_retry || policy_retry) {
+            return finish(result);
         }
-        if !cluster
+        policy_retry_now = !free_retry;
+        if free_retry {
+            free -= 1;
+        } else if !cluster
             .state
             .budget
             .try_withdraw(policy.budget_ratio, policy.budget_min_per_second)
         {
             cluster.state.stats.budget_exhausted.inc();
             rule.stats.budget_exhausted.inc();
-            return result.map(|mut rsp| {
-                rsp.extensions_mut().insert(Attempts(attempt));
-                rsp
-            });
+            return finish(result);
+        } else {
+            attempt += 1;
         }
         cluster.state.stats.retries.inc();
         rule.stats.retries.inc();
@@ -250,8 +266,8 @@ where
             Err(e) => e.endpoint(),
         };
         drop(result);
-        tokio::time::sleep(backoff(policy, attempt)).await;
-        attempt += 1;
+        tokio::time::sleep(backoff(policy, tries)).await;
+        tries += 1;
     }
 }
 

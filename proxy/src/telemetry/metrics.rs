@@ -10,6 +10,7 @@ use super::counters::ClusterStats;
 use crate::config::SnapshotStore;
 use crate::discovery::SharedStatus;
 use crate::identity::IdentityInfo;
+use crate::resilience::shed::InFlight;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -76,6 +77,8 @@ pub struct ConnMetrics {
     pub closed: AtomicU64,
     pub bytes_read: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// Closed at once because the listener had `Limits::max_connections` open.
+    pub refused: AtomicU64,
 }
 
 /// Why TLS handshakes failed, by a small fixed set of reasons.
@@ -128,10 +131,15 @@ pub struct ProxyMetrics {
     peers: Mutex<HashMap<String, Arc<RequestMetrics>>>,
     pub spans_exported: AtomicU64,
     pub spans_dropped: AtomicU64,
+    /// Each listener's load-shedding budget (`resilience::shed`), kept here so that every
+    /// connection's request stack shares it and `/metrics` reads it.
+    inbound_in_flight: Arc<InFlight>,
+    outbound_in_flight: Arc<InFlight>,
 }
 
 impl ProxyMetrics {
     pub fn new(service: String) -> Self {
+        let max = crate::Limits::default().max_in_flight_requests;
         ProxyMetrics {
             service,
             inbound: ConnMetrics::default(),
@@ -140,6 +148,22 @@ impl ProxyMetrics {
             peers: Mutex::default(),
             spans_exported: AtomicU64::new(0),
             spans_dropped: AtomicU64::new(0),
+            inbound_in_flight: InFlight::new(max),
+            outbound_in_flight: InFlight::new(max),
+        }
+    }
+
+    /// Sets each listener's bound on requests in flight (before any request is served).
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.inbound_in_flight = InFlight::new(max);
+        self.outbound_in_flight = InFlight::new(max);
+        self
+    }
+
+    pub fn in_flight(&self, d: Direction) -> &Arc<InFlight> {
+        match d {
+            Direction::Inbound => &self.inbound_in_flight,
+            Direction::Outbound => &self.outbound_in_flight,
         }
     }
 
@@ -309,6 +333,40 @@ impl Collector for MetricsCollector {
                 })
                 .collect()
         };
+        let directions = [Direction::Inbound, Direction::Outbound];
+        let in_flight = |f: fn(&InFlight) -> u64| -> Vec<(Labels<'_>, u64)> {
+            (directions.iter())
+                .map(|d| {
+                    (
+                        vec![("direction", d.as_str())],
+                        f(self.metrics.in_flight(*d)),
+                    )
+                })
+                .collect()
+        };
+        counter(
+            &mut e,
+            "trellis_requests_shed",
+            "Requests answered 503 at once because the listener had max requests in flight.",
+            &in_flight(InFlight::shed),
+        )?;
+        fn as_gauge(series: Vec<(Labels<'_>, u64)>) -> Vec<(Labels<'_>, i64)> {
+            (series.into_iter())
+                .map(|(l, v)| (l, i64::try_from(v).unwrap_or(i64::MAX)))
+                .collect()
+        }
+        gauge(
+            &mut e,
+            "trellis_requests_in_flight",
+            "Requests being worked on, by listener.",
+            &as_gauge(in_flight(|b| b.in_use() as u64)),
+        )?;
+        gauge(
+            &mut e,
+            "trellis_requests_in_flight_limit",
+            "The bound on requests in flight per listener; more are shed.",
+            &as_gauge(in_flight(|b| b.max() as u64)),
+        )?;
         counter(
             &mut e,
             "trellis_tcp_connections_opened",
@@ -320,6 +378,12 @@ impl Collector for MetricsCollector {
             "trellis_tcp_connections_closed",
             "TCP connections closed.",
             &conn_series(|c| &c.closed),
+        )?;
+        counter(
+            &mut e,
+            "trellis_tcp_connections_refused",
+            "TCP connections closed at once because the listener had max connections open.",
+            &conn_series(|c| &c.refused),
         )?;
         let mut bytes = Vec::new();
         for d in [Direction::Inbound, Direction::Outbound] {

@@ -2,6 +2,10 @@
 //! opened on first use and reopened when it closes. HTTP/2 carries every request the app makes,
 //! whatever protocol the app speaks, so a handful of connections serve any concurrency.
 //!
+//! A peer that drains sends GOAWAY: hyper then refuses new streams on that connection (the handle
+//! reports closed), the next request opens a new connection, and a request caught in between is
+//! reported as never processed (`send`), so the retry layer may send it elsewhere.
+//!
 //! The connection handle sits behind arc-swap: sending a request costs one atomic load and a clone
 //! of the sender; only (re)connecting takes a lock, so that concurrent first requests share one
 //! handshake instead of racing many.
@@ -17,6 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+
+mod send;
+pub use send::send;
 
 /// Makes `MeshConnection`s that share this proxy's TLS context.
 #[derive(Debug, Clone)]

@@ -100,6 +100,14 @@ impl RawAuthorization {
         for (i, raw) in self.rules.iter().enumerate() {
             let at = format!("{at}.rules[{i}]");
             let name = label(&raw.name, &format!("{at}.name"))?;
+            if name == "default" {
+                // Decisions and per-rule stats say "default" for the policy's default action.
+                return fail(
+                    &raw.name,
+                    format!("{at}.name"),
+                    "\"default\" names the policy's default action; choose another name",
+                );
+            }
             if let Some(first) = names.insert(&raw.name.value, i) {
                 return fail(
                     &raw.name,

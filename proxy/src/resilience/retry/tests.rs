@@ -164,3 +164,143 @@ fn backoff_is_capped_and_jittered() {
         assert!(backoff(&p, retry) <= Duration::from_millis(40));
     }
 }
+
+/// An upstream whose first `refusals` calls fail with `error(addr)`, then 200; records the
+/// endpoint each attempt was asked to avoid.
+fn refusing(
+    refusals: usize,
+    error: fn(SocketAddr) -> ProxyError,
+    calls: Arc<AtomicUsize>,
+    avoided: Arc<std::sync::Mutex<Vec<Option<SocketAddr>>>>,
+) -> impl tower::Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = ProxyError,
+    Future = ResponseFuture,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |req: Request<Body>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        let avoid = req.extensions().get::<AvoidEndpoint>().map(|a| a.0);
+        if let Ok(mut list) = avoided.lock() {
+            list.push(avoid);
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1000 + n as u16));
+        let fut: ResponseFuture = Box::pin(async move {
+            if n < refusals {
+                Err(error(addr))
+            } else {
+                Ok(Response::new(Body::empty()))
+            }
+        });
+        fut
+    })
+}
+
+fn refused(addr: SocketAddr) -> ProxyError {
+    ProxyError::Unprocessed {
+        addr,
+        reason: "GOAWAY".into(),
+    }
+}
+
+fn lost_mid_request(addr: SocketAddr) -> ProxyError {
+    ProxyError::Upstream {
+        addr,
+        reason: "connection reset".into(),
+    }
+}
+
+/// No retries in the policy, no budget, and a POST: a refused stream still goes elsewhere.
+fn no_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 1,
+        budget_ratio: 0.0,
+        budget_min_per_second: 0,
+        ..policy(1)
+    }
+}
+
+#[tokio::test]
+async fn unprocessed_requests_are_retried_whatever_the_policy_and_method() {
+    let (calls, avoided) = (Arc::new(AtomicUsize::new(0)), Arc::default());
+    let t = target(no_retries());
+    let upstream = refusing(2, refused, calls.clone(), Arc::clone(&avoided));
+    let rsp = attempts(upstream, request(Method::POST, &t)).await;
+    assert_eq!(rsp.as_ref().map(|r| r.status().as_u16()).ok(), Some(200));
+    assert_eq!(
+        rsp.ok()
+            .and_then(|r| r.extensions().get::<Attempts>().map(|a| a.0)),
+        Some(3)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(t.cluster.state.stats.budget_exhausted.get(), 0);
+    let avoided = avoided.lock().map(|l| l.clone()).unwrap_or_default();
+    assert_eq!(
+        avoided,
+        [
+            None,
+            Some(SocketAddr::from(([127, 0, 0, 1], 1000))),
+            Some(SocketAddr::from(([127, 0, 0, 1], 1001)))
+        ],
+        "each retry avoids the endpoint that refused"
+    );
+}
+
+#[tokio::test]
+async fn the_unprocessed_allowance_is_bounded() {
+    let (calls, avoided) = (Arc::new(AtomicUsize::new(0)), Arc::default());
+    let t = target(no_retries());
+    let upstream = refusing(usize::MAX, refused, calls.clone(), avoided);
+    let rsp = attempts(upstream, request(Method::POST, &t)).await;
+    assert!(matches!(rsp, Err(ProxyError::Unprocessed { .. })));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1 + UNPROCESSED_RETRIES as usize
+    );
+
+    // With a policy that names connect failures, its attempts come on top (budget permitting).
+    let (calls, avoided) = (Arc::new(AtomicUsize::new(0)), Arc::default());
+    let t = target(RetryPolicy {
+        retry_on: RetryOn {
+            connect_failure: true,
+            ..RetryOn::default()
+        },
+        ..policy(2)
+    });
+    let upstream = refusing(usize::MAX, refused, calls.clone(), avoided);
+    let rsp = attempts(upstream, request(Method::POST, &t)).await;
+    assert!(rsp.is_err());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2 + UNPROCESSED_RETRIES as usize
+    );
+}
+
+#[tokio::test]
+async fn a_post_lost_mid_request_is_not_retried() {
+    let (calls, avoided) = (Arc::new(AtomicUsize::new(0)), Arc::default());
+    let t = target(RetryPolicy {
+        retry_on: RetryOn {
+            reset: true,
+            ..RetryOn::default()
+        },
+        ..policy(3)
+    });
+    let upstream = refusing(1, lost_mid_request, calls.clone(), avoided);
+    let rsp = attempts(upstream, request(Method::POST, &t)).await;
+    assert!(matches!(rsp, Err(ProxyError::Upstream { .. })), "{rsp:?}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "it may have been processed"
+    );
+
+    // An idempotent request lost the same way follows the policy.
+    let (calls, avoided) = (Arc::new(AtomicUsize::new(0)), Arc::default());
+    let upstream = refusing(1, lost_mid_request, calls.clone(), avoided);
+    let rsp = attempts(upstream, request(Method::GET, &t)).await;
+    assert_eq!(rsp.map(|r| r.status().as_u16()).ok(), Some(200));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

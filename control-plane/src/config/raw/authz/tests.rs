@@ -92,6 +92,11 @@ fn bad_fields_are_refused_with_line_and_path() {
             "rules[1].name: rule \"r\" repeats rules[0]",
         ),
         (
+            "rules:\n  - name: default\n    action: deny",
+            6,
+            "rules[0].name: \"default\" names the policy's default action",
+        ),
+        (
             "rules:\n  - name: r\n    action: allow\n    when: now",
             8,
             "",

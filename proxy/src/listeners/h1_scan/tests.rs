@@ -1,0 +1,135 @@
+use super::*;
+
+/// Feeds `bytes` whole and split at every position; every way must find the same thing.
+fn scan(bytes: &[u8]) -> Option<Finding> {
+    let whole = Scanner::new(64 * 1024).feed(bytes);
+    for split in 1..bytes.len() {
+        let mut s = Scanner::new(64 * 1024);
+        let found = s.feed(&bytes[..split]).or_else(|| s.feed(&bytes[split..]));
+        assert_eq!(
+            found,
+            whole,
+            "split at {split} of {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    whole
+}
+
+fn head(request: u64, status: u16) -> Option<(u64, u16)> {
+    Some((request, status))
+}
+
+fn refused(found: Option<Finding>) -> Option<(u64, u16)> {
+    match found {
+        Some(Finding {
+            request,
+            problem: Problem::Head(r),
+        }) => Some((request, r.status)),
+        _ => None,
+    }
+}
+
+#[test]
+fn pipelined_requests_with_bodies_pass() {
+    let bytes = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nGET /bPOST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nGET\r\n0\r\nTrailer: t\r\n\r\nGET /d HTTP/1.1\r\nHost: h\r\n\r\n";
+    assert_eq!(
+        scan(bytes),
+        None,
+        "body bytes that look like a head are not a head"
+    );
+    let mut s = Scanner::new(64 * 1024);
+    assert_eq!(s.feed(bytes), None);
+    assert_eq!(
+        s.current_request(),
+        3,
+        "three heads seen, the fourth is next"
+    );
+}
+
+#[test]
+fn the_refused_request_is_named_by_its_index() {
+    let bytes = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    assert_eq!(refused(scan(bytes)), head(1, 400));
+}
+
+#[test]
+fn ambiguous_heads_are_refused() {
+    let cases: [(&[u8], u16); 6] = [
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\nHost: h\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+    ];
+    for (bytes, status) in cases {
+        assert_eq!(
+            refused(scan(bytes)),
+            head(0, status),
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+#[test]
+fn what_hyper_refuses_itself_stops_the_scan() {
+    for bytes in [
+        &b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ] {
+        let mut s = Scanner::new(64 * 1024);
+        assert_eq!(s.feed(bytes), None);
+        assert_eq!(s.state, State::Off, "{}", String::from_utf8_lossy(bytes));
+    }
+}
+
+#[test]
+fn malformed_chunks_are_found() {
+    for (body, why) in [
+        (&b"zz\r\n"[..], "chunk size missing"),
+        (b"5\nhello\r\n0\r\n\r\n", "invalid chunk size"),
+        (b"5\r\r\nhello\r\n", "chunk size line without CRLF"),
+        (b"11111111111111111\r\n", "chunk size overflows"),
+        (b"3\r\nabcd\r\n", "chunk data without CRLF"),
+    ] {
+        let mut bytes =
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        bytes.extend_from_slice(body);
+        let found = scan(&bytes);
+        assert_eq!(
+            found,
+            Some(Finding {
+                request: 0,
+                problem: Problem::MalformedBody(why)
+            })
+        );
+    }
+}
+
+#[test]
+fn a_head_longer_than_the_bound_stops_the_scan() {
+    let mut s = Scanner::new(100);
+    let mut bytes = b"GET / HTTP/1.1\r\nHost: h\r\nX: ".to_vec();
+    bytes.resize(200, b'a');
+    assert_eq!(s.feed(&bytes[..50]), None);
+    assert_eq!(s.feed(&bytes[50..]), None);
+    assert_eq!(s.state, State::Off);
+}
+
+#[test]
+fn a_split_head_followed_by_a_large_body_is_still_followed() {
+    let mut s = Scanner::new(1024);
+    let first = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 4000\r\n\r\n";
+    assert_eq!(s.feed(&first[..10]), None);
+    let mut rest = first[10..].to_vec();
+    rest.extend(std::iter::repeat_n(b'x', 4000));
+    rest.extend_from_slice(
+        b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    let found = refused(s.feed(&rest));
+    assert_eq!(found, head(1, 400), "the second request is still judged");
+}

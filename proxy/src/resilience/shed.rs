@@ -1,0 +1,315 @@
+//! Load shedding: a bound on the requests one listener works on at once
+//! (`Limits::max_in_flight_requests`). A request over the bound is answered at once with 503
+//! (`ProxyError::Overloaded`, which `rescue` labels in `trellis-error`) and never goes further, so
+//! an offered load above what the proxy or its destination can serve turns into fast refusals
+//! instead of a queue that grows without end and takes every caller's latency with it.
+//!
+//! The layer sits right under `rescue`, before routing and telemetry, so a refusal costs as little
+//! as possible; refusals are counted in `trellis_requests_shed`, not in `trellis_requests`.
+//!
+//! Admission is a compare-and-swap on a shared counter: no lock, no queue, no waiting. The slot
+//! is held by the response body (`Body::hold_in_flight`) until the body ends or is dropped, since a
+//! streamed answer still costs the proxy buffers and a connection until then. Inbound and outbound
+//! each have their own budget: with one shared budget, inbound requests waiting on the app's own
+//! outbound calls could take every slot and starve those calls.
+
+use crate::errors::ProxyError;
+use crate::http::Body;
+use crate::telemetry::metrics::{Direction, ProxyMetrics};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// One listener's budget of requests in flight, shared by all its connections, and what it shed.
+#[derive(Debug)]
+pub struct InFlight {
+    max: usize,
+    in_use: AtomicUsize,
+    shed: AtomicU64,
+}
+
+impl InFlight {
+    pub fn new(max: usize) -> Arc<InFlight> {
+        Arc::new(InFlight {
+            max,
+            in_use: AtomicUsize::new(0),
+            shed: AtomicU64::new(0),
+        })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused because the budget was full, since start.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot, or counts the refusal and names the limit.
+    pub fn try_admit(self: &Arc<Self>) -> Result<Admitted, ProxyError> {
+        let max = self.max;
+        let taken = self
+            .in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(Admitted(self.clone())),
+            Err(_) => {
+                self.shed.fetch_add(1, Ordering::Relaxed);
+                Err(ProxyError::Overloaded { max })
+            }
+        }
+    }
+}
+
+/// A held slot; given back when dropped.
+#[derive(Debug)]
+pub struct Admitted(Arc<InFlight>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The tower layer; clones share one budget.
+#[derive(Clone, Debug)]
+pub struct ShedLayer {
+    budget: Arc<InFlight>,
+}
+
+impl ShedLayer {
+    pub fn new(budget: Arc<InFlight>) -> ShedLayer {
+        ShedLayer { budget }
+    }
+
+    /// The layer for one of the proxy's listeners, with the budget its metrics report.
+    pub fn of(metrics: &ProxyMetrics, listener: Direction) -> ShedLayer {
+        ShedLayer::new(metrics.in_flight(listener).clone())
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            budget: self.budget.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Shed<S> {
+    inner: S,
+    budget: Arc<InFlight>,
+}
+
+impl<S> tower::Service<http::Request<Body>> for Shed<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = ProxyError;
+    type Future = crate::http::ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // Admission is decided per request in `call`: waiting here for a free slot would be the
+        // very queue this layer exists to prevent.
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let admitted = match self.budget.try_admit() {
+            Ok(a) => a,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            // On an error the slot is dropped here; `rescue` answers with a body of its own.
+            let rsp = fut.await?;
+            Ok(rsp.map(|b| b.hold_in_flight(admitted)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    use tokio::sync::{mpsc, oneshot};
+    use tower::{Layer, Service, ServiceExt};
+
+    /// Each call the inner service saw, as the channel its answer is awaited on.
+    type Calls = mpsc::UnboundedReceiver<oneshot::Sender<Response<Body>>>;
+
+    /// An inner service whose answers the test hands out one by one, counting the calls it saw.
+    fn parked() -> (
+        impl Service<
+                Request<Body>,
+                Response = Response<Body>,
+                Error = ProxyError,
+                Future = crate::http::ResponseFuture,
+            > + Clone,
+        Calls,
+    ) {
+        let (calls, seen) = mpsc::unbounded_channel();
+        let svc = tower::service_fn(move |_req: Request<Body>| {
+            let (answer, answered) = oneshot::channel();
+            let _ = calls.send(answer);
+            Box::pin(async move { answered.await.map_err(|_| ProxyError::NotReady("test")) })
+                as crate::http::ResponseFuture
+        });
+        (svc, seen)
+    }
+
+    fn ok_with(body: &'static str) -> Response<Body> {
+        Response::new(Body::full(body))
+    }
+
+    async fn call<S>(svc: &mut S) -> S::Future
+    where
+        S: Service<Request<Body>>,
+    {
+        match svc.ready().await {
+            Ok(s) => s.call(Request::new(Body::empty())),
+            Err(_) => panic!("the shed layer is always ready"),
+        }
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_is_refused_at_once_and_never_reaches_the_inner_service() {
+        let budget = InFlight::new(2);
+        let (inner, mut seen) = parked();
+        let mut svc = ShedLayer::new(budget.clone()).layer(inner);
+        let first = tokio::spawn(call(&mut svc).await);
+        let second = tokio::spawn(call(&mut svc).await);
+        let answers = [seen.recv().await, seen.recv().await];
+        assert_eq!(budget.in_use(), 2);
+
+        // The third is answered without waiting, however long the first two take.
+        let third = tokio::time::timeout(Duration::from_millis(500), call(&mut svc).await).await;
+        match third {
+            Ok(Err(ProxyError::Overloaded { max: 2 })) => {}
+            other => panic!("expected an immediate Overloaded error, got {other:?}"),
+        }
+        assert!(seen.try_recv().is_err(), "the inner service never saw it");
+        assert_eq!(budget.shed(), 1);
+        assert_eq!(
+            crate::http::rescue::error_response(&ProxyError::Overloaded { max: 2 }, false).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+
+        for answer in answers.into_iter().flatten() {
+            let _ = answer.send(ok_with("done"));
+        }
+        for task in [first, second] {
+            let rsp = task.await.ok().and_then(Result::ok);
+            let body = match rsp {
+                Some(r) => r.into_body().collect().await.map(|c| c.to_bytes()).ok(),
+                None => None,
+            };
+            assert_eq!(body, Some(Bytes::from_static(b"done")));
+        }
+        assert_eq!(budget.in_use(), 0, "finished bodies give their slots back");
+    }
+
+    #[tokio::test]
+    async fn the_slot_lasts_until_the_body_ends_or_is_dropped() {
+        let budget = InFlight::new(1);
+        let (inner, mut seen) = parked();
+        let mut svc = ShedLayer::new(budget.clone()).layer(inner);
+
+        // Headers answered, body not yet read: still in flight.
+        let pending = call(&mut svc).await;
+        if let Some(answer) = seen.recv().await {
+            let _ = answer.send(ok_with("streamed"));
+        }
+        let rsp = pending.await.ok();
+        assert_eq!(budget.in_use(), 1);
+        assert!(matches!(
+            call(&mut svc).await.await,
+            Err(ProxyError::Overloaded { .. })
+        ));
+
+        // Read to the end: the slot is free before the body value itself is gone.
+        let mut body = rsp.map(Response::into_body);
+        if let Some(b) = body.as_mut() {
+            while let Some(Ok(_)) = b.frame().await {}
+        }
+        assert_eq!(budget.in_use(), 0);
+        drop(body);
+
+        // Dropped unread (the client went away): the slot comes back too.
+        let pending = call(&mut svc).await;
+        if let Some(answer) = seen.recv().await {
+            let _ = answer.send(ok_with("never read"));
+        }
+        let rsp = pending.await.ok();
+        assert_eq!(budget.in_use(), 1);
+        drop(rsp);
+        assert_eq!(budget.in_use(), 0);
+        assert_eq!(budget.shed(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_inner_error_gives_the_slot_back() {
+        let budget = InFlight::new(1);
+        let (inner, mut seen) = parked();
+        let mut svc = ShedLayer::new(budget.clone()).layer(inner);
+        let pending = call(&mut svc).await;
+        drop(seen.recv().await); // the inner service fails: its answer channel closes
+        assert!(matches!(pending.await, Err(ProxyError::NotReady(_))));
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn behind_rescue_a_shed_request_is_503_overloaded_or_grpc_unavailable() {
+        let budget = InFlight::new(0);
+        let (inner, _seen) = parked();
+        let svc = crate::http::rescue::RescueLayer.layer(ShedLayer::new(budget).layer(inner));
+        let why = |rsp: &Response<Body>, name: &str| {
+            (rsp.headers().get(name)).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+
+        let rsp =
+            (svc.clone().oneshot(Request::new(Body::empty())).await).unwrap_or_else(|e| match e {});
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let label = why(&rsp, "trellis-error").unwrap_or_default();
+        assert!(label.starts_with("overloaded"), "{label}");
+
+        let grpc = Request::builder()
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(Body::empty())
+            .unwrap_or_default();
+        let rsp = svc.oneshot(grpc).await.unwrap_or_else(|e| match e {});
+        assert_eq!(rsp.status(), StatusCode::OK, "trailers-only");
+        assert_eq!(
+            why(&rsp, "grpc-status").as_deref(),
+            Some("14"),
+            "UNAVAILABLE"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_zero_budget_sheds_everything() {
+        let budget = InFlight::new(0);
+        let (inner, mut seen) = parked();
+        let mut svc = ShedLayer::new(budget.clone()).layer(inner);
+        for _ in 0..3 {
+            assert!(call(&mut svc).await.await.is_err());
+        }
+        assert!(seen.try_recv().is_err());
+        assert_eq!(budget.shed(), 3);
+    }
+}

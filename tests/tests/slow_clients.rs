@@ -1,0 +1,175 @@
+//! Slow and greedy clients: a head dribbled a byte at a time (slowloris) is cut at the header
+//! read timeout; a body that stalls is answered 408 at the body idle timeout and the request to
+//! the app is ended with it; connections over the listener's limit are closed at once while the
+//! ones already open keep working. Short limits make the tests quick; bounds are generous.
+
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use trellis_proxy::Limits;
+use trellis_tests::mesh::wait_until;
+use trellis_tests::raw::{Http1, Upstream};
+
+async fn get_ok(listener: std::net::SocketAddr, path: &str) {
+    let mut conn = Http1::connect(listener).await;
+    conn.send(format!("GET {path} HTTP/1.1\r\nHost: hello\r\n\r\n").as_bytes())
+        .await;
+    let answer = conn.answer().await.expect("answered");
+    assert_eq!((answer.status, answer.body_text()), (200, path.to_string()));
+}
+
+#[tokio::test]
+async fn slowloris_is_cut_at_the_header_read_timeout() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let (mesh, upstream) = Upstream::behind_mesh(limits, "").await;
+    let listener = mesh.workload("client").outbound;
+    let mut tcp = TcpStream::connect(listener).await.expect("connects");
+    let head = b"GET /slow HTTP/1.1\r\nHost: hello\r\nX-Slow: ";
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut chunk = [0u8; 1024];
+    // One byte every 100 ms, the head never finished; stop when the proxy closes.
+    let closed_after = loop {
+        let byte = head.get(sent).copied().unwrap_or(b'a');
+        if tcp.write_all(&[byte]).await.is_err() {
+            break started.elapsed();
+        }
+        sent += 1;
+        match tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            Ok(Ok(_)) | Err(_) => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never cut off");
+    };
+    assert!(
+        closed_after >= Duration::from_millis(800) && closed_after < Duration::from_secs(5),
+        "cut after {closed_after:?}, having sent {sent} bytes"
+    );
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.targets());
+    get_ok(listener, "/after").await;
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_answered_408_and_the_app_request_ended() {
+    let limits = Limits {
+        body_idle_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let (mesh, upstream) = Upstream::behind_mesh(limits, "").await;
+    let listener = mesh.workload("client").outbound;
+    let stalls = [
+        ("/stall-length", "Content-Length: 100\r\n\r\nabc"),
+        (
+            "/stall-chunked",
+            "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+        ),
+    ];
+    for (path, rest) in stalls {
+        let mut conn = Http1::connect(listener).await;
+        let started = Instant::now();
+        conn.send(format!("POST {path} HTTP/1.1\r\nHost: hello\r\n{rest}").as_bytes())
+            .await;
+        let answer = conn.answer().await.expect("answered");
+        let waited = started.elapsed();
+        assert_eq!(answer.status, 408, "{path}: {answer:?}");
+        assert!(
+            waited >= Duration::from_millis(800) && waited < Duration::from_secs(6),
+            "{path}: answered after {waited:?}"
+        );
+        assert!(conn.closed_within(Duration::from_secs(5)).await, "{path}");
+        // The app's side of the request is ended too, not left waiting for the rest.
+        let ended = wait_until(Duration::from_secs(5), || async {
+            (upstream.seen().iter()).any(|s| s.target == path && s.ended)
+        })
+        .await;
+        assert!(ended.is_ok(), "{path}: {:?}", upstream.seen());
+        let complete = (upstream.seen().iter()).any(|s| s.target == path && s.complete);
+        assert!(!complete, "{path}: the app never saw a complete request");
+    }
+    get_ok(listener, "/after").await;
+}
+
+#[tokio::test]
+async fn a_body_that_keeps_coming_is_not_cut() {
+    let limits = Limits {
+        body_idle_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let (mesh, upstream) = Upstream::behind_mesh(limits, "").await;
+    let listener = mesh.workload("client").outbound;
+    let mut conn = Http1::connect(listener).await;
+    conn.send(b"POST /steady HTTP/1.1\r\nHost: hello\r\nContent-Length: 6\r\n\r\n")
+        .await;
+    // Slower in total than the idle timeout, but never idle that long.
+    for byte in b"steady" {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(conn.send(&[*byte]).await, "still open");
+    }
+    let answer = conn.answer().await.expect("answered");
+    assert_eq!(
+        (answer.status, answer.body_text()),
+        (200, "/steady".to_string())
+    );
+    let seen = upstream.seen();
+    assert!(seen
+        .iter()
+        .any(|s| s.target == "/steady" && s.complete && s.body == b"steady"));
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let limits = Limits {
+        max_connections: 3,
+        ..Limits::default()
+    };
+    let (mesh, _upstream) = Upstream::behind_mesh(limits, "").await;
+    let listener = mesh.workload("client").outbound;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let mut conn = Http1::connect(listener).await;
+        let path = format!("/first-{i}");
+        conn.send(format!("GET {path} HTTP/1.1\r\nHost: hello\r\n\r\n").as_bytes())
+            .await;
+        let answer = conn.answer().await.expect("answered");
+        assert_eq!(answer.body_text(), path);
+        open.push(conn);
+    }
+    let mut extra = Http1::connect(listener).await;
+    let started = Instant::now();
+    extra
+        .send(b"GET /extra HTTP/1.1\r\nHost: hello\r\n\r\n")
+        .await;
+    assert!(
+        extra.answer().await.is_none(),
+        "the fourth connection is not served"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "closed at once");
+    let client = (mesh.workloads.iter())
+        .position(|w| w.service == "client")
+        .expect("client workload");
+    let (_, metrics) = mesh.admin_get(client, "/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("trellis_tcp_connections_refused_total{direction=\"outbound\"} 1"),
+        "the refusal is counted:\n{metrics}"
+    );
+    for (i, conn) in open.iter_mut().enumerate() {
+        let path = format!("/again-{i}");
+        conn.send(format!("GET {path} HTTP/1.1\r\nHost: hello\r\n\r\n").as_bytes())
+            .await;
+        let answer = conn.answer().await.expect("the first three keep working");
+        assert_eq!(answer.body_text(), path);
+    }
+    // A closed connection frees its place.
+    drop(open.pop());
+    let freed = wait_until(Duration::from_secs(5), || async {
+        let mut conn = Http1::connect(listener).await;
+        conn.send(b"GET /freed HTTP/1.1\r\nHost: hello\r\n\r\n")
+            .await;
+        conn.answer().await.is_some_and(|a| a.status == 200)
+    })
+    .await;
+    assert!(freed.is_ok(), "a new connection is served once one closed");
+}
