@@ -265,7 +265,7 @@ async fn close_idle_connections(store: crate::config::SnapshotStore) {
 fn telemetry(config: &ProxyConfig) -> Result<Telemetry, StartError> {
     let metrics = Arc::new(
         ProxyMetrics::new(format!("{}/{}", config.namespace, config.service))
-            .with_max_in_flight(config.limits.max_in_flight_requests),
+            .with_limits(&config.limits),
     );
     let t = &config.telemetry;
     let spans = match &t.otlp_endpoint {

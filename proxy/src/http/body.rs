@@ -7,9 +7,9 @@
 //! the body is finished, which for a streamed response is long after the service returned.
 
 use crate::balance::LoadGuard;
+use crate::limits::Slot;
 use crate::resilience::breaker::Permit;
 use crate::resilience::replay::ReplayBody;
-use crate::resilience::shed::Admitted;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -23,7 +23,7 @@ pub struct Body {
     kind: Kind,
     permit: Option<Permit>,
     load: Option<LoadGuard>,
-    in_flight: Option<Admitted>,
+    in_flight: Option<Slot>,
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +67,7 @@ impl Body {
     }
 
     /// Keeps the listener's load-shedding slot until the body ends.
-    pub fn hold_in_flight(mut self, admitted: Admitted) -> Self {
+    pub fn hold_in_flight(mut self, admitted: Slot) -> Self {
         self.in_flight = Some(admitted);
         self
     }

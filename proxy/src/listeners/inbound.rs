@@ -10,7 +10,6 @@
 //! transparent mode the app port is the connection's original destination port
 //! (`super::transparent`).
 
-use super::conn_limit::ConnLimit;
 use super::{serve_connection, HttpServer};
 use crate::authz::{AuthzLayer, AuthzStats, Peer};
 use crate::config::{MtlsMode, SnapshotStore};
@@ -31,7 +30,6 @@ use hyper::body::Incoming;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -57,7 +55,9 @@ pub struct Inbound {
 
 pub async fn serve(listener: TcpListener, inbound: Inbound, drain: DrainWatch, limits: Limits) {
     let server = HttpServer::new(&limits);
-    let connections = ConnLimit::new(limits.max_connections);
+    let connections = (inbound.telemetry.metrics)
+        .connections(Direction::Inbound)
+        .clone();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -71,9 +71,8 @@ pub async fn serve(listener: TcpListener, inbound: Inbound, drain: DrainWatch, l
                 continue;
             }
         };
-        let Some(permit) = connections.try_acquire() else {
+        let Some(permit) = connections.try_take() else {
             tracing::debug!(%peer, "inbound connection limit reached; closed");
-            (inbound.telemetry.metrics.inbound.refused).fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let _ = stream.set_nodelay(true);

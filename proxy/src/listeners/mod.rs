@@ -3,12 +3,12 @@
 //! harness) can learn the ports before the proxy starts. In transparent mode `transparent`
 //! classifies each connection by its original destination (`original_dst`, the crate's only
 //! `unsafe`), and `opaque` carries non-HTTP streams. What a client may cost is bounded here:
-//! `conn_limit` (open connections per listener), `HttpServer` (hyper's head, header-list,
+//! open connections per listener (a `limits::Budget` each accept loop takes a slot of for the
+//! connection's whole life, opaque TCP included), `HttpServer` (hyper's head, header-list,
 //! stream and reset limits from `Limits`), the HTTP/1 guard (`h1_scan`, `h1_guard`: ambiguous
 //! framing refused, broken or stalled bodies answered as the client's fault) and `request_guard`
 //! (answers for those findings; closes connections whose client abandons most requests).
 
-pub mod conn_limit;
 pub mod h1_guard;
 pub mod h1_scan;
 pub mod inbound;

@@ -5,7 +5,6 @@
 //! In transparent mode each connection is first classified by `transparent::outbound`. At most
 //! `Limits::max_connections` connections are open at once; more are closed as they arrive.
 
-use super::conn_limit::ConnLimit;
 use super::{serve_connection, HttpServer};
 use crate::config::SnapshotStore;
 use crate::drain::DrainWatch;
@@ -19,7 +18,6 @@ use crate::telemetry::metrics::Direction;
 use crate::telemetry::observe::{ObserveLayer, Telemetry};
 use crate::Limits;
 use hyper::body::Incoming;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -34,7 +32,7 @@ pub async fn serve(
 ) {
     let metrics = telemetry.metrics.clone();
     let server = HttpServer::new(&limits);
-    let connections = ConnLimit::new(limits.max_connections);
+    let connections = metrics.connections(Direction::Outbound).clone();
     let service = ServiceBuilder::new()
         .map_request(|req: http::Request<Incoming>| req.map(Body::from))
         .layer(RescueLayer)
@@ -53,9 +51,8 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Some(permit) = connections.try_acquire() else {
+                let Some(permit) = connections.try_take() else {
                     tracing::debug!(%peer, "outbound connection limit reached; closed");
-                    metrics.outbound.refused.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
                 let _ = stream.set_nodelay(true);

@@ -15,77 +15,19 @@
 
 use crate::errors::ProxyError;
 use crate::http::Body;
+use crate::limits::Budget;
 use crate::telemetry::metrics::{Direction, ProxyMetrics};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-
-/// One listener's budget of requests in flight, shared by all its connections, and what it shed.
-#[derive(Debug)]
-pub struct InFlight {
-    max: usize,
-    in_use: AtomicUsize,
-    shed: AtomicU64,
-}
-
-impl InFlight {
-    pub fn new(max: usize) -> Arc<InFlight> {
-        Arc::new(InFlight {
-            max,
-            in_use: AtomicUsize::new(0),
-            shed: AtomicU64::new(0),
-        })
-    }
-
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
-    pub fn in_use(&self) -> usize {
-        self.in_use.load(Ordering::Relaxed)
-    }
-
-    /// Requests refused because the budget was full, since start.
-    pub fn shed(&self) -> u64 {
-        self.shed.load(Ordering::Relaxed)
-    }
-
-    /// Takes a slot, or counts the refusal and names the limit.
-    pub fn try_admit(self: &Arc<Self>) -> Result<Admitted, ProxyError> {
-        let max = self.max;
-        let taken = self
-            .in_use
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            });
-        match taken {
-            Ok(_) => Ok(Admitted(self.clone())),
-            Err(_) => {
-                self.shed.fetch_add(1, Ordering::Relaxed);
-                Err(ProxyError::Overloaded { max })
-            }
-        }
-    }
-}
-
-/// A held slot; given back when dropped.
-#[derive(Debug)]
-pub struct Admitted(Arc<InFlight>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// The tower layer; clones share one budget.
 #[derive(Clone, Debug)]
 pub struct ShedLayer {
-    budget: Arc<InFlight>,
+    budget: Arc<Budget>,
 }
 
 impl ShedLayer {
-    pub fn new(budget: Arc<InFlight>) -> ShedLayer {
+    pub fn new(budget: Arc<Budget>) -> ShedLayer {
         ShedLayer { budget }
     }
 
@@ -108,7 +50,7 @@ impl<S> tower::Layer<S> for ShedLayer {
 #[derive(Clone, Debug)]
 pub struct Shed<S> {
     inner: S,
-    budget: Arc<InFlight>,
+    budget: Arc<Budget>,
 }
 
 impl<S> tower::Service<http::Request<Body>> for Shed<S>
@@ -127,9 +69,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let admitted = match self.budget.try_admit() {
-            Ok(a) => a,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        let Some(admitted) = self.budget.try_take() else {
+            let max = self.budget.max();
+            return Box::pin(std::future::ready(Err(ProxyError::Overloaded { max })));
         };
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -189,7 +131,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_the_limit_is_refused_at_once_and_never_reaches_the_inner_service() {
-        let budget = InFlight::new(2);
+        let budget = Budget::new(2);
         let (inner, mut seen) = parked();
         let mut svc = ShedLayer::new(budget.clone()).layer(inner);
         let first = tokio::spawn(call(&mut svc).await);
@@ -204,7 +146,7 @@ mod tests {
             other => panic!("expected an immediate Overloaded error, got {other:?}"),
         }
         assert!(seen.try_recv().is_err(), "the inner service never saw it");
-        assert_eq!(budget.shed(), 1);
+        assert_eq!(budget.refused(), 1);
         assert_eq!(
             crate::http::rescue::error_response(&ProxyError::Overloaded { max: 2 }, false).status(),
             StatusCode::SERVICE_UNAVAILABLE
@@ -226,7 +168,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_slot_lasts_until_the_body_ends_or_is_dropped() {
-        let budget = InFlight::new(1);
+        let budget = Budget::new(1);
         let (inner, mut seen) = parked();
         let mut svc = ShedLayer::new(budget.clone()).layer(inner);
 
@@ -259,12 +201,12 @@ mod tests {
         assert_eq!(budget.in_use(), 1);
         drop(rsp);
         assert_eq!(budget.in_use(), 0);
-        assert_eq!(budget.shed(), 1);
+        assert_eq!(budget.refused(), 1);
     }
 
     #[tokio::test]
     async fn an_inner_error_gives_the_slot_back() {
-        let budget = InFlight::new(1);
+        let budget = Budget::new(1);
         let (inner, mut seen) = parked();
         let mut svc = ShedLayer::new(budget.clone()).layer(inner);
         let pending = call(&mut svc).await;
@@ -275,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn behind_rescue_a_shed_request_is_503_overloaded_or_grpc_unavailable() {
-        let budget = InFlight::new(0);
+        let budget = Budget::new(0);
         let (inner, _seen) = parked();
         let svc = crate::http::rescue::RescueLayer.layer(ShedLayer::new(budget).layer(inner));
         let why = |rsp: &Response<Body>, name: &str| {
@@ -303,13 +245,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_zero_budget_sheds_everything() {
-        let budget = InFlight::new(0);
+        let budget = Budget::new(0);
         let (inner, mut seen) = parked();
         let mut svc = ShedLayer::new(budget.clone()).layer(inner);
         for _ in 0..3 {
             assert!(call(&mut svc).await.await.is_err());
         }
         assert!(seen.try_recv().is_err());
-        assert_eq!(budget.shed(), 3);
+        assert_eq!(budget.refused(), 3);
     }
 }

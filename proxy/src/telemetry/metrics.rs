@@ -10,7 +10,7 @@ use super::counters::ClusterStats;
 use crate::config::SnapshotStore;
 use crate::discovery::SharedStatus;
 use crate::identity::IdentityInfo;
-use crate::resilience::shed::InFlight;
+use crate::limits::{Budget, Limits};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -77,8 +77,6 @@ pub struct ConnMetrics {
     pub closed: AtomicU64,
     pub bytes_read: AtomicU64,
     pub bytes_written: AtomicU64,
-    /// Closed at once because the listener had `Limits::max_connections` open.
-    pub refused: AtomicU64,
 }
 
 /// Why TLS handshakes failed, by a small fixed set of reasons.
@@ -131,15 +129,18 @@ pub struct ProxyMetrics {
     peers: Mutex<HashMap<String, Arc<RequestMetrics>>>,
     pub spans_exported: AtomicU64,
     pub spans_dropped: AtomicU64,
-    /// Each listener's load-shedding budget (`resilience::shed`), kept here so that every
-    /// connection's request stack shares it and `/metrics` reads it.
-    inbound_in_flight: Arc<InFlight>,
-    outbound_in_flight: Arc<InFlight>,
+    /// Each listener's budgets (`crate::limits`): requests in flight (`resilience::shed`) and
+    /// open connections. Kept here so that every connection shares them and `/metrics` reads
+    /// them.
+    inbound_in_flight: Arc<Budget>,
+    outbound_in_flight: Arc<Budget>,
+    inbound_connections: Arc<Budget>,
+    outbound_connections: Arc<Budget>,
 }
 
 impl ProxyMetrics {
     pub fn new(service: String) -> Self {
-        let max = crate::Limits::default().max_in_flight_requests;
+        let limits = Limits::default();
         ProxyMetrics {
             service,
             inbound: ConnMetrics::default(),
@@ -148,22 +149,34 @@ impl ProxyMetrics {
             peers: Mutex::default(),
             spans_exported: AtomicU64::new(0),
             spans_dropped: AtomicU64::new(0),
-            inbound_in_flight: InFlight::new(max),
-            outbound_in_flight: InFlight::new(max),
+            inbound_in_flight: Budget::new(limits.max_in_flight_requests),
+            outbound_in_flight: Budget::new(limits.max_in_flight_requests),
+            inbound_connections: Budget::new(limits.max_connections),
+            outbound_connections: Budget::new(limits.max_connections),
         }
     }
 
-    /// Sets each listener's bound on requests in flight (before any request is served).
-    pub fn with_max_in_flight(mut self, max: usize) -> Self {
-        self.inbound_in_flight = InFlight::new(max);
-        self.outbound_in_flight = InFlight::new(max);
+    /// Sets each listener's bounds on requests in flight and open connections (before anything
+    /// is served).
+    pub fn with_limits(mut self, limits: &Limits) -> Self {
+        self.inbound_in_flight = Budget::new(limits.max_in_flight_requests);
+        self.outbound_in_flight = Budget::new(limits.max_in_flight_requests);
+        self.inbound_connections = Budget::new(limits.max_connections);
+        self.outbound_connections = Budget::new(limits.max_connections);
         self
     }
 
-    pub fn in_flight(&self, d: Direction) -> &Arc<InFlight> {
+    pub fn in_flight(&self, d: Direction) -> &Arc<Budget> {
         match d {
             Direction::Inbound => &self.inbound_in_flight,
             Direction::Outbound => &self.outbound_in_flight,
+        }
+    }
+
+    pub fn connections(&self, d: Direction) -> &Arc<Budget> {
+        match d {
+            Direction::Inbound => &self.inbound_connections,
+            Direction::Outbound => &self.outbound_connections,
         }
     }
 
@@ -334,21 +347,25 @@ impl Collector for MetricsCollector {
                 .collect()
         };
         let directions = [Direction::Inbound, Direction::Outbound];
-        let in_flight = |f: fn(&InFlight) -> u64| -> Vec<(Labels<'_>, u64)> {
+        // One series per listener, read from its budget (`select`) with `f`.
+        let budget_series = |select: fn(&ProxyMetrics, Direction) -> &Arc<Budget>,
+                             f: fn(&Budget) -> u64|
+         -> Vec<(Labels<'_>, u64)> {
             (directions.iter())
                 .map(|d| {
                     (
                         vec![("direction", d.as_str())],
-                        f(self.metrics.in_flight(*d)),
+                        f(select(&self.metrics, *d)),
                     )
                 })
                 .collect()
         };
+        let in_flight = |f: fn(&Budget) -> u64| budget_series(ProxyMetrics::in_flight, f);
         counter(
             &mut e,
             "trellis_requests_shed",
             "Requests answered 503 at once because the listener had max requests in flight.",
-            &in_flight(InFlight::shed),
+            &in_flight(Budget::refused),
         )?;
         fn as_gauge(series: Vec<(Labels<'_>, u64)>) -> Vec<(Labels<'_>, i64)> {
             (series.into_iter())
@@ -383,7 +400,7 @@ impl Collector for MetricsCollector {
             &mut e,
             "trellis_tcp_connections_refused",
             "TCP connections closed at once because the listener had max connections open.",
-            &conn_series(|c| &c.refused),
+            &budget_series(ProxyMetrics::connections, Budget::refused),
         )?;
         let mut bytes = Vec::new();
         for d in [Direction::Inbound, Direction::Outbound] {
