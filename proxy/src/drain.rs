@@ -12,7 +12,7 @@
 use http::{header, HeaderValue, Request, Response, Version};
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::sync::{mpsc, watch};
 
 #[derive(Debug)]
@@ -85,7 +85,8 @@ pub async fn once_ready(
 }
 
 /// Wraps a connection's service: HTTP/1 responses produced after drain began carry
-/// `Connection: close`. Holds the connection's `DrainWatch` clone, so it costs no extra claim.
+/// `Connection: close`. Holds the connection's `DrainWatch` clone, so it costs no extra claim;
+/// per request it costs one clone of the drain signal's receiver, for HTTP/1 only.
 #[derive(Clone, Debug)]
 pub struct CloseOnDrain<S> {
     inner: S,
@@ -101,11 +102,10 @@ impl<S> CloseOnDrain<S> {
 impl<S, B, R> tower::Service<Request<B>> for CloseOnDrain<S>
 where
     S: tower::Service<Request<B>, Response = Response<R>>,
-    S::Future: Send + 'static,
 {
     type Response = Response<R>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
+    type Future = CloseOnDrainFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -113,19 +113,37 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
-        let call = self.inner.call(req);
-        if !http1 {
-            return Box::pin(call);
+        CloseOnDrainFuture {
+            signal: http1.then(|| self.drain.signal.clone()),
+            inner: self.inner.call(req),
         }
-        let drain = self.drain.clone();
-        Box::pin(async move {
-            let mut rsp = call.await?;
-            if drain.is_draining() {
-                rsp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok(rsp)
-        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner response, with `Connection: close` added if drain has begun by the time it is
+    /// ready (HTTP/1 only: `signal` is `None` for HTTP/2). Not boxed: it runs per request.
+    pub struct CloseOnDrainFuture<F> {
+        #[pin]
+        inner: F,
+        signal: Option<watch::Receiver<bool>>,
+    }
+}
+
+impl<F, R, E> Future for CloseOnDrainFuture<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+{
+    type Output = Result<Response<R>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut rsp = ready!(this.inner.poll(cx))?;
+        if this.signal.as_ref().is_some_and(|s| *s.borrow()) {
+            rsp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(rsp))
     }
 }
 

@@ -32,18 +32,25 @@ async fn send_on(
     send(&mut sender, post(addr), addr).await
 }
 
-#[tokio::test]
-async fn refused_stream_is_unprocessed() {
+/// Sends one request to a peer that resets every stream with `reason`.
+async fn send_to_a_peer_resetting_with(
+    reason: h2::Reason,
+) -> Result<Response<Incoming>, ProxyError> {
     let (l, addr) = listener().await;
     tokio::spawn(async move {
         let (tcp, _) = l.accept().await.expect("accept");
         let mut conn = h2::server::handshake(tcp).await.expect("h2 handshake");
         while let Some(Ok((_req, mut respond))) = conn.accept().await {
-            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            respond.send_reset(reason);
         }
     });
     let conn = MeshConnection::plain(addr);
-    let result = send_on(&conn, addr).await;
+    send_on(&conn, addr).await
+}
+
+#[tokio::test]
+async fn refused_stream_is_unprocessed() {
+    let result = send_to_a_peer_resetting_with(h2::Reason::REFUSED_STREAM).await;
     assert!(
         matches!(result, Err(ProxyError::Unprocessed { .. })),
         "{result:?}"
@@ -52,16 +59,7 @@ async fn refused_stream_is_unprocessed() {
 
 #[tokio::test]
 async fn reset_after_processing_is_not_unprocessed() {
-    let (l, addr) = listener().await;
-    tokio::spawn(async move {
-        let (tcp, _) = l.accept().await.expect("accept");
-        let mut conn = h2::server::handshake(tcp).await.expect("h2 handshake");
-        while let Some(Ok((_req, mut respond))) = conn.accept().await {
-            respond.send_reset(h2::Reason::INTERNAL_ERROR);
-        }
-    });
-    let conn = MeshConnection::plain(addr);
-    let result = send_on(&conn, addr).await;
+    let result = send_to_a_peer_resetting_with(h2::Reason::INTERNAL_ERROR).await;
     assert!(
         matches!(result, Err(ProxyError::Upstream { .. })),
         "{result:?}"
