@@ -143,7 +143,7 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// The first retry waits about this long (before jitter).
+/// Retry n's step is this times 2^n (so the first retry waits 200–400 ms).
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// No wait is longer: a control plane that returns is found within this long.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
