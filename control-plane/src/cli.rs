@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -63,6 +64,29 @@ enum Command {
         /// offline).
         #[arg(long, requires = "ca_cert")]
         ca_root: Option<PathBuf>,
+        /// Apply a changed config file only after its bytes have been stable this long (ms), so
+        /// a file caught half-written (truncate, then write) is never applied.
+        #[arg(long, default_value_t = 500)]
+        config_settle_ms: u64,
+        /// Pending connections the kernel may queue (it clamps this to net.core.somaxconn).
+        #[arg(long, default_value_t = crate::server::DEFAULT_LISTEN_BACKLOG)]
+        listen_backlog: u32,
+        /// Open connections at most [default: the open-files soft limit minus 64].
+        #[arg(long)]
+        max_connections: Option<usize>,
+        /// Open discovery streams at most, in total; more are refused with RESOURCE_EXHAUSTED
+        /// and a retry pushback.
+        #[arg(long, default_value_t = 20_000)]
+        max_streams: usize,
+        /// Open discovery streams at most for one identity (namespace/service account).
+        #[arg(long, default_value_t = 100)]
+        max_streams_per_identity: usize,
+        /// HTTP/2 PING and TCP keepalive interval (e.g. 10s; 0s: off).
+        #[arg(long, default_value = "10s", value_parser = duration_arg)]
+        keepalive_interval: Duration,
+        /// A connection whose PING is not answered within this is closed (e.g. 10s).
+        #[arg(long, default_value = "10s", value_parser = duration_arg)]
+        keepalive_timeout: Duration,
     },
     /// Print a bootstrap token for a workload.
     Token {
@@ -107,6 +131,13 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
             ca_cert,
             ca_key,
             ca_root,
+            config_settle_ms,
+            listen_backlog,
+            max_connections,
+            max_streams,
+            max_streams_per_identity,
+            keepalive_interval,
+            keepalive_timeout,
         } => {
             let source = match (source, config) {
                 (SourceKind::File, Some(path)) => ConfigSource::File(path),
@@ -130,6 +161,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
                     })
                 }
             };
+            let defaults = ControlPlaneConfig::new("", "");
             let cfg = ControlPlaneConfig {
                 source,
                 state_dir,
@@ -141,6 +173,14 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
                 },
                 ca: ca_cert.zip(ca_key),
                 ca_root,
+                config_settle: Duration::from_millis(config_settle_ms),
+                listen_backlog,
+                max_connections,
+                max_streams,
+                max_streams_per_identity,
+                keepalive_interval,
+                keepalive_timeout,
+                ..defaults
             };
             serve(cfg)
         }
@@ -172,6 +212,12 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
     }
 }
 
+/// A clap value parser for durations written like the config's (`500ms`, `10s`, `1m`).
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 10s or 1m"))
+}
+
 fn serve(cfg: ControlPlaneConfig) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -179,6 +225,16 @@ fn serve(cfg: ControlPlaneConfig) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // Before the runtime and the listener: every descriptor opened later counts against it.
+    match crate::open_files::raise_to_hard() {
+        Ok((before, after)) => tracing::info!(
+            soft_was = before.soft,
+            soft = after.soft,
+            hard = after.hard,
+            "open-files limit (the soft limit is raised to the hard one)"
+        ),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+    }
     // One process-wide TLS provider (ring) for the clients that take the default (kube's).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()

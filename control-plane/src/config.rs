@@ -78,6 +78,11 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// Nothing but whitespace, comments or a null document: almost always a file caught while
+    /// being written (truncated, not yet filled), never a mesh someone meant to have no services,
+    /// which is written `services: []`.
+    #[error("{file}: the file is empty (no YAML document; write `services: []` for a mesh without services)")]
+    Empty { file: String },
     /// Display: `"{file}:{line}:{column}: {path}: {reason}"`.
     #[error("{file}:{line}:{column}: {path}: {reason}")]
     Invalid {
@@ -102,6 +107,11 @@ pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
 
 /// Parses and validates `text`; `file_name` is only used in error messages.
 pub fn parse(file_name: &str, text: &str) -> Result<MeshConfig, ConfigError> {
+    if is_empty_document(text) {
+        return Err(ConfigError::Empty {
+            file: file_name.to_owned(),
+        });
+    }
     let mesh: raw::RawMesh = match serde_saphyr::from_str(text) {
         Ok(mesh) => mesh,
         Err(err) => return Err(syntax_error(file_name, text, &err)),
@@ -114,6 +124,15 @@ pub fn parse(file_name: &str, text: &str) -> Result<MeshConfig, ConfigError> {
         path: e.path,
         reason: e.reason,
     })
+}
+
+/// True when `text` holds no document or a null one (`""`, comments, `---`, `~`). A syntax error
+/// is not "empty": it is reported by the real parse with its position.
+fn is_empty_document(text: &str) -> bool {
+    matches!(
+        serde_saphyr::from_str::<Option<serde::de::IgnoredAny>>(text),
+        Ok(None)
+    )
 }
 
 /// Turns a serde-saphyr error (syntax, type, unknown field) into our format, finding the field

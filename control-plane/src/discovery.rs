@@ -2,7 +2,8 @@
 //! Each stream task owns its subscriptions and what the proxy holds (see `diff`), and selects on
 //! the proxy's requests and on snapshot changes, so a reload reaches every proxy without any
 //! shared per-stream state. Only changed or removed resources are sent; NACKs are logged and
-//! recorded in the status, and the rejected versions are not resent.
+//! recorded in the status, and the rejected versions are not resent. How many streams may be
+//! open (in total, per identity) is `limits.rs`.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use crate::resources::{SharedSnapshot, Snapshot};
 use crate::status::{ControlPlaneStatus, NackRecord};
 
 mod diff;
+mod limits;
 pub use diff::{diff, Delta, TypeState};
+pub use limits::{StreamCaps, StreamLimits, StreamPermit, PUSHBACK_KEY};
 
 /// Responses buffered per stream before the task waits for the proxy to read.
 const STREAM_BUFFER: usize = 16;
@@ -33,9 +36,11 @@ pub struct DiscoveryService {
     snapshots: watch::Receiver<SharedSnapshot>,
     status: Arc<watch::Sender<ControlPlaneStatus>>,
     shutdown: watch::Receiver<bool>,
+    limits: Arc<StreamLimits>,
 }
 
 impl DiscoveryService {
+    /// A service with the default stream caps (`StreamCaps::default`).
     pub fn new(
         auth: Arc<dyn Authenticator>,
         snapshots: watch::Receiver<SharedSnapshot>,
@@ -47,7 +52,14 @@ impl DiscoveryService {
             snapshots,
             status,
             shutdown,
+            limits: StreamLimits::new(StreamCaps::default()),
         }
+    }
+
+    /// Counts streams against `limits` instead.
+    pub fn with_limits(mut self, limits: Arc<StreamLimits>) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -62,6 +74,11 @@ impl AggregatedDiscovery for DiscoveryService {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaResourcesStream>, Status> {
         let grant = grant_from_metadata(self.auth.as_ref(), request.metadata()).await?;
+        let identity = {
+            let snap = self.snapshots.borrow();
+            trellis_api::spiffe_id(&snap.trust_domain, &grant.namespace, &grant.service_account)
+        };
+        let permit = self.limits.acquire(&identity)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = StreamTask {
             id: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
@@ -73,12 +90,14 @@ impl AggregatedDiscovery for DiscoveryService {
         };
         // The node is checked inside the task: waiting for the first message here would delay the
         // response headers until the proxy sends, which some clients only do after the headers.
-        tokio::spawn(stream.run(
-            grant,
-            request.into_inner(),
-            self.snapshots.clone(),
-            self.shutdown.clone(),
-        ));
+        let (snapshots, shutdown) = (self.snapshots.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            // Held for the task's life: the place is released however the stream ends.
+            let _permit = permit;
+            stream
+                .run(grant, request.into_inner(), snapshots, shutdown)
+                .await;
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -2,6 +2,9 @@
 //! atomically (temp file, fsync, rename, fsync of the directory) with the final mode set at
 //! creation, so that a crash, a full disk or a read-only mount never leaves a half-written or
 //! world-readable key, and a failed write never touches the file it would have replaced.
+//! Files made on first start are created exclusively or under the state directory's lock, so two
+//! processes starting at once on a fresh directory agree on one key instead of each keeping
+//! its own.
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -11,9 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Distinguishes temp files of concurrent writes in one process (tests write in parallel).
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
-/// Writes `bytes` to `path` via a sibling temp file that is renamed into place. On error the temp
-/// file is removed and `path` is as it was.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+/// A sibling of `path` no other write (in this or another process) uses.
+fn temp_path(path: &Path) -> io::Result<PathBuf> {
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
@@ -23,28 +25,84 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
         std::process::id(),
         NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
     ));
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        // The mode is applied at creation, so the secret is never readable by others, not even
-        // briefly; and again in case a crashed run left a temp file of the same name.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        // Data before rename: otherwise a crash can leave the new name pointing at an empty file.
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
+    Ok(path.with_file_name(tmp_name))
+}
+
+/// Writes and fsyncs `tmp` with `mode`.
+fn write_temp(tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    // The mode is applied at creation, so the secret is never readable by others, not even
+    // briefly; and again in case a crashed run left a temp file of the same name.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(tmp)?;
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    file.write_all(bytes)?;
+    // Data before the name: otherwise a crash can leave the name pointing at an empty file.
+    file.sync_all()
+}
+
+/// Writes `bytes` to `path` via a sibling temp file that is renamed into place. On error the temp
+/// file is removed and `path` is as it was.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = temp_path(path)?;
+    let result = write_temp(&tmp, bytes, mode).and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
     // The rename itself is durable only once the directory is.
     sync_dir(path)
+}
+
+/// Creates `path` with `bytes` unless it exists; returns whether this call created it. The file
+/// appears complete or not at all (a hard link to a written, fsynced temp file), and of
+/// concurrent callers exactly one wins: `link` fails with AlreadyExists where `rename` would
+/// replace. On a filesystem without hard links it falls back to `write_atomic` (last one wins).
+pub(crate) fn create_exclusive(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
+    let tmp = temp_path(path)?;
+    let linked = write_temp(&tmp, bytes, mode).and_then(|()| match fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) if is_links_unsupported(&e) => fs::rename(&tmp, path).map(|()| true),
+        Err(e) => Err(e),
+    });
+    let _ = fs::remove_file(&tmp);
+    let created = linked?;
+    sync_dir(path)?;
+    Ok(created)
+}
+
+fn is_links_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK)
+    )
+}
+
+/// An exclusive lock on the state directory (flock on the directory itself, so no lock file
+/// appears among the state files) for a step that creates several files at once; released on
+/// drop. `None` when the filesystem cannot lock (the step then runs unlocked, as before locks).
+pub(crate) fn lock_dir(dir: &Path) -> Option<File> {
+    let handle = match File::open(dir) {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::debug!("cannot open {} to lock it: {e}", dir.display());
+            return None;
+        }
+    };
+    match handle.lock() {
+        Ok(()) => Some(handle),
+        Err(e) => {
+            tracing::warn!(
+                "cannot lock {} ({e}); creating its files without a lock",
+                dir.display()
+            );
+            None
+        }
+    }
 }
 
 /// fsyncs the directory holding `path`, making a rename or removal in it durable.
@@ -181,6 +239,36 @@ mod tests {
         step.write_new(&dir.path().join("a"), b"1", 0o600).unwrap();
         step.keep();
         assert_eq!(names(dir.path()), vec!["a", "ca.crt.pem"]);
+    }
+
+    #[test]
+    fn create_exclusive_keeps_the_first_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.key");
+        assert!(create_exclusive(&path, b"first", 0o600).unwrap());
+        assert!(!create_exclusive(&path, b"second", 0o600).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(names(dir.path()), vec!["token.key"]);
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn concurrent_exclusive_creates_agree_on_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.key");
+        let winners: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let path = &path;
+                    s.spawn(move || create_exclusive(path, &[b'a' + i], 0o600).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(winners.iter().filter(|w| **w).count(), 1, "{winners:?}");
+        assert_eq!(fs::read(&path).unwrap().len(), 1);
+        assert_eq!(names(dir.path()), vec!["token.key"]);
     }
 
     #[test]

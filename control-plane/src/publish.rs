@@ -45,6 +45,11 @@ impl Publisher {
         version
     }
 
+    /// The system version being served.
+    pub fn current_version(&self) -> u64 {
+        self.snapshots.borrow().system_version
+    }
+
     /// Reports a config that could not be applied; the previous one keeps serving. A repeated
     /// error is logged once.
     pub fn record_error(&self, error: String) {

@@ -3,7 +3,9 @@
 //! serving the identity and discovery services, and the source's updater (the file reloader or
 //! the Kubernetes watches). `bind` does everything that can fail on bad input before anything is
 //! served, so a wrong config, an unreachable cluster or a busy port is reported at start; `run`
-//! serves until the shutdown future resolves.
+//! serves until the shutdown future resolves. The resource limits (listen backlog, connection
+//! and stream caps, keepalives) are set here from `ControlPlaneConfig`; the mechanisms live in
+//! `accept.rs`, `discovery/limits.rs` and `open_files.rs`.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,15 +14,15 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use trellis_api::discovery::aggregated_discovery_server::AggregatedDiscoveryServer;
 use trellis_api::identity::identity_server::IdentityServer;
 
+use crate::accept::{self, AcceptOptions, Admission};
 use crate::authn::Authenticator;
 use crate::ca::{CaError, CaSource, CertificateAuthority};
 use crate::config::{self, ConfigError, MeshConfig};
-use crate::discovery::DiscoveryService;
+use crate::discovery::{DiscoveryService, StreamCaps, StreamLimits};
 use crate::identity::IdentityService;
 use crate::kubernetes::translate::Built;
 use crate::kubernetes::{self, KubernetesError, KubernetesOptions, KubernetesSource};
@@ -32,6 +34,9 @@ use crate::watch::Reloader;
 
 /// How long in-flight RPCs get to finish after shutdown before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A connection that has not finished its TLS handshake by then is closed: otherwise idle
+/// connections would hold their descriptor and admission place for ever.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the mesh config comes from; the source also decides how proxies authenticate.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,11 +59,33 @@ pub struct ControlPlaneConfig {
     pub ca: Option<(PathBuf, PathBuf)>,
     /// The root certificate (PEM) when `ca` is an intermediate; its key can stay offline.
     pub ca_root: Option<PathBuf>,
+    /// A changed mesh YAML is applied once its bytes have stayed the same this long, so a file
+    /// caught half-written is never applied (zero: at once).
+    pub config_settle: Duration,
+    /// Pending connections the kernel queues (clamped to `net.core.somaxconn`), for a fleet
+    /// reconnecting at once.
+    pub listen_backlog: u32,
+    /// Open connections at most; `None`: the open-files soft limit minus a reserve
+    /// (`open_files::connection_budget`), so descriptors are left for the reloader and the CA.
+    pub max_connections: Option<usize>,
+    /// Open discovery streams at most, in total and per identity; over either, a stream is
+    /// refused with RESOURCE_EXHAUSTED and a `grpc-retry-pushback-ms` of `stream_pushback`
+    /// plus up to half again.
+    pub max_streams: usize,
+    pub max_streams_per_identity: usize,
+    pub stream_pushback: Duration,
+    /// HTTP/2 PINGs on every connection this often, and the connection closed when one is not
+    /// answered within `keepalive_timeout`, so streams of proxies that vanished (power loss, a
+    /// partition) end; TCP keepalive probes at the same interval. Zero turns both off.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl ControlPlaneConfig {
-    /// Defaults: listen on 127.0.0.1:8090, the default server names, CA in `state_dir`.
+    /// Defaults: listen on 127.0.0.1:8090, the default server names, CA in `state_dir`, and
+    /// the limits in `DEFAULT_*` (a connection cap derived from the open-files limit).
     pub fn new(config_path: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        let streams = StreamCaps::default();
         ControlPlaneConfig {
             source: ConfigSource::File(config_path.into()),
             state_dir: state_dir.into(),
@@ -66,6 +93,43 @@ impl ControlPlaneConfig {
             server_names: default_server_names(),
             ca: None,
             ca_root: None,
+            config_settle: crate::watch::DEFAULT_SETTLE,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            max_connections: None,
+            max_streams: streams.total,
+            max_streams_per_identity: streams.per_identity,
+            stream_pushback: streams.pushback,
+            keepalive_interval: DEFAULT_KEEPALIVE,
+            keepalive_timeout: DEFAULT_KEEPALIVE,
+        }
+    }
+
+    fn stream_caps(&self) -> StreamCaps {
+        StreamCaps {
+            total: self.max_streams,
+            per_identity: self.max_streams_per_identity,
+            pushback: self.stream_pushback,
+        }
+    }
+}
+
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+/// Both the HTTP/2 PING interval and its timeout.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// The connection cap: the configured one, or what the open-files limit leaves.
+fn connection_cap(configured: Option<usize>) -> usize {
+    if let Some(max) = configured {
+        return max;
+    }
+    match crate::open_files::current() {
+        Ok(limits) => crate::open_files::connection_budget(limits.soft),
+        Err(e) => {
+            let assumed = crate::open_files::connection_budget(1024);
+            tracing::warn!(
+                "cannot read the open-files limit ({e}); allowing {assumed} connections"
+            );
+            assumed
         }
     }
 }
@@ -166,9 +230,8 @@ impl ControlPlane {
         };
         let server_identity = ca.server_certificate(&mesh.trust_domain, &cfg.server_names)?;
 
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| Error::Bind {
+        let listener =
+            accept::bind(cfg.listen, cfg.listen_backlog).map_err(|source| Error::Bind {
                 addr: cfg.listen,
                 source,
             })?;
@@ -240,7 +303,9 @@ impl ControlPlane {
         // graceful shutdown waits for open streams, and discovery streams never end on their own.
         let (stop_tx, stop_rx) = watch::channel(false);
         let (cert_pem, key_pem) = &self.server_identity;
-        let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert_pem, key_pem))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
         let identity = IdentityService::with_authenticator(
             self.ca.clone(),
             self.auth.clone(),
@@ -251,11 +316,13 @@ impl ControlPlane {
             self.snapshots.subscribe(),
             self.status.clone(),
             stop_rx.clone(),
-        );
+        )
+        .with_limits(StreamLimits::new(self.cfg.stream_caps()));
         let roots_der = vec![self.ca.root_der().to_vec()];
         let updater = match self.updater {
             Updater::File { path, initial } => {
-                let reloader = Reloader::new(path, initial, roots_der, self.snapshots, self.status);
+                let reloader = Reloader::new(path, initial, roots_der, self.snapshots, self.status)
+                    .with_settle(self.cfg.config_settle);
                 tokio::spawn(reloader.run(stop_rx.clone()))
             }
             Updater::Kubernetes { source, built, .. } => {
@@ -264,15 +331,38 @@ impl ControlPlane {
             }
         };
         let mut server_stop = stop_rx;
+        let keepalive = Some(self.cfg.keepalive_interval).filter(|d| !d.is_zero());
+        let max_connections = connection_cap(self.cfg.max_connections);
+        let incoming = accept::incoming(
+            self.listener,
+            AcceptOptions {
+                max_connections,
+                tcp_keepalive: keepalive,
+            },
+            Arc::new(Admission::default()),
+        );
         let serve = Server::builder()
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(Some(self.cfg.keepalive_timeout))
             .tls_config(tls)?
             .add_service(IdentityServer::new(identity))
             .add_service(AggregatedDiscoveryServer::new(discovery))
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_stop.changed().await;
             });
         let mut server = tokio::spawn(serve);
-        tracing::info!(addr = %self.local_addr, "control plane serving");
+        tracing::info!(
+            addr = %self.local_addr,
+            listen_backlog = self.cfg.listen_backlog,
+            somaxconn = accept::somaxconn(),
+            max_connections,
+            max_streams = self.cfg.max_streams,
+            max_streams_per_identity = self.cfg.max_streams_per_identity,
+            keepalive_ms = self.cfg.keepalive_interval.as_millis() as u64,
+            keepalive_timeout_ms = self.cfg.keepalive_timeout.as_millis() as u64,
+            config_settle_ms = self.cfg.config_settle.as_millis() as u64,
+            "control plane serving"
+        );
 
         let early = tokio::select! {
             _ = shutdown => None,

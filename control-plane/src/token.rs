@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::files::{hex, unhex, write_atomic};
+use crate::files::{create_exclusive, hex, unhex};
 
 const PREFIX: &str = "trellis1";
 const KEY_LEN: usize = 32;
@@ -51,27 +51,40 @@ impl std::fmt::Debug for TokenAuthority {
 }
 
 impl TokenAuthority {
-    /// Loads `<state_dir>/token.key`, creating it (mode 0600) on first start.
+    /// Loads `<state_dir>/token.key`, creating it (mode 0600) on first start. Safe to run in
+    /// several processes at once on a fresh directory: the key is created exclusively, and a
+    /// process that loses the race uses the winner's key, so every token verifies.
     pub fn load_or_create(state_dir: &Path) -> Result<Self, TokenError> {
         let path = state_dir.join(KEY_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let key = unhex(text.trim()).filter(|k| k.len() == KEY_LEN);
-                key.map(|k| Self::from_key(&k))
-                    .ok_or(TokenError::BadKeyFile(path))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mut key = [0u8; KEY_LEN];
-                SystemRandom::new()
-                    .fill(&mut key)
-                    .map_err(|_| TokenError::Random)?;
-                let text = format!("{}\n", hex(&key));
-                write_atomic(&path, text.as_bytes(), 0o600)
-                    .map_err(|source| TokenError::Io { path, source })?;
-                Ok(Self::from_key(&key))
-            }
-            Err(source) => Err(TokenError::Io { path, source }),
+        match Self::load(&path) {
+            Err(TokenError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            loaded => return loaded,
         }
+        let mut key = [0u8; KEY_LEN];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| TokenError::Random)?;
+        let text = format!("{}\n", hex(&key));
+        let created =
+            create_exclusive(&path, text.as_bytes(), 0o600).map_err(|source| TokenError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        if created {
+            Ok(Self::from_key(&key))
+        } else {
+            Self::load(&path)
+        }
+    }
+
+    fn load(path: &Path) -> Result<Self, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let key = unhex(text.trim()).filter(|k| k.len() == KEY_LEN);
+        key.map(|k| Self::from_key(&k))
+            .ok_or_else(|| TokenError::BadKeyFile(path.to_owned()))
     }
 
     /// An authority with a given key (tests, or keys kept elsewhere).

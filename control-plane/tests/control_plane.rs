@@ -288,3 +288,39 @@ async fn invalid_initial_config_names_the_line() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_empty_config_is_refused_at_start_by_serve_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("mesh.yaml");
+    let file = config_path.display().to_string();
+    for content in ["", "# nothing yet\n", "---\n"] {
+        write_config(&config_path, content);
+        let cfg = ControlPlaneConfig::new(&config_path, dir.path().join("state"));
+        let err = ControlPlane::bind(cfg).await.err().unwrap().to_string();
+        assert!(
+            err.starts_with(&format!("{file}: the file is empty")),
+            "{content:?}: {err}"
+        );
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_trellis-control-plane"))
+            .args(["check", "--config"])
+            .arg(&config_path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&check.stderr);
+        assert_eq!(check.status.code(), Some(1), "{content:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{file}: the file is empty")),
+            "{content:?}: {stderr}"
+        );
+    }
+    // Written on purpose, an empty mesh is valid.
+    write_config(&config_path, "services: []\n");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_trellis-control-plane"))
+        .args(["check", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "OK");
+}

@@ -69,11 +69,23 @@ fn with_new_intermediate(
 /// Loads the CA from `dir`, making what is missing: everything on first start, an intermediate
 /// when only a root is there (state directories from before intermediates).
 pub(super) fn from_state_dir(dir: &Path) -> Result<CertificateAuthority, CaError> {
-    let (root_cert, root_key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    // Two processes starting at once on a fresh directory (two `serve`, or `serve` and `token`)
+    // would each write their own root and intermediate over the other's, leaving keys that do not
+    // match their certificates, or one would read the other's files half made. Under the
+    // directory's lock the second one finds the first one's complete set and loads it. The lock
+    // needs no write access, so a read-only directory still loads.
+    let _lock = crate::files::lock_dir(dir);
     let (cert, key) = (dir.join(ISSUER_CERT_FILE), dir.join(ISSUER_KEY_FILE));
     if cert.exists() || key.exists() {
-        return from_files(&cert, &key, Some(&root_cert));
+        return from_files(&cert, &key, Some(&dir.join(CERT_FILE)));
     }
+    create_in_state_dir(dir)
+}
+
+/// `from_state_dir` once it holds the lock and found no intermediate.
+fn create_in_state_dir(dir: &Path) -> Result<CertificateAuthority, CaError> {
+    let (root_cert, root_key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    let (cert, key) = (dir.join(ISSUER_CERT_FILE), dir.join(ISSUER_KEY_FILE));
     // Everything written below is new; if any write fails (full disk, read-only mount), what
     // this start wrote is removed again, so the next start begins from the same state, and files
     // that were already there are never touched.

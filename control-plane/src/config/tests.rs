@@ -78,6 +78,37 @@ fn empty_document_fields_default() {
 }
 
 #[test]
+fn empty_documents_are_refused_and_explicit_empty_services_are_not() {
+    for text in [
+        "",
+        "\n  \n",
+        "# only a comment\n# and another\n",
+        "---\n",
+        "~\n",
+        "null",
+    ] {
+        let error = parse("/etc/mesh.yaml", text).unwrap_err();
+        assert!(
+            matches!(error, ConfigError::Empty { .. }),
+            "{text:?}: {error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.starts_with("/etc/mesh.yaml: the file is empty"),
+            "{text:?}: {message}"
+        );
+    }
+    // Content, even without services, is a mesh; a syntax error stays a syntax error.
+    assert!(parse("mesh.yaml", "services: []\n").is_ok());
+    assert!(parse("mesh.yaml", "# no services yet\nservices: []\n").is_ok());
+    assert!(parse("mesh.yaml", "trustDomain: example.org\n").is_ok());
+    assert!(matches!(
+        parse("mesh.yaml", "services: [\n"),
+        Err(ConfigError::Invalid { .. })
+    ));
+}
+
+#[test]
 fn bad_address_names_line_and_path() {
     let text = GOOD.replace("127.0.0.1:4143", "\"127.0.0.1:x\"");
     assert_eq!(
