@@ -2,8 +2,10 @@
 //! and multi. Properties checked besides not panicking:
 //! - a parsed `traceparent` formats back to a value that parses to the same ids and flags, and a
 //!   valid version-00 value with propagated flags formats back byte for byte;
-//! - what we send is always a valid header value, and the `tracestate` we pass on is within the
-//!   spec's bounds and passes through a second hop unchanged;
+//! - the `tracestate` we pass on is within the spec's bounds (32 members, 512 characters, unique
+//!   keys), keeps the received members in order without inventing or reordering any (invalid
+//!   members and repeated keys are dropped, never the valid ones around them) and passes through
+//!   a second hop byte for byte; one field that needed no change is passed on as received;
 //! - B3 headers we write read back as the ids and sampling we wrote.
 #![no_main]
 
@@ -78,6 +80,26 @@ fn check_traceparent_round_trip(raw: &[u8]) {
     }
 }
 
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|c| !matches!(c, b' ' | b'\t'));
+    let end = s.iter().rposition(|c| !matches!(c, b' ' | b'\t'));
+    match (start, end) {
+        (Some(start), Some(end)) => &s[start..=end],
+        _ => &[],
+    }
+}
+
+/// The non-empty members of a list, trimmed of optional whitespace.
+fn members(fields: &[&[u8]]) -> Vec<Vec<u8>> {
+    fields
+        .iter()
+        .flat_map(|f| f.split(|c| *c == b','))
+        .map(trim_ows)
+        .filter(|m| !m.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 fn check_extract(headers: &HeaderMap) {
     let Some(ctx) = tc::extract(headers) else {
         return;
@@ -87,22 +109,53 @@ fn check_extract(headers: &HeaderMap) {
     let Some(state) = &ctx.tracestate else {
         return;
     };
+    let received: Vec<&[u8]> = headers
+        .get_all(&tc::TRACESTATE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let sent = members(&[state.as_bytes()]);
     assert!(
-        state.len() <= 512,
+        state.len() <= tc::MAX_TRACESTATE_LEN,
         "tracestate of {} characters",
         state.len()
     );
-    assert!(state.split(',').count() <= 32);
-    let value = HeaderValue::from_str(state).expect("tracestate we send is a header value");
+    assert!(!sent.is_empty(), "an empty tracestate is not sent");
+    assert!(sent.len() <= tc::MAX_MEMBERS);
+    let keys: Vec<&[u8]> = sent
+        .iter()
+        .map(|m| m.split(|c| *c == b'=').next().unwrap_or_default())
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        assert!(!keys[..i].contains(key), "a repeated key is sent");
+    }
+    // What is sent is a subsequence of what was received.
+    let mut from = members(&received).into_iter();
+    for member in &sent {
+        assert!(
+            from.any(|m| &m == member),
+            "{:?} was not received, or not in this order",
+            String::from_utf8_lossy(member)
+        );
+    }
+    if let [one] = received[..] {
+        if members(&[one]) == sent && one.len() <= tc::MAX_TRACESTATE_LEN {
+            assert_eq!(
+                state.as_bytes(),
+                one,
+                "a valid field is passed on as received"
+            );
+        }
+    }
     // The next hop receives what we send: it must keep it as is.
     let mut next = HeaderMap::new();
     next.insert(
         &tc::TRACEPARENT,
         tc::format_traceparent(&ctx.trace_id, &tc::random_id(), ctx.flags),
     );
-    next.insert(&tc::TRACESTATE, value);
+    next.insert(&tc::TRACESTATE, state.clone());
     let forwarded = tc::extract(&next).expect("our own headers parse");
-    assert_eq!(forwarded.tracestate.as_deref(), Some(state.as_str()));
+    assert_eq!(forwarded.tracestate.as_ref(), Some(state));
 }
 
 fn check_b3_round_trip(input: &Input<'_>) {

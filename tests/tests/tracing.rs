@@ -19,6 +19,16 @@ fn seen(rsp: &http::Response<()>, header: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Every value of `header` the app received, one per field.
+fn seen_all(rsp: &http::Response<()>, header: &str) -> Vec<String> {
+    rsp.headers()
+        .get_all(format!("x-echo-h-{header}"))
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect()
+}
+
 fn ctx(value: &str) -> Incoming {
     parse_traceparent(value.as_bytes())
         .unwrap_or_else(|| panic!("{value:?} is not a valid traceparent"))
@@ -174,7 +184,7 @@ async fn an_invalid_or_duplicated_traceparent_starts_a_new_trace_and_drops_trace
                 "traceparent",
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
             ),
-            ("tracestate", "a=1,a=2"),
+            ("tracestate", "A=1,b"),
         ],
     )
     .await;
@@ -188,6 +198,71 @@ async fn an_invalid_or_duplicated_traceparent_starts_a_new_trace_and_drops_trace
     assert!(seen(&rsp, "x-request-id").is_some_and(|id| id.len() == 32));
     let rsp = get(&client, "server", &[("x-request-id", "my-request-1")]).await;
     assert_eq!(seen(&rsp, "x-request-id").as_deref(), Some("my-request-1"));
+}
+
+#[tokio::test]
+async fn tracestate_valid_under_level_2_passes_two_sidecars_unchanged_and_keeps_valid_members() {
+    let mesh = mesh().await;
+    let client = mesh.client("client", false);
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    // 32 members within 512 characters, with keys only Level 2 allows next to Level 1 ones: a
+    // 256-character simple key, `tenant@vendor`, a digit first, a system id over 14 characters.
+    let mut members = vec![
+        format!("{}=1", "k".repeat(256)),
+        "tenant@vendor=t61rcWkgMzE".to_string(),
+        "7digit= leading space".to_string(),
+        "t@a-long-system-id=3".to_string(),
+    ];
+    members.extend((members.len()..32).map(|i| format!("m{i:02}=v")));
+    let tracestate = members.join(",");
+    assert!(tracestate.len() <= 512, "{}", tracestate.len());
+    let rsp = get(
+        &client,
+        "server",
+        &[("traceparent", parent), ("tracestate", &tracestate)],
+    )
+    .await;
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(
+        seen_all(&rsp, "tracestate"),
+        [tracestate],
+        "passed on byte for byte"
+    );
+    let at_server = ctx(&seen(&rsp, "traceparent").expect("traceparent"));
+    assert_eq!(at_server.trace_id, ctx(parent).trace_id);
+
+    // Invalid members and a repeated key: only they go; two fields arrive as one list.
+    let rsp = get(
+        &client,
+        "server",
+        &[
+            ("traceparent", parent),
+            ("tracestate", "rojo=1, Bad=2 ,congo=t61rcWkgMzE,x"),
+            ("tracestate", "rojo=3,tenant@vendor=4"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        seen_all(&rsp, "tracestate"),
+        ["rojo=1,congo=t61rcWkgMzE,tenant@vendor=4"]
+    );
+    let at_server = ctx(&seen(&rsp, "traceparent").expect("traceparent"));
+    assert_eq!(
+        at_server.trace_id,
+        ctx(parent).trace_id,
+        "the trace continues"
+    );
+
+    // More than 32 members: the first 32 are passed on.
+    let many: Vec<String> = (0..40).map(|i| format!("k{i:02}=v")).collect();
+    let rsp = get(
+        &client,
+        "server",
+        &[("traceparent", parent), ("tracestate", &many.join(","))],
+    )
+    .await;
+    assert_eq!(seen_all(&rsp, "tracestate"), [many[..32].join(",")]);
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! One layer that watches each request go by, on both sides of a sidecar:
 //! - trace context: reads W3C (or B3) context, continues the trace or starts a new one (sampling
 //!   new traces at the configured ratio), and sends this sidecar's own span id as the parent
-//!   upstream, with `tracestate` passed on only when valid; writes B3 too when configured;
+//!   upstream, with the valid members of `tracestate` passed on; writes B3 too when configured;
 //! - `x-request-id`: generated when missing, passed on;
 //! - the span (outbound: CLIENT, inbound: SERVER) with current HTTP semantic-convention
 //!   attributes, exported when sampled;
@@ -91,7 +91,7 @@ struct SpanIds {
     span_id: [u8; 8],
     parent: Option<[u8; 8]>,
     sampled: bool,
-    tracestate: Option<String>,
+    tracestate: Option<HeaderValue>,
 }
 
 fn propagate(t: &Telemetry, headers: &mut http::HeaderMap) -> SpanIds {
@@ -113,12 +113,9 @@ fn propagate(t: &Telemetry, headers: &mut http::HeaderMap) -> SpanIds {
         &TRACEPARENT,
         trace_context::format_traceparent(&trace_id, &span_id, flags),
     );
-    match tracestate
-        .as_deref()
-        .and_then(|ts| HeaderValue::from_str(ts).ok())
-    {
+    match &tracestate {
         Some(ts) => {
-            headers.insert(&TRACESTATE, ts);
+            headers.insert(&TRACESTATE, ts.clone());
         }
         None => {
             headers.remove(&TRACESTATE);
@@ -331,7 +328,12 @@ impl Finished<'_> {
             end_unix_nanos: start + self.elapsed.as_nanos() as u64,
             attributes,
             error: self.error.clone(),
-            trace_state: self.ids.tracestate.clone(),
+            trace_state: self
+                .ids
+                .tracestate
+                .as_ref()
+                .and_then(|ts| ts.to_str().ok())
+                .map(str::to_string),
         }
     }
 

@@ -1,19 +1,34 @@
-//! Trace context on the wire: W3C Trace Context (`traceparent`, `tracestate`; Level 1, plus
-//! Level 2's random-trace-id flag) and Zipkin B3 (single `b3` header and the `X-B3-*` headers).
+//! Trace context on the wire: W3C Trace Context (`traceparent`, `tracestate`) and Zipkin B3
+//! (single `b3` header and the `X-B3-*` headers). This module owns the header rules, so that the
+//! layer that uses them (`observe`) only decides what to do with a valid or missing context.
 //!
-//! Processing rules implemented here (W3C §3.2, §3.3, §4):
-//! - `traceparent` must be `version-traceid-parentid-flags` in lower-case hex; version `ff` is
-//!   invalid; version `00` is exactly 55 characters; a higher version is parsed as `00` from its
-//!   first 55 characters if what follows starts with `-`; all-zero ids are invalid;
-//! - two `traceparent` headers are invalid; an invalid one means a new trace and `tracestate` is
-//!   dropped unparsed;
-//! - `tracestate` headers are combined in order; members are `key=value` with the spec's key and
-//!   value grammars, at most 32 and unique; an invalid `tracestate` is dropped alone; an oversized
-//!   one (over 512 characters) loses its longest members (over 128 characters) first, then members
-//!   from the right;
-//! - flags other than sampled (bit 0) and random (bit 1) are not propagated; we only ever send
-//!   version `00`.
+//! W3C rules, by section of Trace Context Level 2 (same numbering in the Level 1 Recommendation):
+//! - §3.2.2 `traceparent`: `version-traceid-parentid-flags`, lower-case hex only; version `ff`,
+//!   all-zero ids and version `00` of any length but 55 are invalid. §3.2.4: a higher version is
+//!   read from its first four fields when it is at least 55 characters and what follows them
+//!   starts with `-`. Surrounding whitespace is not part of an HTTP field value (RFC 9110 §5.5).
+//!   Two `traceparent` fields cannot both be the parent: invalid (restart the trace).
+//! - §3.3: `tracestate` is not parsed when `traceparent` is invalid (it is dropped, §4.3), and an
+//!   unusable `tracestate` never invalidates `traceparent`.
+//! - §3.3.1: several `tracestate` fields form one list, in order (RFC 9110 §5.3); members are
+//!   trimmed of OWS; empty members are skipped. §3.3.1.3.1 key: `(lcalpha / DIGIT) 0*255 keychar`
+//!   with `@` a key character: Level 2's grammar, which every Level 1 key (simple and
+//!   `tenant@system`) also matches, so no key valid under either level is lost.
+//!   §3.3.1.3.2 value: 1 to 256 printable ASCII characters but `,` and `=`, not ending in a space.
+//! - §4.3 allows discarding the whole `tracestate` or only its invalid members: only the invalid
+//!   members go, because the valid ones belong to other vendors, whose keys §3.5 says not to
+//!   delete. For the same reason a list of more than 32 members keeps its first 32 (the spec's
+//!   truncation order, §3.3.1.5, removes from the end), and a repeated key keeps its leftmost entry
+//!   (the most recent position: updated keys move left, §3.5), the later ones being dropped as
+//!   §3.5 allows.
+//! - §3.3.1.5: at least 512 characters are propagated; Trellis propagates up to exactly that and,
+//!   above it, removes members longer than 128 characters first, then members from the right.
+//! - Trellis adds no `tracestate` entry of its own: it passes on what it received, unchanged
+//!   (same bytes, no allocation) when nothing had to be dropped, rewritten otherwise.
+//! - flags other than sampled (bit 0) and random (bit 1, Level 2) are not propagated; version `00`
+//!   is always sent (§3.4, "downgrade the version").
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -28,9 +43,13 @@ pub static B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 pub const FLAG_SAMPLED: u8 = 0x01;
 pub const FLAG_RANDOM: u8 = 0x02;
 const PROPAGATED_FLAGS: u8 = FLAG_SAMPLED | FLAG_RANDOM;
-const MAX_MEMBERS: usize = 32;
-const MAX_TRACESTATE_LEN: usize = 512;
+/// `traceparent` version 00, and the prefix of higher versions that we read.
+const TRACEPARENT_LEN: usize = 55;
+pub const MAX_MEMBERS: usize = 32;
+pub const MAX_TRACESTATE_LEN: usize = 512;
 const LONG_MEMBER: usize = 128;
+const MAX_KEY_LEN: usize = 256;
+const MAX_VALUE_LEN: usize = 256;
 
 /// The context a request arrived with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +57,9 @@ pub struct Incoming {
     pub trace_id: [u8; 16],
     pub parent_id: [u8; 8],
     pub flags: u8,
-    /// Valid, normalised tracestate to pass on (W3C only).
-    pub tracestate: Option<String>,
+    /// The `tracestate` to pass on (W3C only): the received field itself when it could be kept
+    /// as is, else the valid members rewritten as one field; None when nothing valid is left.
+    pub tracestate: Option<HeaderValue>,
 }
 
 /// Reads the context: W3C first; B3 only when there is no `traceparent` header at all.
@@ -49,25 +69,26 @@ pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
         if parents.next().is_some() {
             return None;
         }
-        let mut ctx = parse_traceparent(first.as_bytes())?;
-        ctx.tracestate = combine_tracestate(headers);
+        let mut ctx = parse_traceparent(trim_ows(first.as_bytes()))?;
+        ctx.tracestate = pass_on_tracestate(headers);
         return Some(ctx);
     }
     extract_b3(headers)
 }
 
 pub fn parse_traceparent(v: &[u8]) -> Option<Incoming> {
-    if v.len() < 55 {
+    if v.len() < TRACEPARENT_LEN {
         return None;
     }
     let version = hex_byte(&v[0..2])?;
     if version == 0xff || v[2] != b'-' {
         return None;
     }
-    if version == 0x00 && v.len() != 55 {
+    if version == 0x00 && v.len() != TRACEPARENT_LEN {
         return None;
     }
-    if version > 0x00 && v.len() > 55 && v[55] != b'-' {
+    // A higher version may carry more fields, each introduced by a dash.
+    if v.len() > TRACEPARENT_LEN && v[TRACEPARENT_LEN] != b'-' {
         return None;
     }
     if v[35] != b'-' || v[52] != b'-' {
@@ -88,93 +109,120 @@ pub fn parse_traceparent(v: &[u8]) -> Option<Incoming> {
 }
 
 pub fn format_traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> HeaderValue {
-    let mut s = String::with_capacity(55);
-    s.push_str("00-");
-    push_hex(&mut s, trace_id);
-    s.push('-');
-    push_hex(&mut s, span_id);
-    s.push('-');
-    push_hex(&mut s, &[flags & PROPAGATED_FLAGS]);
-    HeaderValue::from_str(&s).unwrap_or_else(|_| {
+    let mut out = [0u8; TRACEPARENT_LEN];
+    out[..3].copy_from_slice(b"00-");
+    write_hex(&mut out[3..35], trace_id);
+    out[35] = b'-';
+    write_hex(&mut out[36..52], span_id);
+    out[52] = b'-';
+    write_hex(&mut out[53..55], &[flags & PROPAGATED_FLAGS]);
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00")
     })
 }
 
-/// The combined, validated `tracestate`, or None if absent or invalid.
-fn combine_tracestate(headers: &HeaderMap) -> Option<String> {
-    let mut members: Vec<&str> = Vec::new();
-    for value in headers.get_all(&TRACESTATE) {
-        let value = value.to_str().ok()?;
-        for member in value.split(',') {
-            let member = member.trim_matches(|c| c == ' ' || c == '\t');
-            if !member.is_empty() {
-                members.push(member);
+/// The `tracestate` to send on, from every `tracestate` field received: the valid members, in
+/// order, without repeated keys, at most 32 and 512 characters. Members are borrowed from the
+/// request; a new value is built only when the received one cannot be sent as is.
+fn pass_on_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut members: [&[u8]; MAX_MEMBERS] = [&[]; MAX_MEMBERS];
+    let mut keys: [&[u8]; MAX_MEMBERS] = [&[]; MAX_MEMBERS];
+    let mut kept = 0;
+    let mut fields = 0;
+    let mut received = None;
+    let mut dropped = false;
+    for field in headers.get_all(&TRACESTATE) {
+        fields += 1;
+        received = Some(field);
+        for member in field.as_bytes().split(|c| *c == b',') {
+            let member = trim_ows(member);
+            if member.is_empty() {
+                continue;
             }
+            let Some(key) = member_key(member) else {
+                dropped = true;
+                continue;
+            };
+            if kept == MAX_MEMBERS || keys[..kept].contains(&key) {
+                dropped = true;
+                continue;
+            }
+            members[kept] = member;
+            keys[kept] = key;
+            kept += 1;
         }
     }
-    if members.is_empty() || members.len() > MAX_MEMBERS {
+    if kept == 0 {
         return None;
     }
-    let mut keys = Vec::with_capacity(members.len());
-    for m in &members {
-        let (key, value) = m.split_once('=')?;
-        if !valid_key(key) || !valid_value(value) || keys.contains(&key) {
-            return None;
-        }
-        keys.push(key);
-    }
-    Some(truncate(members))
-}
-
-fn truncate(mut members: Vec<&str>) -> String {
-    let len = |m: &[&str]| m.iter().map(|s| s.len()).sum::<usize>() + m.len().saturating_sub(1);
-    while len(&members) > MAX_TRACESTATE_LEN {
-        match members.iter().rposition(|m| m.len() > LONG_MEMBER) {
-            Some(i) => {
-                members.remove(i);
-            }
-            None => {
-                members.pop();
-            }
+    if let (1, false, Some(received)) = (fields, dropped, received) {
+        if received.len() <= MAX_TRACESTATE_LEN {
+            return Some(received.clone());
         }
     }
-    members.join(",")
-}
-
-fn key_char(c: u8) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/')
-}
-
-fn valid_key(key: &str) -> bool {
-    let k = key.as_bytes();
-    match key.split_once('@') {
-        None => {
-            !k.is_empty()
-                && k.len() <= 256
-                && k[0].is_ascii_lowercase()
-                && k.iter().all(|c| key_char(*c))
+    let list = truncate(&mut members, kept);
+    let mut out = Vec::with_capacity(joined_len(list));
+    for (i, member) in list.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        Some((tenant, system)) => {
-            let (t, s) = (tenant.as_bytes(), system.as_bytes());
-            !t.is_empty()
-                && t.len() <= 241
-                && (t[0].is_ascii_lowercase() || t[0].is_ascii_digit())
-                && t.iter().all(|c| key_char(*c))
-                && !s.is_empty()
-                && s.len() <= 14
-                && s[0].is_ascii_lowercase()
-                && s.iter().all(|c| key_char(*c))
-        }
+        out.extend_from_slice(member);
     }
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 
-fn valid_value(value: &str) -> bool {
-    let v = value.as_bytes();
-    let nblk = |c: u8| matches!(c, 0x21..=0x2b | 0x2d..=0x3c | 0x3e..=0x7e);
-    !v.is_empty()
-        && v.len() <= 256
-        && v.iter().all(|c| *c == b' ' || nblk(*c))
-        && v.last().is_some_and(|c| nblk(*c))
+/// Drops members until the list fits in 512 characters (§3.3.1.5): those longer than 128
+/// characters first, rightmost first, then members from the right. Returns what is left.
+fn truncate<'m, 'a>(members: &'m mut [&'a [u8]], mut kept: usize) -> &'m [&'a [u8]] {
+    while joined_len(&members[..kept]) > MAX_TRACESTATE_LEN {
+        if let Some(i) = members[..kept].iter().rposition(|m| m.len() > LONG_MEMBER) {
+            members.copy_within(i + 1..kept, i);
+        }
+        kept -= 1;
+    }
+    &members[..kept]
+}
+
+fn joined_len(members: &[&[u8]]) -> usize {
+    members.iter().map(|m| m.len()).sum::<usize>() + members.len().saturating_sub(1)
+}
+
+/// OWS (RFC 9110 §5.6.3): spaces and horizontal tabs.
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// The key of a valid `key=value` list member.
+fn member_key(member: &[u8]) -> Option<&[u8]> {
+    let eq = member.iter().position(|c| *c == b'=')?;
+    let (key, value) = (&member[..eq], &member[eq + 1..]);
+    (valid_key(key) && valid_value(value)).then_some(key)
+}
+
+fn valid_key(key: &[u8]) -> bool {
+    let keychar = |c: &u8| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@')
+    };
+    key.len() <= MAX_KEY_LEN
+        && key
+            .first()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && key.iter().all(keychar)
+}
+
+fn valid_value(value: &[u8]) -> bool {
+    let nblk = |c: &u8| matches!(c, 0x21..=0x2b | 0x2d..=0x3c | 0x3e..=0x7e);
+    value.len() <= MAX_VALUE_LEN
+        && value.last().is_some_and(nblk)
+        && value.iter().all(|c| *c == b' ' || nblk(c))
 }
 
 /// B3 single (`b3: {trace}-{span}[-{sampled}[-{parent}]]`) or multi headers. 64-bit trace ids are
@@ -298,11 +346,20 @@ fn hex_array<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `bytes` as lower-case hex into `out`, which is twice as long.
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[(b >> 4) as usize];
+        pair[1] = HEX_DIGITS[(b & 0xf) as usize];
+    }
+}
+
 pub fn push_hex(s: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
+        s.push(HEX_DIGITS[(b >> 4) as usize] as char);
+        s.push(HEX_DIGITS[(b & 0xf) as usize] as char);
     }
 }
 
