@@ -1,5 +1,5 @@
-//! `trellis`: one multi-call binary holding the control plane, the sidecar proxy, a sample app and
-//! the local demo, so that a single `cargo run -p trellis -- demo` builds everything the demo
+//! `trellis`: one multi-call binary holding the control plane, the sidecar proxy, the injector, a
+//! sample app and the local demo, so that a single `cargo run -p trellis -- demo` builds everything the demo
 //! starts (it re-executes itself for each child process).
 #![forbid(unsafe_code)]
 
@@ -39,6 +39,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// The sidecar injector: `webhook`, `inject`, `manifests` (`trellis injector --help`).
+    #[command(disable_help_flag = true)]
+    Injector {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Run a sample HTTP/1.1 + h2c service that reports what it received as JSON.
     SampleApp(sample_app::SampleAppArgs),
 }
@@ -52,6 +58,13 @@ fn main() -> ExitCode {
         }
         Command::Proxy { args } => {
             trellis_proxy::cli::main_with_args(forwarded("trellis-proxy", args))
+        }
+        Command::Injector { args } => {
+            // `inject` exits 1 after writing its output when a document failed.
+            match trellis_injector::cli::main_with_args(forwarded("trellis-injector", args)) {
+                Ok(trellis_injector::cli::Done::DocumentsFailed) => return ExitCode::FAILURE,
+                other => other.map(|_| ()),
+            }
         }
         Command::SampleApp(args) => sample_app::main(args),
     };

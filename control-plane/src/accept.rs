@@ -18,6 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::metrics::ControlPlaneMetrics;
+
 const BACKOFF_START: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -58,9 +60,18 @@ pub struct AcceptOptions {
 #[derive(Debug, Default)]
 pub struct Admission {
     open: AtomicUsize,
+    /// Where connections closed over the cap are counted.
+    metrics: Arc<ControlPlaneMetrics>,
 }
 
 impl Admission {
+    pub fn with_metrics(metrics: Arc<ControlPlaneMetrics>) -> Self {
+        Admission {
+            open: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
@@ -215,6 +226,7 @@ impl Acceptor {
                         // Closing at once (rather than leaving it in the backlog) tells the
                         // client now, and its reconnect backoff spreads the retries.
                         drop(stream);
+                        self.admission.metrics.connection_refused();
                         if let Some(held) = self.shed.ready() {
                             tracing::warn!(
                                 %peer,
@@ -304,7 +316,8 @@ mod tests {
     async fn caps_open_connections_and_frees_a_place_on_close() {
         let listener = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let addr = listener.local_addr().unwrap();
-        let admission = Arc::new(Admission::default());
+        let metrics = ControlPlaneMetrics::new();
+        let admission = Arc::new(Admission::with_metrics(metrics.clone()));
         let options = AcceptOptions {
             max_connections: 2,
             tcp_keepalive: Some(Duration::from_secs(10)),
@@ -334,6 +347,7 @@ mod tests {
             .expect("closed promptly");
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
         assert_eq!(admission.open(), 2);
+        assert_eq!(metrics.connections_refused(), 1);
 
         // One closes: the next connection is admitted and carries bytes.
         drop(admitted.pop());

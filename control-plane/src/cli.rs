@@ -87,6 +87,9 @@ enum Command {
         /// A connection whose PING is not answered within this is closed (e.g. 10s).
         #[arg(long, default_value = "10s", value_parser = duration_arg)]
         keepalive_timeout: Duration,
+        /// The admin listener (plain HTTP: /live, /ready, /metrics, /status), or `off`.
+        #[arg(long, default_value = crate::server::DEFAULT_ADMIN, value_parser = admin_arg)]
+        admin: AdminListen,
     },
     /// Print a bootstrap token for a workload.
     Token {
@@ -107,6 +110,19 @@ enum Command {
         #[arg(long, default_value = crate::manifests::DEFAULT_IMAGE)]
         image: String,
     },
+}
+
+/// `--admin`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AdminListen(Option<SocketAddr>);
+
+fn admin_arg(text: &str) -> Result<AdminListen, String> {
+    if text == "off" {
+        return Ok(AdminListen(None));
+    }
+    text.parse()
+        .map(|addr| AdminListen(Some(addr)))
+        .map_err(|_| format!("{text:?} is neither an address such as 127.0.0.1:9990 nor `off`"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -138,6 +154,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
             max_streams_per_identity,
             keepalive_interval,
             keepalive_timeout,
+            admin,
         } => {
             let source = match (source, config) {
                 (SourceKind::File, Some(path)) => ConfigSource::File(path),
@@ -180,6 +197,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
                 max_streams_per_identity,
                 keepalive_interval,
                 keepalive_timeout,
+                admin: admin.0,
                 ..defaults
             };
             serve(cfg)
@@ -244,6 +262,9 @@ fn serve(cfg: ControlPlaneConfig) -> anyhow::Result<()> {
     runtime.block_on(async {
         let plane = ControlPlane::bind(cfg).await?;
         println!("listening on {}", plane.local_addr());
+        if let Some(admin) = plane.admin_addr() {
+            println!("admin on {admin}");
+        }
         println!("CA certificate: {}", plane.ca_cert_path().display());
         plane.run(stop_signal()).await?;
         Ok(())
@@ -266,4 +287,40 @@ async fn stop_signal() {
         }
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin_of(extra: &[&str]) -> Result<Option<SocketAddr>, clap::Error> {
+        let args = [
+            "trellis-control-plane",
+            "serve",
+            "--config",
+            "m.yaml",
+            "--state-dir",
+            "s",
+        ];
+        let cli = Cli::try_parse_from(args.iter().chain(extra))?;
+        match cli.command {
+            Command::Serve { admin, .. } => Ok(admin.0),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn admin_listens_on_9990_by_default_and_can_be_moved_or_turned_off() {
+        assert_eq!(
+            admin_of(&[]).unwrap(),
+            Some("127.0.0.1:9990".parse().unwrap())
+        );
+        assert_eq!(
+            admin_of(&["--admin", "0.0.0.0:9991"]).unwrap(),
+            Some("0.0.0.0:9991".parse().unwrap())
+        );
+        assert_eq!(admin_of(&["--admin", "off"]).unwrap(), None);
+        let error = admin_of(&["--admin", "9990"]).unwrap_err().to_string();
+        assert!(error.contains("neither an address"), "{error}");
+    }
 }

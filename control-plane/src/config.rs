@@ -2,7 +2,7 @@
 //! names the file, line, column and field path, because the person fixing it is editing that file.
 //! The serde shape (with source spans) lives in `config/raw.rs`; this file holds what the rest of
 //! the control plane consumes: plain types with defaults applied and durations as `Duration`.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -159,14 +159,17 @@ fn syntax_error(file_name: &str, text: &str, err: &serde_saphyr::Error) -> Confi
     }
 }
 
-/// The policy and routes of one service, given apart from the mesh file (a Kubernetes
-/// `TrafficPolicy`), validated by the same rules as a service's `policy` and `routes`.
+/// The policy, routes, mTLS mode and authorization of one service, given apart from the mesh file
+/// (a Kubernetes `TrafficPolicy`), validated by the same rules as the mesh file's service fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServicePolicy {
     /// The target service's name, in the namespace the policy was given for.
     pub service: String,
+    /// None: not given (the source's default applies).
+    pub mtls: Option<MtlsMode>,
     pub policy: Policy,
     pub routes: Vec<Route>,
+    pub authorization: Option<Authorization>,
 }
 
 /// Parses and validates `{"spec": {"service": .., "policy": .., "routes": [..]}}` (JSON is YAML,
@@ -179,12 +182,25 @@ pub fn parse_service_policy(
     namespace: &str,
     known: &HashSet<(String, String)>,
 ) -> Result<ServicePolicy, ConfigError> {
+    parse_traffic_policy(origin, text, namespace, known, &HashMap::new())
+}
+
+/// As `parse_service_policy`, for a document that may also carry `mtls` and `authorization`:
+/// `ports` gives each service's ports, which `authorization.rules[].to.ports` must be among (a
+/// service missing from it has none, so any port named for it is refused).
+pub fn parse_traffic_policy(
+    origin: &str,
+    text: &str,
+    namespace: &str,
+    known: &HashSet<(String, String)>,
+    ports: &HashMap<(String, String), Vec<Port>>,
+) -> Result<ServicePolicy, ConfigError> {
     let document: raw::RawPolicyDocument = match serde_saphyr::from_str(text) {
         Ok(document) => document,
         Err(err) => return Err(syntax_error(origin, text, &err)),
     };
     document
-        .validate(namespace, known)
+        .validate(namespace, known, ports)
         .map_err(|e| ConfigError::Invalid {
             file: origin.to_owned(),
             line: e.line,

@@ -3,10 +3,12 @@
 //! the proxy's requests and on snapshot changes, so a reload reaches every proxy without any
 //! shared per-stream state. Only changed or removed resources are sent; NACKs are logged and
 //! recorded in the status, and the rejected versions are not resent. How many streams may be
-//! open (in total, per identity) is `limits.rs`.
+//! open (in total, per identity) is `limits.rs`. Each task counts what it does in the shared
+//! `ControlPlaneMetrics` (relaxed atomic adds only: this is the push path).
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,6 +18,7 @@ use trellis_api::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use trellis_api::type_url;
 
 use crate::authn::{grant_from_metadata, Authenticator};
+use crate::metrics::ControlPlaneMetrics;
 use crate::resources::{SharedSnapshot, Snapshot};
 use crate::status::{ControlPlaneStatus, NackRecord};
 
@@ -37,6 +40,7 @@ pub struct DiscoveryService {
     status: Arc<watch::Sender<ControlPlaneStatus>>,
     shutdown: watch::Receiver<bool>,
     limits: Arc<StreamLimits>,
+    metrics: Arc<ControlPlaneMetrics>,
 }
 
 impl DiscoveryService {
@@ -53,7 +57,14 @@ impl DiscoveryService {
             status,
             shutdown,
             limits: StreamLimits::new(StreamCaps::default()),
+            metrics: ControlPlaneMetrics::new(),
         }
+    }
+
+    /// Counts streams, responses and NACKs in `metrics` (by default, in a private instance).
+    pub fn with_metrics(mut self, metrics: Arc<ControlPlaneMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Counts streams against `limits` instead.
@@ -87,6 +98,7 @@ impl AggregatedDiscovery for DiscoveryService {
             types: HashMap::new(),
             tx,
             status: self.status.clone(),
+            metrics: self.metrics.clone(),
         };
         // The node is checked inside the task: waiting for the first message here would delay the
         // response headers until the proxy sends, which some clients only do after the headers.
@@ -109,6 +121,7 @@ struct StreamTask {
     types: HashMap<String, TypeState>,
     tx: mpsc::Sender<Reply>,
     status: Arc<watch::Sender<ControlPlaneStatus>>,
+    metrics: Arc<ControlPlaneMetrics>,
 }
 
 /// The proxy went away; the stream task ends.
@@ -149,6 +162,7 @@ impl StreamTask {
         }
         self.node_id = node.id;
         tracing::info!(node_id = %self.node_id, identity = %granted, "discovery stream connected");
+        let _connected = self.metrics.stream_connected();
         let snap = snapshots.borrow().clone();
         if self.handle(first, &snap).await.is_ok() {
             self.serve(&mut requests, &mut snapshots, &mut shutdown)
@@ -239,12 +253,17 @@ impl StreamTask {
             message = %error.message,
             "NACK: the proxy rejected a response"
         );
+        self.metrics.nack(&req.type_url);
+        let received_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.status.send_modify(|status| {
             status.record_nack(NackRecord {
                 node_id: self.node_id.clone(),
                 type_url: req.type_url.clone(),
                 nonce: req.response_nonce.clone(),
                 message: error.message.clone(),
+                received_unix_ms,
             })
         });
     }
@@ -259,6 +278,8 @@ impl StreamTask {
             let delta = diff(state, current);
             if !delta.is_empty() {
                 self.send(type_url, delta, snap).await?;
+                // After the send: a full buffer (a slow proxy) is part of the latency.
+                self.metrics.push_done(snap.system_version, Instant::now());
             }
         }
         Ok(())
@@ -285,6 +306,8 @@ impl StreamTask {
             removed_resources: delta.removed,
             nonce,
         };
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        self.metrics.response_sent(type_url);
+        Ok(())
     }
 }

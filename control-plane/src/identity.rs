@@ -1,6 +1,8 @@
 //! The identity service: a proxy proves who it is with a token (checked by the source's
 //! `Authenticator`, see `authn.rs`) and gets a certificate for exactly that SPIFFE ID. The private
-//! key never leaves the proxy; we only sign its CSR.
+//! key never leaves the proxy; we only sign its CSR. Issued certificates and refusals (by reason)
+//! are counted in `ControlPlaneMetrics`, so a fleet failing to renew shows before certificates
+//! expire.
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -10,6 +12,7 @@ use trellis_api::identity::{CertifyRequest, CertifyResponse};
 
 use crate::authn::{grant_from_metadata, Authenticator};
 use crate::ca::CertificateAuthority;
+use crate::metrics::{CertificateFailure, ControlPlaneMetrics};
 use crate::resources::SharedSnapshot;
 use crate::token::TokenAuthority;
 
@@ -18,6 +21,7 @@ pub struct IdentityService {
     auth: Arc<dyn Authenticator>,
     /// For the trust domain and certificate lifetime of the current config.
     snapshots: watch::Receiver<SharedSnapshot>,
+    metrics: Arc<ControlPlaneMetrics>,
 }
 
 impl IdentityService {
@@ -39,7 +43,14 @@ impl IdentityService {
             ca,
             auth,
             snapshots,
+            metrics: ControlPlaneMetrics::new(),
         }
+    }
+
+    /// Counts certificates and refusals in `metrics` (by default, in a private instance).
+    pub fn with_metrics(mut self, metrics: Arc<ControlPlaneMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -49,7 +60,14 @@ impl Identity for IdentityService {
         &self,
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
-        let grant = grant_from_metadata(self.auth.as_ref(), request.metadata()).await?;
+        let grant = grant_from_metadata(self.auth.as_ref(), request.metadata())
+            .await
+            .inspect_err(|status| {
+                self.metrics.certificate_failed(match status.code() {
+                    tonic::Code::Unavailable => CertificateFailure::AuthUnavailable,
+                    _ => CertificateFailure::Unauthenticated,
+                })
+            })?;
         let (trust_domain, lifetime) = {
             let snap = self.snapshots.borrow();
             (snap.trust_domain.clone(), snap.certificate_lifetime)
@@ -59,6 +77,8 @@ impl Identity for IdentityService {
         let req = request.into_inner();
         if req.identity != granted {
             tracing::warn!(asked = %req.identity, %granted, "certificate refused: identity not granted");
+            self.metrics
+                .certificate_failed(CertificateFailure::IdentityMismatch);
             return Err(Status::permission_denied(format!(
                 "identity {} is not the granted {granted}",
                 req.identity
@@ -67,7 +87,12 @@ impl Identity for IdentityService {
         let issued = self
             .ca
             .sign_workload(&granted, &req.csr_der, lifetime)
-            .map_err(|e| Status::invalid_argument(format!("CSR refused: {e}")))?;
+            .map_err(|e| {
+                self.metrics
+                    .certificate_failed(CertificateFailure::InvalidCsr);
+                Status::invalid_argument(format!("CSR refused: {e}"))
+            })?;
+        self.metrics.certificate_issued();
         tracing::info!(identity = %granted, not_after = issued.not_after_unix, "certificate issued");
         Ok(Response::new(CertifyResponse {
             chain_der: issued.chain_der,

@@ -1,14 +1,18 @@
 //! Kubernetes as the config source and identity authority: the mesh is built from Services,
-//! EndpointSlices, Pods and `TrafficPolicy` objects in namespaces labelled
-//! `trellis.io/inject: enabled` (`source.rs` watches, `translate.rs` builds), and proxies prove
-//! their identity with their pod's projected service-account token, checked by the TokenReview
-//! API (`token_review.rs`). `crd.rs` defines the TrafficPolicy resource. docs/kubernetes.md is
-//! the operator's view.
+//! EndpointSlices, Pods, `TrafficPolicy` objects and Gateway API `HTTPRoute`/`GRPCRoute` objects
+//! with a Service parent (GAMMA) in namespaces labelled `trellis.io/inject: enabled` (`source.rs`
+//! watches, `translate.rs` and `gamma.rs` build, `status.rs` writes each object's verdict back
+//! into its status), and proxies prove their identity with their pod's projected service-account
+//! token, checked by the TokenReview API (`token_review.rs`). `crd.rs` defines the TrafficPolicy
+//! resource, `gateway.rs` the Gateway API route types. docs/kubernetes.md is the operator's view.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod crd;
+mod gamma;
+pub mod gateway;
 pub mod source;
+pub mod status;
 pub mod token_review;
 pub mod translate;
 

@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod accept;
+pub mod admin;
 pub mod authn;
 pub mod ca;
 pub mod cli;
@@ -15,6 +16,7 @@ mod files;
 pub mod identity;
 pub mod kubernetes;
 pub mod manifests;
+pub mod metrics;
 pub mod open_files;
 pub mod publish;
 pub mod resources;

@@ -5,14 +5,16 @@
 //! source watches, create TokenReviews, nothing else. The CA comes from a Secret the installer
 //! creates (stable across restarts and shared by replicas; the meshed namespaces' `trellis-ca`
 //! ConfigMaps hold its certificate), and the state directory is an emptyDir: in Kubernetes mode it
-//! only holds the bootstrap-token key, which is not used.
+//! only holds the bootstrap-token key, which is not used. The admin port (`admin.rs`) listens on
+//! every address of the pod for the kubelet's probes (`/live`, `/ready`) and Prometheus, which
+//! finds it through the usual `prometheus.io/*` pod annotations or the Service's `admin` port.
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction, Volume,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
     VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -27,6 +29,8 @@ use crate::kubernetes::crd;
 pub const NAME: &str = "trellis-control-plane";
 pub const NAMESPACE: &str = "trellis-system";
 pub const PORT: i32 = 8090;
+/// The admin listener: probes, metrics, status.
+pub const ADMIN_PORT: i32 = 9990;
 /// The Secret (type kubernetes.io/tls) holding the CA certificate and key.
 pub const CA_SECRET: &str = "trellis-control-plane-ca";
 pub const DEFAULT_IMAGE: &str = "ghcr.io/trellis-mesh/trellis-control-plane:0.1.0";
@@ -133,24 +137,33 @@ fn selector() -> LabelSelector {
 }
 
 fn cluster_role() -> ClusterRole {
-    let read = |group: &str, resources: &[&str]| PolicyRule {
+    let rule = |group: &str, resources: &[&str], verbs: &[&str]| PolicyRule {
         api_groups: Some(strings(&[group])),
         resources: Some(strings(resources)),
-        verbs: strings(&["get", "list", "watch"]),
+        verbs: strings(verbs),
         ..Default::default()
     };
+    const READ: &[&str] = &["get", "list", "watch"];
+    const GATEWAY_API: &str = "gateway.networking.k8s.io";
     ClusterRole {
         metadata: meta(None),
         rules: Some(vec![
-            read("", &["namespaces", "pods", "services"]),
-            read("discovery.k8s.io", &["endpointslices"]),
-            read(crd::GROUP, &[crd::PLURAL]),
-            PolicyRule {
-                api_groups: Some(strings(&["authentication.k8s.io"])),
-                resources: Some(strings(&["tokenreviews"])),
-                verbs: strings(&["create"]),
-                ..Default::default()
-            },
+            rule("", &["namespaces", "pods", "services"], READ),
+            rule("discovery.k8s.io", &["endpointslices"], READ),
+            rule(crd::GROUP, &[crd::PLURAL], READ),
+            // Status conditions written back on every policy and route (`kubernetes/status.rs`).
+            rule(
+                crd::GROUP,
+                &[&format!("{}/status", crd::PLURAL)],
+                &["patch"],
+            ),
+            rule(GATEWAY_API, &["httproutes", "grpcroutes"], READ),
+            rule(
+                GATEWAY_API,
+                &["httproutes/status", "grpcroutes/status"],
+                &["patch"],
+            ),
+            rule("authentication.k8s.io", &["tokenreviews"], &["create"]),
         ]),
         ..Default::default()
     }
@@ -178,13 +191,23 @@ fn service() -> Service {
         metadata: meta(Some(NAMESPACE)),
         spec: Some(ServiceSpec {
             selector: Some(selector().match_labels.unwrap_or_default()),
-            ports: Some(vec![ServicePort {
-                name: Some("grpc".to_owned()),
-                port: PORT,
-                target_port: Some(IntOrString::String("grpc".to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..Default::default()
-            }]),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("grpc".to_owned()),
+                    port: PORT,
+                    target_port: Some(IntOrString::String("grpc".to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                },
+                // For a Prometheus Operator ServiceMonitor, which selects Service ports by name.
+                ServicePort {
+                    name: Some("admin".to_owned()),
+                    port: ADMIN_PORT,
+                    target_port: Some(IntOrString::String("admin".to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                },
+            ]),
             ..Default::default()
         }),
         ..Default::default()
@@ -211,10 +234,15 @@ fn deployment(image: &str) -> Deployment {
         &format!("{host}.cluster.local"),
         "--server-name",
         NAME,
+        "--admin",
+        &format!("0.0.0.0:{ADMIN_PORT}"),
     ];
-    let probe = |period: i32| Probe {
-        tcp_socket: Some(TCPSocketAction {
-            port: IntOrString::String("grpc".to_owned()),
+    // Readiness waits for the first config and a serving gRPC server; liveness only for the
+    // process, so a slow Kubernetes sync at start is not mistaken for a hung process.
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("admin".to_owned()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -232,14 +260,22 @@ fn deployment(image: &str) -> Deployment {
         image_pull_policy: Some("IfNotPresent".to_owned()),
         command: Some(strings(&[NAME])),
         args: Some(strings(&args)),
-        ports: Some(vec![ContainerPort {
-            name: Some("grpc".to_owned()),
-            container_port: PORT,
-            protocol: Some("TCP".to_owned()),
-            ..Default::default()
-        }]),
-        readiness_probe: Some(probe(5)),
-        liveness_probe: Some(probe(10)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".to_owned()),
+                container_port: PORT,
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("admin".to_owned()),
+                container_port: ADMIN_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            },
+        ]),
+        readiness_probe: Some(probe("/ready", 5)),
+        liveness_probe: Some(probe("/live", 10)),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_owned(), Quantity("50m".to_owned())),
@@ -276,6 +312,11 @@ fn deployment(image: &str) -> Deployment {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(true)),
+                    annotations: Some(BTreeMap::from([
+                        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                        ("prometheus.io/port".to_owned(), ADMIN_PORT.to_string()),
+                        ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+                    ])),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {

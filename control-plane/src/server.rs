@@ -5,13 +5,16 @@
 //! served, so a wrong config, an unreachable cluster or a busy port is reported at start; `run`
 //! serves until the shutdown future resolves. The resource limits (listen backlog, connection
 //! and stream caps, keepalives) are set here from `ControlPlaneConfig`; the mechanisms live in
-//! `accept.rs`, `discovery/limits.rs` and `open_files.rs`.
+//! `accept.rs`, `discovery/limits.rs` and `open_files.rs`. One `ControlPlaneMetrics` is made here
+//! and handed to every module that counts; the admin listener (`admin.rs`), when configured,
+//! starts first in `bind` so that liveness holds while the config source syncs.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -19,6 +22,7 @@ use trellis_api::discovery::aggregated_discovery_server::AggregatedDiscoveryServ
 use trellis_api::identity::identity_server::IdentityServer;
 
 use crate::accept::{self, AcceptOptions, Admission};
+use crate::admin::{AdminServer, AdminState, Readiness};
 use crate::authn::Authenticator;
 use crate::ca::{CaError, CaSource, CertificateAuthority};
 use crate::config::{self, ConfigError, MeshConfig};
@@ -26,6 +30,7 @@ use crate::discovery::{DiscoveryService, StreamCaps, StreamLimits};
 use crate::identity::IdentityService;
 use crate::kubernetes::translate::Built;
 use crate::kubernetes::{self, KubernetesError, KubernetesOptions, KubernetesSource};
+use crate::metrics::ControlPlaneMetrics;
 use crate::publish::Publisher;
 use crate::resources::{self, SharedSnapshot};
 use crate::status::ControlPlaneStatus;
@@ -79,11 +84,14 @@ pub struct ControlPlaneConfig {
     /// partition) end; TCP keepalive probes at the same interval. Zero turns both off.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// The admin listener (plain HTTP: `/live`, `/ready`, `/metrics`, `/status`); `None`: none.
+    pub admin: Option<SocketAddr>,
 }
 
 impl ControlPlaneConfig {
-    /// Defaults: listen on 127.0.0.1:8090, the default server names, CA in `state_dir`, and
-    /// the limits in `DEFAULT_*` (a connection cap derived from the open-files limit).
+    /// Defaults: listen on 127.0.0.1:8090, the default server names, CA in `state_dir`, the
+    /// limits in `DEFAULT_*` (a connection cap derived from the open-files limit), and no admin
+    /// listener (the command line turns it on at `DEFAULT_ADMIN`; in-process users pick a port).
     pub fn new(config_path: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
         let streams = StreamCaps::default();
         ControlPlaneConfig {
@@ -101,6 +109,7 @@ impl ControlPlaneConfig {
             stream_pushback: streams.pushback,
             keepalive_interval: DEFAULT_KEEPALIVE,
             keepalive_timeout: DEFAULT_KEEPALIVE,
+            admin: None,
         }
     }
 
@@ -114,6 +123,8 @@ impl ControlPlaneConfig {
 }
 
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+/// The command line's admin listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9990";
 /// Both the HTTP/2 PING interval and its timeout.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
 
@@ -162,6 +173,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("admin listener cannot listen on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("gRPC server task failed: {0}")]
@@ -180,6 +197,10 @@ pub struct ControlPlane {
     updater: Updater,
     snapshots: watch::Sender<SharedSnapshot>,
     status: Arc<watch::Sender<ControlPlaneStatus>>,
+    metrics: Arc<ControlPlaneMetrics>,
+    readiness: Arc<Readiness>,
+    /// Runs from `bind` until `run` returns (or the value is dropped).
+    admin: Option<AdminServer>,
 }
 
 impl ControlPlane {
@@ -188,6 +209,25 @@ impl ControlPlane {
             path: cfg.state_dir.clone(),
             source,
         })?;
+        // Version 0 until the config is loaded below: `/ready` says so meanwhile.
+        let status = Arc::new(watch::channel(ControlPlaneStatus::default()).0);
+        let metrics = ControlPlaneMetrics::new();
+        let readiness = Arc::new(Readiness::default());
+        let admin = match cfg.admin {
+            Some(addr) => {
+                let state = AdminState {
+                    status: status.subscribe(),
+                    metrics: metrics.clone(),
+                    readiness: readiness.clone(),
+                };
+                let server = AdminServer::start(addr, state)
+                    .await
+                    .map_err(|source| Error::AdminBind { addr, source })?;
+                tracing::info!(addr = %server.local_addr(), "admin listener serving");
+                Some(server)
+            }
+            None => None,
+        };
         let (mesh, updater) = match &cfg.source {
             ConfigSource::File(path) => {
                 let (mesh, initial) = read_config(path)?;
@@ -223,6 +263,10 @@ impl ControlPlane {
             None => CaSource::StateDir(cfg.state_dir.clone()),
         };
         let ca = CertificateAuthority::load(&source)?;
+        match issuing_not_after(&ca) {
+            Some(not_after) => metrics.set_ca_not_after(not_after),
+            None => tracing::warn!("cannot read the issuing certificate's expiry for the metrics"),
+        }
         let tokens = Arc::new(TokenAuthority::load_or_create(&cfg.state_dir)?);
         let auth: Arc<dyn Authenticator> = match &updater {
             Updater::Kubernetes { auth, .. } => auth.clone(),
@@ -242,13 +286,12 @@ impl ControlPlane {
 
         let snapshot = resources::build(&mesh, &[ca.root_der().to_vec()], 1);
         let (snapshots, _) = watch::channel(Arc::new(snapshot));
-        let (status, _) = watch::channel(ControlPlaneStatus {
-            config_version: 1,
-            skipped: match &updater {
+        status.send_modify(|s| {
+            s.config_version = 1;
+            s.skipped = match &updater {
                 Updater::Kubernetes { built, .. } => built.skipped.clone(),
                 Updater::File { .. } => Vec::new(),
-            },
-            ..Default::default()
+            };
         });
         Ok(ControlPlane {
             cfg,
@@ -260,12 +303,25 @@ impl ControlPlane {
             server_identity,
             updater,
             snapshots,
-            status: Arc::new(status),
+            status,
+            metrics,
+            readiness,
+            admin,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the admin listener is, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// The counts `/metrics` serves.
+    pub fn metrics(&self) -> Arc<ControlPlaneMetrics> {
+        self.metrics.clone()
     }
 
     /// The root certificate (PEM): proxies' trust anchor for the control plane and their peers.
@@ -302,6 +358,8 @@ impl ControlPlane {
         // One stop signal for the server, every discovery stream and the reloader: tonic's
         // graceful shutdown waits for open streams, and discovery streams never end on their own.
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Serves until this function returns, through the shutdown grace period.
+        let _admin = self.admin;
         let (cert_pem, key_pem) = &self.server_identity;
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(cert_pem, key_pem))
@@ -310,23 +368,30 @@ impl ControlPlane {
             self.ca.clone(),
             self.auth.clone(),
             self.snapshots.subscribe(),
-        );
+        )
+        .with_metrics(self.metrics.clone());
         let discovery = DiscoveryService::new(
             self.auth.clone(),
             self.snapshots.subscribe(),
             self.status.clone(),
             stop_rx.clone(),
         )
-        .with_limits(StreamLimits::new(self.cfg.stream_caps()));
+        .with_limits(StreamLimits::with_metrics(
+            self.cfg.stream_caps(),
+            self.metrics.clone(),
+        ))
+        .with_metrics(self.metrics.clone());
         let roots_der = vec![self.ca.root_der().to_vec()];
         let updater = match self.updater {
             Updater::File { path, initial } => {
                 let reloader = Reloader::new(path, initial, roots_der, self.snapshots, self.status)
-                    .with_settle(self.cfg.config_settle);
+                    .with_settle(self.cfg.config_settle)
+                    .with_metrics(self.metrics.clone());
                 tokio::spawn(reloader.run(stop_rx.clone()))
             }
             Updater::Kubernetes { source, built, .. } => {
-                let publisher = Publisher::new(roots_der, self.snapshots, self.status);
+                let publisher = Publisher::new(roots_der, self.snapshots, self.status)
+                    .with_metrics(self.metrics.clone());
                 tokio::spawn(source.run(publisher, built, stop_rx.clone()))
             }
         };
@@ -339,8 +404,13 @@ impl ControlPlane {
                 max_connections,
                 tcp_keepalive: keepalive,
             },
-            Arc::new(Admission::default()),
+            Arc::new(Admission::with_metrics(self.metrics.clone())),
         );
+        // tonic polls the incoming stream once it serves: that first poll makes `/ready` pass.
+        let readiness = self.readiness.clone();
+        let serving = futures_util::stream::once(async move { readiness.set_serving() })
+            .filter_map(|()| async { None });
+        let incoming = serving.chain(incoming);
         let serve = Server::builder()
             .http2_keepalive_interval(keepalive)
             .http2_keepalive_timeout(Some(self.cfg.keepalive_timeout))
@@ -368,6 +438,7 @@ impl ControlPlane {
             _ = shutdown => None,
             result = &mut server => Some(result),
         };
+        self.readiness.set_stopping();
         stop_tx.send_replace(true);
         let result = match early {
             Some(result) => result,
@@ -395,6 +466,14 @@ enum Updater {
         built: Built,
         auth: Arc<kubernetes::TokenReviewAuthenticator>,
     },
+}
+
+/// The notAfter (unix seconds) of the certificate that signs workload certificates: the
+/// intermediate when there is one, else the root.
+fn issuing_not_after(ca: &CertificateAuthority) -> Option<i64> {
+    let der = ca.intermediate_der().unwrap_or(ca.root_der());
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Reads and validates the mesh YAML; returns it with the bytes it was parsed from.

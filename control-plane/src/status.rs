@@ -1,14 +1,15 @@
 //! What the control plane reports about itself: the applied config version, the last reload error
-//! and recent NACKs. Published in a `watch` channel so tests and a future admin endpoint can read
-//! it without locking the serving path.
+//! and recent NACKs. Published in a `watch` channel so tests and the admin port's `/status`
+//! (`admin.rs`, which serializes it as JSON) read it without locking the serving path.
 use std::collections::VecDeque;
 
 /// How many NACKs are kept; older ones are dropped first.
 pub const MAX_NACKS: usize = 32;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ControlPlaneStatus {
-    /// The `system_version` of the snapshot being served.
+    /// The `system_version` of the snapshot being served; 0 until the first config is loaded.
     pub config_version: u64,
     /// The error of the last reload attempt, cleared by the next successful one.
     pub last_error: Option<String>,
@@ -19,12 +20,16 @@ pub struct ControlPlaneStatus {
     pub nacks: Vec<NackRecord>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NackRecord {
     pub node_id: String,
     pub type_url: String,
     pub nonce: String,
     pub message: String,
+    /// When it was received (unix milliseconds), so an operator can tell an old NACK from a
+    /// current one.
+    pub received_unix_ms: u64,
 }
 
 impl ControlPlaneStatus {
@@ -51,6 +56,7 @@ mod tests {
                 type_url: "t".into(),
                 nonce: i.to_string(),
                 message: "m".into(),
+                received_unix_ms: 0,
             });
         }
         assert_eq!(status.nacks.len(), MAX_NACKS);

@@ -54,6 +54,12 @@ impl Reloader {
         }
     }
 
+    /// Counts reloads in `metrics` (by default, in a private instance).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::ControlPlaneMetrics>) -> Self {
+        self.publisher = self.publisher.with_metrics(metrics);
+        self
+    }
+
     /// Applies a change only after it has been stable this long (zero: at the first read).
     pub fn with_settle(mut self, settle: Duration) -> Self {
         self.settle = settle;

@@ -68,6 +68,11 @@ fn every_document_parses_as_its_type() {
                         "/services: get,list,watch",
                         "authentication.k8s.io/tokenreviews: create",
                         "discovery.k8s.io/endpointslices: get,list,watch",
+                        "gateway.networking.k8s.io/grpcroutes/status: patch",
+                        "gateway.networking.k8s.io/grpcroutes: get,list,watch",
+                        "gateway.networking.k8s.io/httproutes/status: patch",
+                        "gateway.networking.k8s.io/httproutes: get,list,watch",
+                        "policy.trellis.io/trafficpolicies/status: patch",
                         "policy.trellis.io/trafficpolicies: get,list,watch",
                     ]
                 );

@@ -48,7 +48,14 @@ impl Drop for ChildGuard {
 /// Runs `serve` with `state_dir` until it serves or exits.
 fn serve(config: &Path, state_dir: &Path) -> Outcome {
     let child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(config)
         .arg("--state-dir")
         .arg(state_dir)

@@ -16,6 +16,8 @@ pub const PROXY_MEMORY_REQUEST: &str = "trellis.io/proxy-memory-request";
 pub const PROXY_CPU_LIMIT: &str = "trellis.io/proxy-cpu-limit";
 pub const PROXY_MEMORY_LIMIT: &str = "trellis.io/proxy-memory-limit";
 pub const PROXY_LOG_LEVEL: &str = "trellis.io/proxy-log-level";
+/// `"false"` keeps the app's probes as they are (see `crate::probes`).
+pub const REWRITE_PROBES: &str = "trellis.io/rewrite-probes";
 
 /// A value the injector refuses: names the annotation (or config field), the value and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,23 +65,25 @@ pub struct Overrides {
     pub cpu_limit: Option<String>,
     pub memory_limit: Option<String>,
     pub log_level: Option<String>,
+    /// `trellis.io/rewrite-probes`; `None`: rewrite.
+    pub rewrite_probes: Option<bool>,
 }
 
 /// Reads and validates every annotation the sidecar depends on.
 pub fn overrides(annotations: &BTreeMap<String, String>) -> Result<Overrides, InvalidValue> {
     let get = |name: &str| annotations.get(name).map(|v| v.trim());
-    let native_sidecar = match get(NATIVE_SIDECAR) {
-        None => None,
-        Some("true") => Some(true),
-        Some("false") => Some(false),
-        Some(other) => {
-            return Err(InvalidValue::new(
-                NATIVE_SIDECAR,
-                other,
-                "expected \"true\" or \"false\"",
-            ))
-        }
+    let boolean = |name: &str| match get(name) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(InvalidValue::new(
+            name,
+            other,
+            "expected \"true\" or \"false\"",
+        )),
     };
+    let native_sidecar = boolean(NATIVE_SIDECAR)?;
+    let rewrite_probes = boolean(REWRITE_PROBES)?;
     let quantity = |name: &str| -> Result<Option<String>, InvalidValue> {
         get(name)
             .map(|v| check_quantity(name, v).map(|()| v.to_string()))
@@ -106,6 +110,7 @@ pub fn overrides(annotations: &BTreeMap<String, String>) -> Result<Overrides, In
         log_level: get(PROXY_LOG_LEVEL)
             .map(|v| check_log_level(PROXY_LOG_LEVEL, v).map(|()| v.to_string()))
             .transpose()?,
+        rewrite_probes,
     })
 }
 

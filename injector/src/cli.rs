@@ -52,12 +52,17 @@ enum Command {
         /// Override the config's nativeSidecar (false: the fallback for clusters before 1.29).
         #[arg(long)]
         native_sidecar: Option<bool>,
+        /// A document that cannot be injected (invalid YAML, a workload the injector refuses)
+        /// is reported on stderr and printed unchanged; the others are injected either way.
+        /// `fail`: exit 1 at the end; `skip`: exit 0.
+        #[arg(long, value_enum, default_value_t = OnError::Fail)]
+        on_error: OnError,
     },
     /// Print the injector's install manifests (namespace, RBAC, config, Deployment, Service,
     /// MutatingWebhookConfiguration).
     Manifests {
         /// The injector's image.
-        #[arg(long)]
+        #[arg(long, default_value = manifests::DEFAULT_IMAGE)]
         image: String,
         /// The proxy image the injector adds to pods (default: the config's).
         #[arg(long)]
@@ -70,14 +75,42 @@ enum Command {
     },
 }
 
-pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
+/// What `inject` does about a document it cannot inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnError {
+    Fail,
+    Skip,
+}
+
+/// How a run ended, for the process exit status: `Ok(Done::Clean)` is 0, `Ok(Done::
+/// DocumentsFailed)` is 1 after the output was written; an `Err` is printed by `main`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    Clean,
+    DocumentsFailed,
+}
+
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Done> {
     match Args::try_parse_from(args) {
         Ok(args) => run(args.command),
         Err(e) if !e.use_stderr() => {
             e.print()?;
-            Ok(())
+            Ok(Done::Clean)
         }
         Err(e) => e.exit(),
+    }
+}
+
+/// The binary's `main`: errors are printed as `error: …` with their causes (Display, never
+/// Debug, so no backtrace whatever `RUST_BACKTRACE` says).
+pub fn main() -> std::process::ExitCode {
+    match main_with_args(std::env::args_os()) {
+        Ok(Done::Clean) => std::process::ExitCode::SUCCESS,
+        Ok(Done::DocumentsFailed) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -88,7 +121,7 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<InjectorConfig> {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command) -> anyhow::Result<Done> {
     match command {
         Command::Webhook {
             listen,
@@ -112,13 +145,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                     .with_context(|| format!("binding {listen}"))?;
                 tracing::info!(%listen, "trellis-injector webhook serving");
                 server::serve(listener, tls, config, shutdown_signal()).await;
-                anyhow::Ok(())
+                anyhow::Ok(Done::Clean)
             })
         }
         Command::Inject {
             file,
             config,
             native_sidecar,
+            on_error,
         } => {
             let mut config = load_config(config.as_ref())?;
             if let Some(native) = native_sidecar {
@@ -133,19 +167,45 @@ fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
             };
-            let (output, reports) = workload::inject_yaml(&input, &config)
+            let injected = workload::inject_yaml(&input, &config)
                 .with_context(|| format!("injecting {file}"))?;
-            for report in reports {
+            for report in &injected.reports {
                 let what = format!("{} {:?}", report.kind, report.name);
-                match report.skipped {
+                match &report.skipped {
                     None => eprintln!("{what}: injected"),
                     Some(why) => eprintln!("{what}: skipped ({why})"),
                 }
             }
             std::io::stdout()
-                .write_all(output.as_bytes())
+                .write_all(injected.output.as_bytes())
                 .context("writing stdout")?;
-            Ok(())
+            if injected.errors.is_empty() {
+                return Ok(Done::Clean);
+            }
+            let label = match on_error {
+                OnError::Fail => "error",
+                OnError::Skip => "warning",
+            };
+            for error in &injected.errors {
+                eprintln!("{label}: {error}");
+            }
+            let n = injected.errors.len();
+            let plural = if n == 1 { "document" } else { "documents" };
+            Ok(match on_error {
+                OnError::Fail => {
+                    eprintln!(
+                        "error: {n} {plural} of {file} not injected, passed through unchanged \
+                         (--on-error=skip exits 0)"
+                    );
+                    Done::DocumentsFailed
+                }
+                OnError::Skip => {
+                    eprintln!(
+                        "warning: {n} {plural} of {file} not injected, passed through unchanged"
+                    );
+                    Done::Clean
+                }
+            })
         }
         Command::Manifests {
             image,
@@ -170,7 +230,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             std::io::stdout()
                 .write_all(text.as_bytes())
                 .context("writing stdout")?;
-            Ok(())
+            Ok(Done::Clean)
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::annotations::{self, InvalidValue, Overrides};
 use crate::config::InjectorConfig;
+use crate::probes;
 use crate::quantity;
 use crate::sidecar::{self, Resources, INIT_CONTAINER, PROXY_CONTAINER};
 use json_patch::jsonptr::PointerBuf;
@@ -44,6 +45,15 @@ pub enum InjectError {
         request_value: String,
         limit: &'static str,
         limit_value: String,
+    },
+    #[error(
+        "container {container:?} {probe}: port {port} is neither a named port of the container \
+         nor a number 1-65535"
+    )]
+    ProbePort {
+        container: String,
+        probe: String,
+        port: String,
     },
     #[error("encoding the patch: {0}")]
     Encode(String),
@@ -119,10 +129,24 @@ pub fn plan(
         .clone()
         .unwrap_or_else(|| config.log_level.clone());
     let native = overrides.native_sidecar.unwrap_or(config.native_sidecar);
-    let proxy = sidecar::proxy_container(config, &service, &log_level, &resources, native);
+    let probes = if overrides.rewrite_probes.unwrap_or(true) {
+        probes::rewrite(spec, root)?
+    } else {
+        probes::Rewrite::default()
+    };
+    let proxy = sidecar::proxy_container(
+        config,
+        &service,
+        &log_level,
+        &resources,
+        native,
+        probes.app_probes.as_deref(),
+    );
     let init_step = sidecar::init_container(config, &overrides);
 
-    let mut ops = Vec::new();
+    // The probes first: their paths use the containers' indices before the fallback mode
+    // inserts the proxy at index 0.
+    let mut ops = probes.ops;
     // The redirect step first, then (native) the proxy, then the pod's own init containers, which
     // so run with the proxy ready and their traffic meshed.
     let mut front = vec![value(&init_step)?];

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod inject;
 pub mod manifests;
+pub mod probes;
 pub mod quantity;
 pub mod review;
 pub mod server;

@@ -2,6 +2,8 @@
 
 #![forbid(unsafe_code)]
 
-fn main() -> anyhow::Result<()> {
-    trellis_injector::cli::main_with_args(std::env::args_os())
+// Not `-> anyhow::Result<()>`: that prints the error with Debug, which with RUST_BACKTRACE set
+// includes a stack backtrace. `cli::main` prints `error: …` and picks the exit status.
+fn main() -> std::process::ExitCode {
+    trellis_injector::cli::main()
 }

@@ -29,6 +29,9 @@ pub const NAME: &str = "trellis-injector";
 pub const CONFIG_MAP: &str = "trellis-injector-config";
 pub const TLS_SECRET: &str = "trellis-injector-tls";
 pub const WEBHOOK_PORT: i32 = 8443;
+/// The injector's image when `--image` is not given: the name and tag `deploy/injector.yaml`
+/// uses, next to the control plane's `ghcr.io/trellis-mesh/trellis-control-plane:0.1.0`.
+pub const DEFAULT_IMAGE: &str = "ghcr.io/trellis-mesh/trellis-injector:0.1.0";
 /// Label on the control plane's own pods; the webhook's objectSelector leaves them out.
 pub const CONTROL_PLANE_LABEL: &str = "trellis.io/control-plane-component";
 

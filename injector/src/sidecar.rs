@@ -104,6 +104,7 @@ pub fn proxy_container(
     log_level: &str,
     resources: &Resources,
     native: bool,
+    app_probes: Option<&str>,
 ) -> Container {
     let ready = || probe("/ready", 1, 1, 3);
     let (restart_policy, startup_probe, lifecycle) = if native {
@@ -144,7 +145,7 @@ pub fn proxy_container(
         image_pull_policy: Some(config.image_pull_policy.clone()),
         command: Some(vec!["trellis-proxy".to_string()]),
         restart_policy,
-        env: Some(env(config, service, log_level)),
+        env: Some(env(config, service, log_level, app_probes)),
         ports: Some(vec![
             port("trellis-inbound", INBOUND_PORT),
             port("trellis-admin", ADMIN_PORT),
@@ -213,7 +214,12 @@ pub fn volumes() -> Vec<Volume> {
 
 /// The proxy's environment: its flags (see `proxy/src/cli.rs`) and who it is, from the downward
 /// API.
-fn env(config: &InjectorConfig, service: &str, log_level: &str) -> Vec<EnvVar> {
+fn env(
+    config: &InjectorConfig,
+    service: &str,
+    log_level: &str,
+    app_probes: Option<&str>,
+) -> Vec<EnvVar> {
     let field = |name: &str, path: &str| EnvVar {
         name: name.to_string(),
         value_from: Some(EnvVarSource {
@@ -230,7 +236,7 @@ fn env(config: &InjectorConfig, service: &str, log_level: &str) -> Vec<EnvVar> {
         value: Some(value),
         value_from: None,
     };
-    vec![
+    let mut env = vec![
         field("TRELLIS_NODE_ID", "metadata.name"),
         field("TRELLIS_NAMESPACE", "metadata.namespace"),
         field("TRELLIS_SERVICE_ACCOUNT", "spec.serviceAccountName"),
@@ -255,7 +261,12 @@ fn env(config: &InjectorConfig, service: &str, log_level: &str) -> Vec<EnvVar> {
             config.drain_grace_seconds.to_string(),
         ),
         value("TRELLIS_LOG", log_level.to_string()),
-    ]
+    ];
+    if let Some(probes) = app_probes {
+        // The app's original probes, which the proxy performs for the kubelet.
+        env.push(value(crate::probes::ENV, probes.to_string()));
+    }
+    env
 }
 
 fn probe(path: &str, timeout: i32, period: i32, failures: i32) -> Probe {

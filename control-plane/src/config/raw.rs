@@ -162,18 +162,7 @@ impl RawService {
         };
         let mtls = match &self.mtls {
             None => MtlsMode::Strict,
-            Some(v) => match v.value.as_str() {
-                "strict" => MtlsMode::Strict,
-                "permissive" => MtlsMode::Permissive,
-                "disabled" => MtlsMode::Disabled,
-                other => {
-                    return fail(
-                        v,
-                        format!("{at}.mtls"),
-                        format!("{other:?} is not one of strict, permissive, disabled"),
-                    )
-                }
-            },
+            Some(v) => mtls_mode(v, &format!("{at}.mtls"))?,
         };
         if self.ports.is_empty() {
             return fail(
@@ -268,6 +257,20 @@ impl RawEndpoint {
             },
         };
         Ok(Endpoint { address, weight })
+    }
+}
+
+/// A service's `mtls` (the mesh file's and a TrafficPolicy's).
+fn mtls_mode(v: &S<String>, path: &str) -> Result<MtlsMode, FieldError> {
+    match v.value.as_str() {
+        "strict" => Ok(MtlsMode::Strict),
+        "permissive" => Ok(MtlsMode::Permissive),
+        "disabled" => Ok(MtlsMode::Disabled),
+        other => fail(
+            v,
+            path,
+            format!("{other:?} is not one of strict, permissive, disabled"),
+        ),
     }
 }
 

@@ -13,6 +13,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 use crate::accept::Throttle;
+use crate::metrics::{ControlPlaneMetrics, StreamCap};
 
 /// The gRPC metadata key telling a client how long to wait before retrying.
 pub const PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
@@ -49,14 +50,21 @@ pub struct StreamLimits {
     caps: StreamCaps,
     counts: Mutex<Counts>,
     refusals: Throttle,
+    metrics: Arc<ControlPlaneMetrics>,
 }
 
 impl StreamLimits {
     pub fn new(caps: StreamCaps) -> Arc<Self> {
+        Self::with_metrics(caps, ControlPlaneMetrics::new())
+    }
+
+    /// Counts refusals, by cap, in `metrics`.
+    pub fn with_metrics(caps: StreamCaps, metrics: Arc<ControlPlaneMetrics>) -> Arc<Self> {
         Arc::new(StreamLimits {
             caps,
             counts: Mutex::new(Counts::default()),
             refusals: Throttle::new(Duration::from_secs(1)),
+            metrics,
         })
     }
 
@@ -78,12 +86,14 @@ impl StreamLimits {
             let mut counts = self.counts();
             let of = counts.by_identity.get(identity).copied().unwrap_or(0);
             if counts.total >= self.caps.total {
+                self.metrics.stream_refused(StreamCap::Total);
                 Some(format!(
                     "discovery stream limit reached: {} streams open in total (max-streams {}); \
                      identity {identity} has {of}",
                     counts.total, self.caps.total
                 ))
             } else if of >= self.caps.per_identity {
+                self.metrics.stream_refused(StreamCap::PerIdentity);
                 Some(format!(
                     "discovery stream limit reached for identity {identity}: {of} streams open \
                      (max-streams-per-identity {})",
@@ -185,7 +195,8 @@ mod tests {
 
     #[test]
     fn per_identity_cap_refuses_with_pushback_and_releases_on_drop() {
-        let limits = StreamLimits::new(caps(10, 2));
+        let metrics = ControlPlaneMetrics::new();
+        let limits = StreamLimits::with_metrics(caps(10, 2), metrics.clone());
         let a1 = limits.acquire("default/a").unwrap();
         let _a2 = limits.acquire("default/a").unwrap();
         let refused = limits.acquire("default/a").unwrap_err();
@@ -200,6 +211,8 @@ mod tests {
         );
         let ms = pushback_ms(&refused);
         assert!((1000..=1500).contains(&ms), "{ms}");
+        assert_eq!(metrics.streams_refused(StreamCap::PerIdentity), 1);
+        assert_eq!(metrics.streams_refused(StreamCap::Total), 0);
         // Another identity is not affected.
         let _b = limits.acquire("default/b").unwrap();
         assert_eq!(limits.open("default/a"), (3, 2));
@@ -210,7 +223,8 @@ mod tests {
 
     #[test]
     fn total_cap_refuses_everyone() {
-        let limits = StreamLimits::new(caps(2, 5));
+        let metrics = ControlPlaneMetrics::new();
+        let limits = StreamLimits::with_metrics(caps(2, 5), metrics.clone());
         let _a = limits.acquire("default/a").unwrap();
         let b = limits.acquire("default/b").unwrap();
         let refused = limits.acquire("default/c").unwrap_err();
@@ -223,6 +237,8 @@ mod tests {
             "{}",
             refused.message()
         );
+        assert_eq!(metrics.streams_refused(StreamCap::Total), 1);
+        assert_eq!(metrics.streams_refused(StreamCap::PerIdentity), 0);
         drop(b);
         assert!(limits.acquire("default/c").is_ok());
         assert_eq!(

@@ -1,17 +1,18 @@
 //! The `TrafficPolicy` custom resource (`policy.trellis.io/v1alpha1`, namespaced): a service's
-//! `policy` and `routes` exactly as in the mesh YAML, plus `service`, the name of the Service in
-//! the same namespace it applies to. The spec is kept as JSON and validated by the YAML model's
-//! own checks (`config::parse_service_policy`), so the two sources cannot drift and one invalid
-//! object cannot stop the watch (a typed spec would fail to deserialize inside the watcher). The
-//! CRD's schema is deliberately loose below `policy` and `routes` for the same reason: the control
-//! plane is the one validator, and it names the field and reason in its log.
+//! `mtls`, `policy`, `routes` and `authorization` exactly as in the mesh YAML, plus `service`, the
+//! name of the Service in the same namespace it applies to. The spec is kept as JSON and validated
+//! by the YAML model's own checks (`config::parse_traffic_policy`), so the two sources cannot drift
+//! and one invalid object cannot stop the watch (a typed spec would fail to deserialize inside the
+//! watcher). The CRD's schema is deliberately loose below the spec's fields for the same reason:
+//! the control plane is the one validator, and it writes the field and reason back into the
+//! object's `status.conditions` (`Accepted`), which is why the CRD has a status subresource.
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
-    CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceValidation,
-    JSONSchemaProps, JSONSchemaPropsOrArray,
+    CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresourceStatus,
+    CustomResourceSubresources, CustomResourceValidation, JSONSchemaProps, JSONSchemaPropsOrArray,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::NamespaceResourceScope;
@@ -26,9 +27,13 @@ pub const PLURAL: &str = "trafficpolicies";
 pub struct TrafficPolicy {
     #[serde(default)]
     pub metadata: ObjectMeta,
-    /// `{service, policy, routes}`, checked when the mesh is built.
+    /// `{service, mtls, policy, routes, authorization}`, checked when the mesh is built.
     #[serde(default)]
     pub spec: serde_json::Value,
+    /// `{conditions: [...]}` as the control plane wrote it; JSON for the same reason as `spec`
+    /// (whatever someone else wrote there must not break the watch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 impl kube::Resource for TrafficPolicy {
@@ -80,6 +85,61 @@ fn properties(entries: Vec<(&str, JSONSchemaProps)>) -> Option<BTreeMap<String, 
     )
 }
 
+/// `status.conditions`: metav1.Condition entries keyed by `type` (the control plane writes
+/// `Accepted`), so `kubectl wait --for=condition=Accepted` works.
+fn status_schema() -> JSONSchemaProps {
+    let string = |description: &str| schema("string", description);
+    let condition = JSONSchemaProps {
+        required: Some(
+            ["type", "status", "reason", "message", "lastTransitionTime"]
+                .map(str::to_owned)
+                .to_vec(),
+        ),
+        properties: properties(vec![
+            ("type", string("Accepted.")),
+            ("status", string("True, False or Unknown.")),
+            (
+                "reason",
+                string("Accepted, Invalid, Conflicted or RoutesOverridden."),
+            ),
+            (
+                "message",
+                string("Why, with the field path of what is wrong."),
+            ),
+            (
+                "observedGeneration",
+                JSONSchemaProps {
+                    format: Some("int64".to_owned()),
+                    ..schema("integer", "The metadata.generation the condition is about.")
+                },
+            ),
+            (
+                "lastTransitionTime",
+                JSONSchemaProps {
+                    format: Some("date-time".to_owned()),
+                    ..string("When status last changed.")
+                },
+            ),
+        ]),
+        ..schema("object", "A metav1.Condition.")
+    };
+    JSONSchemaProps {
+        properties: properties(vec![(
+            "conditions",
+            JSONSchemaProps {
+                items: Some(JSONSchemaPropsOrArray::Schema(Box::new(condition))),
+                x_kubernetes_list_type: Some("map".to_owned()),
+                x_kubernetes_list_map_keys: Some(vec!["type".to_owned()]),
+                ..schema("array", "Written by the control plane.")
+            },
+        )]),
+        ..schema(
+            "object",
+            "Whether the control plane applies this policy, and why not.",
+        )
+    }
+}
+
 /// The CustomResourceDefinition installed by `deploy/control-plane.yaml`.
 pub fn definition() -> CustomResourceDefinition {
     let label = JSONSchemaProps {
@@ -106,6 +166,14 @@ pub fn definition() -> CustomResourceDefinition {
         properties: properties(vec![
             ("service", label),
             (
+                "mtls",
+                schema(
+                    "string",
+                    "strict (default), permissive or disabled, as a service's mtls in the mesh \
+                     YAML. See docs/security.md.",
+                ),
+            ),
+            (
                 "policy",
                 open_object(
                     "The service's policy as in the mesh YAML: loadBalancer, hashOn, \
@@ -120,6 +188,13 @@ pub fn definition() -> CustomResourceDefinition {
                     ..schema("array", "Ordered; the first match wins.")
                 },
             ),
+            (
+                "authorization",
+                open_object(
+                    "Who may call the service, as a service's authorization in the mesh YAML: \
+                     default, rules [{name, action, from, to}]. See docs/security.md.",
+                ),
+            ),
         ]),
         ..schema("object", "The traffic policy of one Service.")
     };
@@ -130,6 +205,7 @@ pub fn definition() -> CustomResourceDefinition {
             ("kind", schema("string", "TrafficPolicy")),
             ("metadata", schema("object", "Standard object metadata.")),
             ("spec", spec),
+            ("status", status_schema()),
         ]),
         ..schema(
             "object",
@@ -169,8 +245,17 @@ pub fn definition() -> CustomResourceDefinition {
                 schema: Some(CustomResourceValidation {
                     open_api_v3_schema: Some(root),
                 }),
+                subresources: Some(CustomResourceSubresources {
+                    status: Some(CustomResourceSubresourceStatus(serde_json::json!({}))),
+                    scale: None,
+                }),
                 additional_printer_columns: Some(vec![
                     column("Service", "string", ".spec.service"),
+                    column(
+                        "Accepted",
+                        "string",
+                        ".status.conditions[?(@.type==\"Accepted\")].status",
+                    ),
                     column("Age", "date", ".metadata.creationTimestamp"),
                 ]),
                 ..Default::default()

@@ -1,9 +1,12 @@
-//! Builds the mesh from what the cluster holds: a pure function of the watched objects, so it is
-//! tested without any API server. Services in namespaces labelled `trellis.io/inject: enabled`
-//! become mesh services; their ready EndpointSlice endpoints become endpoints (pod IP, sidecar
-//! inbound port); the pods behind them give the service account the endpoints must prove; a
-//! TrafficPolicy gives a service its policy and routes. What cannot be used is left out with a
-//! reason (`Built::skipped`) and everything else still applies.
+//! Builds the mesh from what the cluster holds: a pure function of the watched objects (plus the
+//! last accepted version of each TrafficPolicy, `Memory`), so it is tested without any API server.
+//! Services in namespaces labelled `trellis.io/inject: enabled` become mesh services; their ready
+//! EndpointSlice endpoints become endpoints (pod IP, sidecar inbound port); the pods behind them
+//! give the service account the endpoints must prove; a TrafficPolicy gives a service its mTLS
+//! mode, authorization, policy and routes; HTTPRoutes and GRPCRoutes with the Service as parent
+//! give it routes (`gamma.rs`). What cannot be used is left out with a reason (`Built::skipped`),
+//! everything else still applies, and every policy object gets the status that says which
+//! (`Built::statuses`, written back by `status.rs`).
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +17,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::crd::TrafficPolicy;
+use super::gamma::{self, NamedPorts, Target};
+use super::gateway::{GRPCRoute, HTTPRoute};
+use super::status::{Desired, DesiredStatus, StatusKind, Verdict};
 use crate::config::{self, Endpoint, MeshConfig, MtlsMode, Policy, Port, Protocol, Service};
 
 /// The namespace label that puts a namespace's services in the mesh (the injector's too).
@@ -50,6 +56,8 @@ pub struct ClusterState {
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub pods: Vec<Arc<Pod>>,
     pub traffic_policies: Vec<Arc<TrafficPolicy>>,
+    pub http_routes: Vec<Arc<HTTPRoute>>,
+    pub grpc_routes: Vec<Arc<GRPCRoute>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,9 +65,26 @@ pub struct Built {
     pub mesh: MeshConfig,
     /// What was left out and why, one line each, sorted.
     pub skipped: Vec<String>,
+    /// The status every policy object should show (TrafficPolicies, and HTTPRoutes/GRPCRoutes
+    /// in meshed namespaces).
+    pub statuses: Vec<DesiredStatus>,
 }
 
+/// What one build leaves for the next: the last accepted spec of each TrafficPolicy (by uid),
+/// so that a bad edit keeps the previous version applying (as a refused mesh file keeps the
+/// previous config) instead of silently dropping, say, its authorization rules.
+#[derive(Debug, Default, Clone)]
+pub struct Memory {
+    last_good: HashMap<String, (Option<i64>, serde_json::Value)>,
+}
+
+/// The mesh from `state` alone (no earlier accepted TrafficPolicy versions to fall back on).
 pub fn build(state: &ClusterState, settings: &MeshSettings) -> Built {
+    build_with(state, settings, &mut Memory::default())
+}
+
+/// The mesh from `state`, falling back to (and updating) the last accepted TrafficPolicies.
+pub fn build_with(state: &ClusterState, settings: &MeshSettings, memory: &mut Memory) -> Built {
     let meshed: HashSet<&str> = (state.namespaces.iter())
         .filter(|ns| label(&ns.metadata.labels, INJECT_LABEL) == Some(INJECT_ENABLED))
         .filter_map(|ns| ns.metadata.name.as_deref())
@@ -103,8 +128,37 @@ pub fn build(state: &ClusterState, settings: &MeshSettings) -> Built {
             services.insert((ns.to_owned(), name.to_owned()), service);
         }
     }
-    apply_policies(state, &meshed, &mut services, &mut skipped);
+    let attached = {
+        let port_names = port_names(state, &meshed);
+        let targets: BTreeMap<(String, String), Target> = (services.iter())
+            .map(|(k, service)| {
+                let ports = port_names.get(k).cloned().unwrap_or_default();
+                (k.clone(), Target { service, ports })
+            })
+            .collect();
+        let http: Vec<&HTTPRoute> = state.http_routes.iter().map(|r| &**r).collect();
+        let grpc: Vec<&GRPCRoute> = state.grpc_routes.iter().map(|r| &**r).collect();
+        gamma::attach(&http, &grpc, &meshed, &targets)
+    };
+    let mut statuses = attached.statuses;
+    skipped.extend(attached.skipped);
+    apply_policies(
+        state,
+        &meshed,
+        &mut services,
+        &attached.first,
+        memory,
+        &mut skipped,
+        &mut statuses,
+    );
+    for (key, routes) in attached.routes {
+        if let Some(service) = services.get_mut(&key) {
+            service.routes = routes;
+        }
+    }
     skipped.sort();
+    skipped.dedup();
+    statuses.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
     Built {
         mesh: MeshConfig {
             trust_domain: settings.trust_domain.clone(),
@@ -114,7 +168,33 @@ pub fn build(state: &ClusterState, settings: &MeshSettings) -> Built {
             trust: Default::default(),
         },
         skipped,
+        statuses,
     }
+}
+
+/// The TCP ports of each meshed Service by name (a route's `sectionName` names one).
+fn port_names(
+    state: &ClusterState,
+    meshed: &HashSet<&str>,
+) -> HashMap<(String, String), NamedPorts> {
+    let mut out = HashMap::new();
+    for svc in &state.services {
+        let (Some(ns), Some(name)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+        ) else {
+            continue;
+        };
+        if !meshed.contains(ns) {
+            continue;
+        }
+        let ports = (svc.spec.iter().flat_map(|s| s.ports.iter().flatten()))
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| Some((p.name.clone(), u16::try_from(p.port).ok()?)))
+            .collect();
+        out.insert((ns.to_owned(), name.to_owned()), ports);
+    }
+    out
 }
 
 fn label<'a>(labels: &'a Option<BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
@@ -266,23 +346,23 @@ fn endpoints(
 }
 
 /// Applies each valid TrafficPolicy to its service; the oldest wins when several name the same
-/// service. Invalid ones are skipped with the field and reason.
+/// service. An invalid one is skipped with the field and reason, or, when an earlier version of it
+/// was accepted, that version keeps applying. A service routed by Gateway API routes (`routed`)
+/// takes the TrafficPolicy's policy, mTLS and authorization but not its routes.
 fn apply_policies(
     state: &ClusterState,
     meshed: &HashSet<&str>,
     services: &mut BTreeMap<(String, String), Service>,
+    routed: &BTreeMap<(String, String), String>,
+    memory: &mut Memory,
     skipped: &mut Vec<String>,
+    statuses: &mut Vec<DesiredStatus>,
 ) {
     let known: HashSet<(String, String)> = services.keys().cloned().collect();
-    let mut policies: Vec<&TrafficPolicy> = (state.traffic_policies.iter())
-        .map(|p| &**p)
-        .filter(|p| {
-            p.metadata
-                .namespace
-                .as_deref()
-                .is_some_and(|ns| meshed.contains(ns))
-        })
+    let ports: HashMap<(String, String), Vec<Port>> = (services.iter())
+        .map(|(k, s)| (k.clone(), s.ports.clone()))
         .collect();
+    let mut policies: Vec<&TrafficPolicy> = state.traffic_policies.iter().map(|p| &**p).collect();
     policies.sort_by(|a, b| {
         let key = |p: &TrafficPolicy| {
             (
@@ -293,36 +373,214 @@ fn apply_policies(
         key(a).cmp(&key(b))
     });
     let mut applied: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut present: HashSet<String> = HashSet::new();
     for tp in policies {
-        let ns = tp.metadata.namespace.clone().unwrap_or_default();
-        let name = tp.metadata.name.clone().unwrap_or_default();
-        let origin = format!("TrafficPolicy {ns}/{name}");
-        let document = serde_json::json!({ "spec": tp.spec });
-        let parsed = config::parse_service_policy(&origin, &document.to_string(), &ns, &known);
-        let parsed = match parsed {
-            Ok(parsed) => parsed,
-            Err(config::ConfigError::Invalid { path, reason, .. }) => {
-                skipped.push(format!("{origin}: {path}: {reason}"));
-                continue;
-            }
-            Err(e) => {
-                skipped.push(format!("{origin}: {e}"));
-                continue;
-            }
+        let (Some(ns), Some(name)) = (
+            tp.metadata.namespace.as_deref(),
+            tp.metadata.name.as_deref(),
+        ) else {
+            continue;
         };
-        let key = (ns.clone(), parsed.service.clone());
-        if let Some(first) = applied.get(&key) {
-            skipped.push(format!(
-                "{origin}: service {ns}/{} already has TrafficPolicy {ns}/{first} (older), which \
-                 applies",
-                parsed.service
-            ));
+        let generation = tp.metadata.generation;
+        let mut status = |accepted: bool, reason: &str, message: String| {
+            statuses.push(DesiredStatus {
+                kind: StatusKind::TrafficPolicy,
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+                uid: tp.metadata.uid.clone(),
+                generation,
+                desired: Desired::Conditions(vec![Verdict::new(
+                    "Accepted", accepted, reason, message,
+                )]),
+            });
+        };
+        if !meshed.contains(ns) {
+            status(
+                false,
+                "NamespaceNotMeshed",
+                format!("namespace {ns:?} is not labelled {INJECT_LABEL}={INJECT_ENABLED}"),
+            );
             continue;
         }
-        if let Some(service) = services.get_mut(&key) {
-            service.policy = parsed.policy;
-            service.routes = parsed.routes;
-            applied.insert(key, name);
+        let at = format!("trafficpolicies/{ns}/{name}");
+        let memory_key = (tp.metadata.uid.clone()).unwrap_or_else(|| format!("{ns}/{name}"));
+        present.insert(memory_key.clone());
+        let parse = |spec: &serde_json::Value| {
+            let document = serde_json::json!({ "spec": spec });
+            let origin = format!("TrafficPolicy {ns}/{name}");
+            config::parse_traffic_policy(&origin, &document.to_string(), ns, &known, &ports)
+                .map_err(|e| match e {
+                    config::ConfigError::Invalid { path, reason, .. } => {
+                        format!("{path}: {reason}")
+                    }
+                    e => e.to_string(),
+                })
+        };
+        let (parsed, fallback) = match parse(&tp.spec) {
+            Ok(parsed) => {
+                memory
+                    .last_good
+                    .insert(memory_key, (generation, tp.spec.clone()));
+                (parsed, None)
+            }
+            Err(why) => {
+                let previous = (memory.last_good.get(&memory_key))
+                    .and_then(|(g, spec)| Some((*g, parse(spec).ok()?)));
+                match previous {
+                    Some((g, parsed)) => {
+                        let g = g.map_or_else(|| "?".to_owned(), |g| g.to_string());
+                        let message =
+                            format!("{why} (generation {g}, the last accepted, still applies)");
+                        skipped.push(format!("{at}: {message}"));
+                        (parsed, Some(message))
+                    }
+                    None => {
+                        skipped.push(format!("{at}: {why}"));
+                        status(false, "Invalid", why);
+                        continue;
+                    }
+                }
+            }
+        };
+        let key = (ns.to_owned(), parsed.service.clone());
+        if let Some(first) = applied.get(&key) {
+            let message = format!(
+                "service {ns}/{} already has TrafficPolicy {ns}/{first} (older), which applies",
+                parsed.service
+            );
+            skipped.push(format!("{at}: {message}"));
+            status(false, "Conflicted", message);
+            continue;
         }
+        let Some(service) = services.get_mut(&key) else {
+            continue; // validation checked the target; a fallback's target may have gone
+        };
+        service.policy = parsed.policy;
+        service.mtls = parsed.mtls.unwrap_or(MtlsMode::Strict);
+        service.authorization = parsed.authorization;
+        applied.insert(key.clone(), name.to_owned());
+        let overridden = match routed.get(&key) {
+            Some(by) if !parsed.routes.is_empty() => {
+                let message = format!(
+                    "spec.routes: not applied, Service {ns}/{} is routed by {by} (Gateway API \
+                     routes take precedence); mtls, policy and authorization apply",
+                    parsed.service
+                );
+                skipped.push(format!("{at}: {message}"));
+                Some(message)
+            }
+            Some(_) => None,
+            None => {
+                service.routes = parsed.routes;
+                None
+            }
+        };
+        match (fallback, overridden) {
+            (Some(message), _) => status(false, "Invalid", message),
+            (None, Some(message)) => status(true, "RoutesOverridden", message),
+            (None, None) => status(
+                true,
+                "Accepted",
+                format!("applies to Service {ns}/{}", parsed.service),
+            ),
+        }
+    }
+    memory.last_good.retain(|k, _| present.contains(k));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(policies: Vec<serde_json::Value>) -> ClusterState {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop", "labels": {INJECT_LABEL: INJECT_ENABLED}}
+        }))
+        .unwrap();
+        let svc: KubeService = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }))
+        .unwrap();
+        ClusterState {
+            namespaces: vec![Arc::new(ns)],
+            services: vec![Arc::new(svc)],
+            traffic_policies: (policies.into_iter())
+                .map(|p| Arc::new(serde_json::from_value(p).unwrap()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn policy(generation: i64, spec: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1",
+                         "generation": generation},
+            "spec": spec
+        })
+    }
+
+    fn accepted(built: &Built) -> Verdict {
+        let d = (built.statuses.iter())
+            .find(|s| s.kind == StatusKind::TrafficPolicy)
+            .unwrap();
+        match &d.desired {
+            Desired::Conditions(c) => c[0].clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn trafficpolicy_mtls_and_authorization_apply_and_a_bad_edit_keeps_the_last_accepted() {
+        let settings = MeshSettings::default();
+        let mut memory = Memory::default();
+        let good = serde_json::json!({"service": "web", "mtls": "disabled",
+            "authorization": {"default": "deny", "rules": [
+                {"name": "from-shop", "action": "allow", "from": {"namespaces": ["shop"]},
+                 "to": {"ports": [80]}}]}});
+        let built = build_with(&state(vec![policy(1, good)]), &settings, &mut memory);
+        let web = &built.mesh.services[0];
+        assert_eq!(web.mtls, MtlsMode::Disabled);
+        let authz = web.authorization.as_ref().unwrap();
+        assert_eq!(authz.default, config::AuthzAction::Deny);
+        assert_eq!(authz.rules[0].to.ports, [80]);
+        assert_eq!(
+            accepted(&built),
+            Verdict::new("Accepted", true, "Accepted", "applies to Service shop/web")
+        );
+
+        let bad = serde_json::json!({"service": "web", "mtls": "sometimes"});
+        let built = build_with(&state(vec![policy(2, bad.clone())]), &settings, &mut memory);
+        let web = &built.mesh.services[0];
+        assert_eq!(web.mtls, MtlsMode::Disabled);
+        assert!(web.authorization.is_some());
+        let why = "spec.mtls: \"sometimes\" is not one of strict, permissive, disabled";
+        assert_eq!(
+            accepted(&built),
+            Verdict::new(
+                "Accepted",
+                false,
+                "Invalid",
+                format!("{why} (generation 1, the last accepted, still applies)")
+            )
+        );
+        assert_eq!(
+            built.skipped,
+            [format!(
+                "trafficpolicies/shop/web: {why} (generation 1, the last accepted, still applies)"
+            )]
+        );
+
+        // Without an accepted version to fall back on (a restart), the object is skipped.
+        let built = build(&state(vec![policy(2, bad)]), &settings);
+        let web = &built.mesh.services[0];
+        assert_eq!(
+            (web.mtls, web.authorization.is_none()),
+            (MtlsMode::Strict, true)
+        );
+        assert_eq!(
+            accepted(&built),
+            Verdict::new("Accepted", false, "Invalid", why)
+        );
     }
 }

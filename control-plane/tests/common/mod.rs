@@ -133,7 +133,14 @@ pub fn start_serve(mut command: Command) -> Served {
 pub fn serve_command(config: &Path, state_dir: &Path, extra: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(config)
         .arg("--state-dir")
         .arg(state_dir)

@@ -1,9 +1,15 @@
 //! A FAKE Kubernetes API server for tests: plain HTTP on 127.0.0.1:0, replaying recorded API
-//! responses from `tests/fixtures/k8s/`. It is not a cluster: it answers list requests with the
-//! recorded `*List` documents (filtered by an equality `labelSelector`, as the API server would),
-//! watch requests (`?watch=true&resourceVersion=N`) with the recorded events newer than N followed
-//! by any the test pushes later (newline-delimited JSON, connection held open), and TokenReview
-//! POSTs with the recorded review for the posted token. Every request is logged for assertions.
+//! responses from `tests/fixtures/k8s/`. It is not a cluster: it keeps one current copy of every
+//! object (the recorded `*List` documents, then whatever the test replays or applies), answers
+//! list requests from it (filtered by an equality `labelSelector`, as the API server would),
+//! watch requests (`?watch=true&resourceVersion=N`) with the events newer than N followed by any
+//! that happen later (newline-delimited JSON, connection held open), TokenReview POSTs with the
+//! recorded review for the posted token, and status PATCHes
+//! (`PATCH .../namespaces/<ns>/<plural>/<name>/status`, JSON merge patch) the way the status
+//! subresource does: only `status` changes, a `metadata.resourceVersion` in the patch is a
+//! precondition (409 when stale), the object gets a new resourceVersion and watchers a MODIFIED
+//! event. Every request and every status patch is logged for assertions. The Gateway API
+//! collections start empty unless a test gives their lists.
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 /// The collection paths the control plane lists and watches, with their fixture names.
-pub const COLLECTIONS: [(&str, &str); 5] = [
+pub const COLLECTIONS: [(&str, &str); 7] = [
     ("/api/v1/namespaces", "namespaces"),
     ("/api/v1/services", "services"),
     ("/api/v1/pods", "pods"),
@@ -30,7 +36,12 @@ pub const COLLECTIONS: [(&str, &str); 5] = [
         "/apis/policy.trellis.io/v1alpha1/trafficpolicies",
         "trafficpolicies",
     ),
+    (HTTP_ROUTES, "httproutes"),
+    (GRPC_ROUTES, "grpcroutes"),
 ];
+pub const TRAFFIC_POLICIES: &str = "/apis/policy.trellis.io/v1alpha1/trafficpolicies";
+pub const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+pub const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
 const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
 pub fn fixture(name: &str) -> String {
@@ -50,18 +61,38 @@ struct Event {
     line: String,
 }
 
-#[derive(Default)]
-struct Log {
+/// One collection: its list document's `apiVersion` and `kind`, and its objects now.
+struct Collection {
+    api_version: Value,
+    kind: Value,
+    items: Vec<Value>,
+}
+
+/// What the fake holds: like etcd, one resourceVersion counter for everything.
+struct Objects {
+    collections: HashMap<String, Collection>,
     events: Vec<Event>,
+    resource_version: u64,
+}
+
+/// A status PATCH the fake accepted: the collection path, namespace, name and the patch body.
+#[derive(Debug, Clone)]
+pub struct StatusPatch {
+    pub collection: String,
+    pub namespace: String,
+    pub name: String,
+    pub body: Value,
 }
 
 struct State {
-    lists: HashMap<String, Value>,
+    objects: Mutex<Objects>,
     /// Recorded TokenReview responses by token.
     reviews: HashMap<String, Value>,
-    log: Mutex<Log>,
     live: broadcast::Sender<Event>,
     requests: Mutex<Vec<String>>,
+    patches: Mutex<Vec<StatusPatch>>,
+    /// Status PATCHes still to be answered with 500 (a failing API server).
+    failing_patches: Mutex<usize>,
 }
 
 pub struct FakeApiServer {
@@ -70,16 +101,89 @@ pub struct FakeApiServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+fn object_key(object: &Value) -> (String, String) {
+    let meta = &object["metadata"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (text(&meta["namespace"]), text(&meta["name"]))
+}
+
+impl Objects {
+    fn next_version(&mut self) -> u64 {
+        self.resource_version += 1;
+        self.resource_version
+    }
+
+    /// Records `event` (its object already stamped) and applies it to the collection.
+    fn record(&mut self, path: &str, event: &Value, live: &broadcast::Sender<Event>) {
+        let object = &event["object"];
+        if let Some(collection) = self.collections.get_mut(path) {
+            let key = object_key(object);
+            let at = collection.items.iter().position(|o| object_key(o) == key);
+            match (event["type"].as_str(), at) {
+                (Some("ADDED" | "MODIFIED"), Some(i)) => collection.items[i] = object.clone(),
+                (Some("ADDED" | "MODIFIED"), None) => collection.items.push(object.clone()),
+                (Some("DELETED"), Some(i)) => {
+                    collection.items.remove(i);
+                }
+                _ => {}
+            }
+        }
+        let event = Event {
+            path: path.to_string(),
+            resource_version: self.resource_version,
+            line: format!("{event}\n"),
+        };
+        self.events.push(event.clone());
+        let _ = live.send(event);
+    }
+}
+
 impl FakeApiServer {
     /// Serves the recorded lists of every collection; `reviews` maps a token to the name of its
     /// recorded TokenReview response.
     pub async fn start(reviews: &[(&str, &str)]) -> FakeApiServer {
-        let lists = (COLLECTIONS.iter())
-            .map(|(path, name)| {
-                let list = serde_json::from_str(&fixture(&format!("{name}.json"))).unwrap();
-                (path.to_string(), list)
-            })
-            .collect();
+        Self::start_with(reviews, &[]).await
+    }
+
+    /// As `start`, with some collections' list documents given by the test (`(path, list)`); a
+    /// path given with `Value::Null` is not served at all (404, as for a CRD not installed).
+    pub async fn start_with(reviews: &[(&str, &str)], lists: &[(&str, Value)]) -> FakeApiServer {
+        let mut collections = HashMap::new();
+        let mut resource_version = 0;
+        for (path, name) in COLLECTIONS {
+            let given = lists
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, l)| l.clone());
+            let list: Value = match given {
+                Some(Value::Null) => continue,
+                Some(list) => list,
+                None if path == HTTP_ROUTES || path == GRPC_ROUTES => {
+                    let kind = if path == HTTP_ROUTES {
+                        "HTTPRouteList"
+                    } else {
+                        "GRPCRouteList"
+                    };
+                    serde_json::json!({
+                        "apiVersion": "gateway.networking.k8s.io/v1", "kind": kind,
+                        "metadata": {"resourceVersion": "1000"}, "items": []
+                    })
+                }
+                None => serde_json::from_str(&fixture(&format!("{name}.json"))).unwrap(),
+            };
+            let rv: u64 = list["metadata"]["resourceVersion"]
+                .as_str()
+                .map_or(0, |v| v.parse().unwrap());
+            resource_version = resource_version.max(rv);
+            collections.insert(
+                path.to_string(),
+                Collection {
+                    api_version: list["apiVersion"].clone(),
+                    kind: list["kind"].clone(),
+                    items: list["items"].as_array().cloned().unwrap_or_default(),
+                },
+            );
+        }
         let reviews = (reviews.iter())
             .map(|(token, name)| {
                 (
@@ -89,11 +193,16 @@ impl FakeApiServer {
             })
             .collect();
         let state = Arc::new(State {
-            lists,
+            objects: Mutex::new(Objects {
+                collections,
+                events: Vec::new(),
+                resource_version,
+            }),
             reviews,
-            log: Mutex::new(Log::default()),
-            live: broadcast::channel(64).0,
+            live: broadcast::channel(1024).0,
             requests: Mutex::new(Vec::new()),
+            patches: Mutex::new(Vec::new()),
+            failing_patches: Mutex::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -136,27 +245,66 @@ impl FakeApiServer {
     }
 
     /// Replays a recorded watch stream (`.jsonl`) on the collection at `path`: open watches get
-    /// the events now, later watches from an older resourceVersion get them too.
+    /// the events now, later watches from an older resourceVersion get them too. Each event's
+    /// object gets the next resourceVersion, as the API server would assign it.
     pub fn replay(&self, path: &str, recording: &str) {
-        let mut log = self.state.log.lock().unwrap();
+        let mut objects = self.state.objects.lock().unwrap();
         for line in fixture(recording).lines().filter(|l| !l.trim().is_empty()) {
-            let event: Value = serde_json::from_str(line).unwrap();
-            let rv = event["object"]["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap();
-            let event = Event {
-                path: path.to_string(),
-                resource_version: rv.parse().unwrap(),
-                line: format!("{line}\n"),
-            };
-            log.events.push(event.clone());
-            let _ = self.state.live.send(event);
+            let mut event: Value = serde_json::from_str(line).unwrap();
+            let rv = objects.next_version();
+            event["object"]["metadata"]["resourceVersion"] = rv.to_string().into();
+            objects.record(path, &event, &self.state.live);
         }
+    }
+
+    /// Creates or replaces an object in the collection at `path`, as `kubectl apply` would:
+    /// a new resourceVersion, `generation` raised when the spec changed, the status kept.
+    pub fn apply(&self, path: &str, mut object: Value) {
+        let mut objects = self.state.objects.lock().unwrap();
+        let key = object_key(&object);
+        let current = (objects.collections[path].items.iter())
+            .find(|o| object_key(o) == key)
+            .cloned();
+        let kind = match &current {
+            Some(current) => {
+                let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+                let changed = current["spec"] != object["spec"];
+                object["metadata"]["generation"] = (generation + i64::from(changed)).into();
+                object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+                object["metadata"]["creationTimestamp"] =
+                    current["metadata"]["creationTimestamp"].clone();
+                object["status"] = current["status"].clone();
+                "MODIFIED"
+            }
+            None => "ADDED",
+        };
+        object["metadata"]["resourceVersion"] = objects.next_version().to_string().into();
+        let event = serde_json::json!({"type": kind, "object": object});
+        objects.record(path, &event, &self.state.live);
+    }
+
+    /// The object `namespace/name` in the collection at `path` as it is now.
+    pub fn object(&self, path: &str, namespace: &str, name: &str) -> Option<Value> {
+        let objects = self.state.objects.lock().unwrap();
+        let key = (namespace.to_owned(), name.to_owned());
+        (objects.collections[path].items.iter())
+            .find(|o| object_key(o) == key)
+            .cloned()
     }
 
     /// The requests served so far, as `METHOD path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The status PATCHes applied so far (failed ones are not recorded).
+    pub fn status_patches(&self) -> Vec<StatusPatch> {
+        self.state.patches.lock().unwrap().clone()
+    }
+
+    /// Answers the next `n` status PATCHes with 500 Internal Server Error.
+    pub fn fail_status_patches(&self, n: usize) {
+        *self.state.failing_patches.lock().unwrap() = n;
     }
 }
 
@@ -178,29 +326,136 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         let body = req.into_body().collect().await.unwrap().to_bytes();
         return token_review(state, &body);
     }
-    let Some(list) = state.lists.get(&path) else {
-        return json(StatusCode::NOT_FOUND, not_found(&path));
-    };
+    if req.method() == Method::PATCH && path.ends_with("/status") {
+        let content_type = req.headers().get("content-type").cloned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        return patch_status(state, &path, content_type, &body);
+    }
     let selector = query.get("labelSelector").cloned();
-    if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let list = {
+        let objects = state.objects.lock().unwrap();
+        let Some(collection) = objects.collections.get(&path) else {
+            return json(StatusCode::NOT_FOUND, not_found(&path));
+        };
+        serde_json::json!({
+            "apiVersion": collection.api_version, "kind": collection.kind,
+            "metadata": {"resourceVersion": objects.resource_version.to_string()},
+            "items": collection.items,
+        })
+    };
+    if watching {
         let since: u64 = query
             .get("resourceVersion")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         return watch(state, path, since, selector);
     }
-    let mut list = list.clone();
+    let mut list = list;
     if let (Some(selector), Some(items)) = (selector, list["items"].as_array_mut()) {
         items.retain(|item| matches_selector(item, &selector));
     }
     json(StatusCode::OK, list.to_string())
 }
 
+/// `PATCH <group path>/namespaces/<ns>/<plural>/<name>/status` with a JSON merge patch.
+fn patch_status(
+    state: &State,
+    path: &str,
+    content_type: Option<hyper::header::HeaderValue>,
+    body: &[u8],
+) -> Response<Body> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let n = parts.len();
+    if n < 7 || parts[n - 5] != "namespaces" {
+        return json(StatusCode::NOT_FOUND, not_found(path));
+    }
+    let (namespace, plural, name) = (parts[n - 4], parts[n - 3], parts[n - 2]);
+    let collection = format!("{}/{plural}", parts[..n - 5].join("/"));
+    if content_type.as_ref().and_then(|v| v.to_str().ok()) != Some("application/merge-patch+json") {
+        return json(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            status_doc(415, "UnsupportedMediaType", "only merge patches"),
+        );
+    }
+    {
+        let mut failing = state.failing_patches.lock().unwrap();
+        if *failing > 0 {
+            *failing -= 1;
+            return json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                status_doc(500, "InternalError", "etcdserver: request timed out"),
+            );
+        }
+    }
+    let patch: Value = serde_json::from_slice(body).unwrap();
+    let mut objects = state.objects.lock().unwrap();
+    let key = (namespace.to_owned(), name.to_owned());
+    let Some(current) = (objects.collections.get(&collection))
+        .and_then(|c| c.items.iter().find(|o| object_key(o) == key))
+        .cloned()
+    else {
+        return json(StatusCode::NOT_FOUND, not_found(path));
+    };
+    let wanted_rv = &patch["metadata"]["resourceVersion"];
+    if !wanted_rv.is_null() && *wanted_rv != current["metadata"]["resourceVersion"] {
+        let message = format!(
+            "Operation cannot be fulfilled on {plural} \"{name}\": the object has been \
+             modified; please apply your changes to the latest version and try again"
+        );
+        return json(StatusCode::CONFLICT, status_doc(409, "Conflict", &message));
+    }
+    let mut object = current;
+    // The status subresource ignores everything but status.
+    let mut status = object["status"].take();
+    merge(&mut status, &patch["status"]);
+    object["status"] = status;
+    object["metadata"]["resourceVersion"] = objects.next_version().to_string().into();
+    let event = serde_json::json!({"type": "MODIFIED", "object": object});
+    objects.record(&collection, &event, &state.live);
+    state.patches.lock().unwrap().push(StatusPatch {
+        collection,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        body: patch,
+    });
+    json(StatusCode::OK, object.to_string())
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let Value::Object(target) = target else {
+        return;
+    };
+    for (k, v) in fields {
+        if v.is_null() {
+            target.remove(k);
+        } else {
+            merge(target.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+fn status_doc(code: u16, reason: &str, message: &str) -> String {
+    serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "details": {}, "code": code
+    })
+    .to_string()
+}
+
 fn watch(state: &State, path: String, since: u64, selector: Option<String>) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Event>(64);
     let (backlog, mut live) = {
-        let log = state.log.lock().unwrap();
-        (log.events.clone(), state.live.subscribe())
+        let objects = state.objects.lock().unwrap();
+        (objects.events.clone(), state.live.subscribe())
     };
     let wanted = move |e: &Event| {
         e.path == path
