@@ -1,9 +1,13 @@
 //! `trellis`: one multi-call binary holding the control plane, the sidecar proxy, the injector, a
 //! sample app and the local demo, so that a single `cargo run -p trellis -- demo` builds everything the demo
-//! starts (it re-executes itself for each child process).
+//! starts (it re-executes itself for each child process), and the cluster lifecycle: `install`,
+//! `upgrade`, `uninstall` (`install.rs`) and `check` (`check.rs`).
 #![forbid(unsafe_code)]
 
+mod check;
 mod demo;
+mod install;
+mod pki;
 mod sample_app;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +51,40 @@ enum Command {
     },
     /// Run a sample HTTP/1.1 + h2c service that reports what it received as JSON.
     SampleApp(sample_app::SampleAppArgs),
+    /// Print everything a cluster needs as one YAML stream: `trellis install | kubectl apply -f -`.
+    ///
+    /// The trellis-system namespace, a fresh mesh CA (root and issuing intermediate; only the
+    /// intermediate's key goes into the cluster) as Secret trellis-control-plane-ca, the
+    /// injector's webhook certificate as Secret trellis-injector-tls with its CA in the webhook's
+    /// caBundle (or cert-manager Issuers and Certificates with --cert-manager), the TrafficPolicy
+    /// CRD, RBAC, the control plane (two replicas) and the injector. The control plane publishes
+    /// the ConfigMap trellis-ca into every namespace labelled trellis.io/inject=enabled.
+    Install(install::InstallArgs),
+    /// Print the install stream for the current version, keeping the cluster's CA:
+    /// `trellis upgrade | kubectl apply -f -`.
+    ///
+    /// Reads the Secrets trellis-control-plane-ca and trellis-injector-tls from the cluster and
+    /// writes them back unchanged, so proxies keep trusting the CA. A webhook certificate that
+    /// expires within 30 days (or that its caBundle does not verify) is replaced, keeping the old
+    /// CA in the caBundle; stderr then says to restart the injector.
+    Upgrade(install::UpgradeArgs),
+    /// Print the installed objects for deletion: `trellis uninstall | kubectl delete -f -`.
+    ///
+    /// Names only (no secret content), webhook first. Deleting the CRD deletes every
+    /// TrafficPolicy; deleting the namespace deletes the Secrets. The trellis-ca ConfigMaps the
+    /// control plane wrote into meshed namespaces are removed with
+    /// `kubectl delete configmap -A -l app.kubernetes.io/managed-by=trellis-control-plane`; then
+    /// remove the trellis.io/inject label and restart the workloads to drop their sidecars.
+    Uninstall(install::UninstallArgs),
+    /// Check the cluster before an install (--pre) or the installed mesh; exit status 1 when any
+    /// check fails.
+    ///
+    /// After an install: the TrafficPolicy CRD, the control plane and injector Deployments, the
+    /// mesh CA certificate, the webhook's caBundle against the injector's certificate (and its
+    /// expiry), and every pod with a trellis-proxy container: sidecar ready, proxy version equal
+    /// to the control plane's, workload certificate not near expiry (from the proxy's /metrics
+    /// through the API server's pod proxy).
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +105,14 @@ fn main() -> ExitCode {
             }
         }
         Command::SampleApp(args) => sample_app::main(args),
+        Command::Install(args) => install::install(args),
+        Command::Upgrade(args) => install::upgrade(args),
+        Command::Uninstall(args) => install::uninstall(args),
+        Command::Check(args) => match check::main(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

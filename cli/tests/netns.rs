@@ -7,7 +7,8 @@
 //! `trellis-client-id`, and is answered; a server-speaks-first TCP service and a TLS app work
 //! through the mesh; a destination outside the mesh passes through; the outbound listener
 //! refuses a connection addressed to itself; a plaintext TCP client outside the mesh reaches a
-//! permissive workload's TCP service.
+//! permissive workload's TCP service; the admin port, bound on every address as in a pod, answers
+//! probes and scrapes from outside the pod but diagnostics, log level and shutdown only inside.
 //!
 //! Without root or the tools it prints SKIPPED; under CI (`CI` set) it fails instead.
 
@@ -145,9 +146,10 @@ fn transparent_interception_in_network_namespaces() {
         proxy
             .args(["proxy", "--transparent", "--service", name])
             .args(["--inbound", "0.0.0.0:4143", "--outbound", "127.0.0.1:4140"])
+            // On every address, as the injector binds it (kubelet probes come from the node).
             .args([
                 "--admin",
-                "127.0.0.1:4191",
+                "0.0.0.0:4191",
                 "--log",
                 "info,trellis_proxy=debug",
             ])
@@ -246,6 +248,50 @@ fn transparent_interception_in_network_namespaces() {
     );
     let said = expect_ok(&lab, &c, &plaintext, "plaintext TCP into permissive B");
     assert!(said.contains("250 got HELO outside"), "{said}");
+
+    // 7. The admin port from outside the pod (C, no identity): probes and scrapes answer;
+    //    diagnostics, the log level and shutdown do not. From inside B they all do.
+    let admin = String::from(
+        "import urllib.request as u, urllib.error as e\n\
+         for method, path in [('GET','/ready'),('GET','/metrics'),('GET','/config'),('GET','/stats'),\
+                              ('PUT','/log-level'),('POST','/shutdown')]:\n\
+         \x20   r = u.Request('http://{host}:4191' + path, method=method, data=b'' if method != 'GET' else None)\n\
+         \x20   try: print(path, u.urlopen(r, timeout=5).status)\n\
+         \x20   except e.HTTPError as x: print(path, x.code)"
+    );
+    let from_outside = expect_ok(
+        &lab,
+        &c,
+        &admin.replace("{host}", B_FROM_C),
+        "the admin port from outside the pod",
+    );
+    assert_eq!(
+        from_outside.lines().collect::<Vec<_>>(),
+        [
+            "/ready 200",
+            "/metrics 200",
+            "/config 403",
+            "/stats 403",
+            "/log-level 403",
+            "/shutdown 403"
+        ],
+        "{from_outside}"
+    );
+    let inside = admin
+        .replace("{host}", "127.0.0.1")
+        .replace(",('POST','/shutdown')", "");
+    let from_inside = expect_ok(&lab, &b, &inside, "the admin port from inside the pod");
+    assert_eq!(
+        from_inside.lines().collect::<Vec<_>>(),
+        [
+            "/ready 200",
+            "/metrics 200",
+            "/config 200",
+            "/stats 200",
+            "/log-level 400"
+        ],
+        "an empty filter is refused as a bad request, not as forbidden: {from_inside}"
+    );
 
     lab.interrupt("tcpdump");
     let captured = std::fs::read(&pcap).expect("the capture");

@@ -4,7 +4,8 @@
 //! watches, `translate.rs` and `gamma.rs` build, `status.rs` writes each object's verdict back
 //! into its status), and proxies prove their identity with their pod's projected service-account
 //! token, checked by the TokenReview API (`token_review.rs`). `crd.rs` defines the TrafficPolicy
-//! resource, `gateway.rs` the Gateway API route types. docs/kubernetes.md is the operator's view.
+//! resource, `gateway.rs` the Gateway API route types, and `trust_bundle.rs` publishes the CA's
+//! certificate into every meshed namespace. docs/kubernetes.md is the operator's view.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ pub mod source;
 pub mod status;
 pub mod token_review;
 pub mod translate;
+pub mod trust_bundle;
 
 pub use source::KubernetesSource;
 pub use token_review::TokenReviewAuthenticator;

@@ -149,6 +149,9 @@ fn cluster_role() -> ClusterRole {
         metadata: meta(None),
         rules: Some(vec![
             rule("", &["namespaces", "pods", "services"], READ),
+            // The trust bundle ConfigMap `trellis-ca` in every meshed namespace
+            // (`kubernetes/trust_bundle.rs`): read to compare, server-side apply to write.
+            rule("", &["configmaps"], &["get", "create", "patch"]),
             rule("discovery.k8s.io", &["endpointslices"], READ),
             rule(crd::GROUP, &[crd::PLURAL], READ),
             // Status conditions written back on every policy and route (`kubernetes/status.rs`).

@@ -2,17 +2,19 @@
 //! by tonic clients acting as proxies: `/ready` follows the server's life, and `/metrics` counts
 //! streams, pushes, NACKs, reloads and certificates as they happen, in an exposition that
 //! `promtool check metrics` accepts and a real Prometheus scrapes.
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::{authorized, csr, write_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::Request;
 use trellis_api::discovery::aggregated_discovery_client::AggregatedDiscoveryClient;
 use trellis_api::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, ErrorDetail, Node};
 use trellis_api::identity::identity_client::IdentityClient;
@@ -30,26 +32,6 @@ services:
 ";
 const HELLO_ID: &str = "spiffe://trellis.local/ns/default/sa/hello";
 const WAIT: Duration = Duration::from_secs(5);
-
-fn write_config(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn authorized<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value = format!("Bearer {token}").parse().unwrap();
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-fn csr(uri: &str) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
 
 /// One HTTP/1.1 GET with `Connection: close`: (status, body).
 async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {

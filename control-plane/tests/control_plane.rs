@@ -1,9 +1,11 @@
 //! End to end: a control plane on 127.0.0.1:0 with a temp state dir, driven by a tonic client over
 //! TLS the way a proxy would: certify with a token, subscribe on the discovery stream, and see
 //! config edits (valid and invalid) reach it or not.
-use std::path::Path;
+mod common;
+
 use std::time::Duration;
 
+use common::{authorized, csr, write_config};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,27 +27,6 @@ services:
       - address: 127.0.0.1:4143
 ";
 const HELLO_ID: &str = "spiffe://trellis.local/ns/default/sa/hello";
-
-/// Replaces the file atomically so the poller never sees a half-written file.
-fn write_config(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn authorized<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value = format!("Bearer {token}").parse().unwrap();
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-fn csr(uri: &str) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
 
 async fn next(rx: &mut tonic::Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
     tokio::time::timeout(Duration::from_secs(2), rx.message())

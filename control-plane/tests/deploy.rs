@@ -63,6 +63,7 @@ fn every_document_parses_as_its_type() {
                 assert_eq!(
                     grants,
                     [
+                        "/configmaps: get,create,patch",
                         "/namespaces: get,list,watch",
                         "/pods: get,list,watch",
                         "/services: get,list,watch",

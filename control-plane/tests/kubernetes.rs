@@ -801,3 +801,79 @@ async fn without_the_gateway_api_installed_the_source_still_syncs() {
     // The TrafficPolicy's routes apply when no Gateway API route competes.
     assert_eq!(service(&built.mesh, "shop", "web").routes[0].name, "to-api");
 }
+
+/// Waits up to 5 s for the `trellis-ca` ConfigMap in `namespace` to hold `pem`.
+async fn wait_for_bundle(fake: &FakeApiServer, namespace: &str, pem: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let object = fake.object(fake_api_server::CONFIG_MAPS, namespace, "trellis-ca");
+        if let Some(object) = object.filter(|o| o["data"]["ca.pem"] == pem) {
+            return object;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no trellis-ca ConfigMap with the CA in {namespace}: {:?}",
+            fake.object(fake_api_server::CONFIG_MAPS, namespace, "trellis-ca")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn config_map_applies(fake: &FakeApiServer, namespace: &str) -> usize {
+    let path = format!("PATCH /api/v1/namespaces/{namespace}/configmaps/trellis-ca?");
+    (fake.requests().iter())
+        .filter(|r| r.starts_with(&path))
+        .count()
+}
+
+#[tokio::test]
+async fn meshed_namespaces_get_the_trust_bundle_and_keep_it() {
+    let fake = FakeApiServer::start(&[]).await;
+    let ca = trellis_control_plane::ca::CertificateAuthority::generate().unwrap();
+    let roots = vec![ca.root_der().to_vec()];
+    let source = synced_source(&fake)
+        .await
+        .with_trust_bundle_resync(Duration::from_millis(100));
+    let first = source.build();
+    let (snap_tx, _snap_rx) = watch::channel(Arc::new(resources::build(&first.mesh, &roots, 1)));
+    let (status_tx, _status_rx) = watch::channel(ControlPlaneStatus::default());
+    let publisher = Publisher::new(roots, snap_tx, Arc::new(status_tx));
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(source.run(publisher, first, stop_rx));
+
+    // The labelled namespace gets the CA's root certificate, as the injected sidecars mount it.
+    let object = wait_for_bundle(&fake, "shop", ca.root_pem()).await;
+    assert_eq!(
+        object["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "trellis-control-plane"
+    );
+    let apply = (fake.requests().into_iter())
+        .find(|r| r.starts_with("PATCH /api/v1/namespaces/shop/configmaps/trellis-ca?"))
+        .unwrap();
+    assert!(
+        apply.contains("fieldManager=trellis-control-plane"),
+        "{apply}"
+    );
+    assert!(apply.contains("force=true"), "{apply}");
+    // The unlabelled namespace gets nothing, not even a read.
+    assert!(fake
+        .object(fake_api_server::CONFIG_MAPS, "default", "trellis-ca")
+        .is_none());
+    assert!(!(fake.requests().iter()).any(|r| r.contains("/namespaces/default/configmaps")));
+
+    // Resyncs read but do not write an unchanged ConfigMap.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(config_map_applies(&fake, "shop"), 1);
+    let reads = (fake.requests().iter())
+        .filter(|r| r.starts_with("GET /api/v1/namespaces/shop/configmaps/trellis-ca"))
+        .count();
+    assert!(reads >= 2, "{reads} reads");
+
+    // An edited ConfigMap is restored at the next resync.
+    let mut tampered = object.clone();
+    tampered["data"]["ca.pem"] = "not the CA".into();
+    fake.apply(fake_api_server::CONFIG_MAPS, tampered);
+    wait_for_bundle(&fake, "shop", ca.root_pem()).await;
+    assert_eq!(config_map_applies(&fake, "shop"), 2);
+    task.abort();
+}

@@ -1,11 +1,19 @@
-//! The admin listener, plain HTTP/1.1 bound to localhost by default:
-//! - `GET /live`: the process answers;
+//! The admin listener, plain HTTP/1.1 bound to localhost by default (in a pod, to every address,
+//! for the kubelet's probes and Prometheus):
+//! - `GET /live`: the process answers; anyone;
 //! - `GET /ready`: a valid certificate is held and every resource type has been received once;
-//! - `GET /config`: the snapshot in force, with versions, as JSON;
-//! - `GET /stats`: resilience and authorization counters as JSON;
-//! - `GET /metrics`: Prometheus text format;
+//!   anyone;
+//! - `GET /metrics`: Prometheus text format; anyone;
+//! - `GET /config`: the snapshot in force, with versions, as JSON; loopback callers, or anyone
+//!   with `--admin-open-diagnostics`;
+//! - `GET /stats`: resilience and authorization counters as JSON; as `/config`;
 //! - `PUT /log-level` (body: a tracing filter such as `debug`): changes logging at runtime;
-//! - `POST /shutdown`: graceful drain, as SIGTERM (how a Job ends its sidecar).
+//!   loopback callers only;
+//! - `POST /shutdown`: graceful drain, as SIGTERM (how a Job ends its sidecar); loopback callers
+//!   only;
+//! - `GET /app-health/<container>/<livez|readyz|startupz>`: the app's original probe, performed
+//!   by the sidecar (`crate::probes`); anyone (the kubelet is not loopback), but only the probes
+//!   the injector configured.
 
 use crate::config::SnapshotStore;
 use crate::discovery::SharedStatus;
@@ -33,6 +41,12 @@ pub struct AdminState {
     pub log_control: Option<LogControl>,
     /// Notified by `POST /shutdown`.
     pub stop: std::sync::Arc<tokio::sync::Notify>,
+    /// `/config` and `/stats` answer callers from outside the pod too.
+    pub open_diagnostics: bool,
+    /// The app probes served under `/app-health/`.
+    pub app_probes: std::sync::Arc<crate::probes::AppProbes>,
+    /// Where the app listens; the probes' default host.
+    pub app_host: std::net::IpAddr,
 }
 
 impl AdminState {
@@ -110,7 +124,7 @@ impl AdminState {
 
     fn config_json(&self) -> String {
         let snapshot = self.store.load();
-        let (connected, last_nack, failures) = self
+        let (connected, last_nack, failures, link) = self
             .discovery
             .lock()
             .map(|s| {
@@ -118,12 +132,21 @@ impl AdminState {
                     "total": s.failed_streams,
                     "consecutive": s.consecutive_failures,
                 });
-                (s.connected, s.last_nack.clone(), failures)
+                (s.connected, s.last_nack.clone(), failures, s.link.to_json())
             })
-            .unwrap_or((false, None, serde_json::Value::Null));
+            .unwrap_or((
+                false,
+                None,
+                serde_json::Value::Null,
+                serde_json::Value::Null,
+            ));
+        let identity = self.identity.borrow().clone();
         let doc = serde_json::json!({
-            "identity": &*self.identity.borrow(),
+            "identity": identity,
+            "certificateExpiresInSeconds": identity.as_ref().map(|i| i.expires_in_seconds()),
             "controlPlaneConnected": connected,
+            // The cause of the last failed call (an untrusted certificate, a refusal, silence).
+            "controlPlane": link,
             // Discovery streams lost (each followed by a jittered backoff), to watch reconnects.
             "discoveryFailures": failures,
             "lastNack": last_nack,
@@ -139,12 +162,15 @@ pub async fn serve(listener: TcpListener, state: AdminState, drain: DrainWatch) 
             a = listener.accept() => a,
             _ = drain.signaled() => return,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
+        let caller = Caller::of(peer.ip(), state.open_diagnostics);
         let state = state.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                async move { Ok::<_, Infallible>(handle(&state, req, caller).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -156,21 +182,154 @@ pub async fn serve(listener: TcpListener, state: AdminState, drain: DrainWatch) 
 /// Largest body accepted by `/log-level`.
 const MAX_ADMIN_BODY: usize = 1024;
 
-async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let (status, content_type, body) = match (&method, path.as_str()) {
-        (&Method::GET, "/metrics") => (
+/// The admin port's endpoints. The port is reachable from outside the pod (kubelet probes,
+/// Prometheus), so each endpoint says who may call it: anyone for probes and scrapes, loopback
+/// callers for what changes the sidecar, and loopback callers for diagnostics (they reveal
+/// internal addresses, policy and rule names) unless `--admin-open-diagnostics` opens them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Live,
+    Ready,
+    Metrics,
+    Config,
+    Stats,
+    LogLevel,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Anyone,
+    Diagnostics,
+    LoopbackOnly,
+}
+
+impl Endpoint {
+    fn of(path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/live" => Endpoint::Live,
+            "/ready" => Endpoint::Ready,
+            "/metrics" => Endpoint::Metrics,
+            "/config" => Endpoint::Config,
+            "/stats" => Endpoint::Stats,
+            "/log-level" => Endpoint::LogLevel,
+            "/shutdown" => Endpoint::Shutdown,
+            _ => return None,
+        })
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Endpoint::LogLevel => Method::PUT,
+            Endpoint::Shutdown => Method::POST,
+            _ => Method::GET,
+        }
+    }
+
+    fn access(self) -> Access {
+        match self {
+            Endpoint::Live | Endpoint::Ready | Endpoint::Metrics => Access::Anyone,
+            Endpoint::Config | Endpoint::Stats => Access::Diagnostics,
+            Endpoint::LogLevel | Endpoint::Shutdown => Access::LoopbackOnly,
+        }
+    }
+}
+
+/// Where an admin request comes from, as far as access is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Caller {
+    loopback: bool,
+    open_diagnostics: bool,
+}
+
+impl Caller {
+    fn of(ip: std::net::IpAddr, open_diagnostics: bool) -> Caller {
+        Caller {
+            // `::ffff:127.0.0.1` on a dual-stack socket is loopback too.
+            loopback: ip.to_canonical().is_loopback(),
+            open_diagnostics,
+        }
+    }
+
+    fn may_call(self, endpoint: Endpoint) -> bool {
+        match endpoint.access() {
+            Access::Anyone => true,
+            Access::Diagnostics => self.loopback || self.open_diagnostics,
+            Access::LoopbackOnly => self.loopback,
+        }
+    }
+}
+
+/// The endpoint a request may use, or the refusal: 404, 405 with the method to use, or 403.
+fn admit(method: &Method, path: &str, caller: Caller) -> Result<Endpoint, (StatusCode, String)> {
+    let Some(endpoint) = Endpoint::of(path) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "not found: try /live, /ready, /config, /stats, /metrics, /log-level, /shutdown\n"
+                .into(),
+        ));
+    };
+    if *method != endpoint.method() {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("use {}\n", endpoint.method()),
+        ));
+    }
+    if !caller.may_call(endpoint) {
+        let why = match endpoint.access() {
+            Access::Diagnostics => {
+                "answers loopback callers only (--admin-open-diagnostics opens it)"
+            }
+            _ => "answers loopback callers only",
+        };
+        return Err((StatusCode::FORBIDDEN, format!("{path} {why}\n")));
+    }
+    Ok(endpoint)
+}
+
+/// `/app-health/…`: the app's probes, outside the fixed table because the paths come from the
+/// injector. `None` for any other path.
+async fn app_health(
+    state: &AdminState,
+    method: &Method,
+    path: &str,
+) -> Option<(StatusCode, String)> {
+    if !path.starts_with(crate::probes::PATH_PREFIX) {
+        return None;
+    }
+    if *method != Method::GET && *method != Method::HEAD {
+        return Some((StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into()));
+    }
+    Some(
+        state
+            .app_probes
+            .answer(path, state.app_host)
+            .await
+            .unwrap_or_else(|| (StatusCode::NOT_FOUND, format!("no app probe at {path}\n"))),
+    )
+}
+
+async fn handle(state: &AdminState, req: Request<Incoming>, caller: Caller) -> Response<Body> {
+    let probed = app_health(state, req.method(), req.uri().path()).await;
+    let endpoint = match probed {
+        // An app probe's answer is, like a refusal, a status and a text.
+        Some(answer) => Err(answer),
+        None => admit(req.method(), req.uri().path(), caller),
+    };
+    let (status, content_type, body) = match endpoint {
+        Err((status, text)) => (status, "text/plain", text),
+        Ok(Endpoint::Metrics) => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             metrics_text(&state.metrics),
         ),
-        (&Method::PUT | &Method::POST, "/log-level") => set_log_level(state, req).await,
-        (&Method::POST, "/shutdown") => {
+        Ok(Endpoint::LogLevel) => set_log_level(state, req).await,
+        Ok(Endpoint::Shutdown) => {
             state.stop.notify_one();
             (StatusCode::ACCEPTED, "text/plain", "draining\n".to_string())
         }
-        (&Method::GET, "/live") => (StatusCode::OK, "text/plain", "live\n".to_string()),
-        (&Method::GET, "/ready") => match state.ready() {
+        Ok(Endpoint::Live) => (StatusCode::OK, "text/plain", "live\n".to_string()),
+        Ok(Endpoint::Ready) => match state.ready() {
             Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
             Err(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -178,29 +337,8 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 format!("not ready: {why}\n"),
             ),
         },
-        (&Method::GET, "/config") => (StatusCode::OK, "application/json", state.config_json()),
-        (&Method::GET, "/stats") => (StatusCode::OK, "application/json", state.stats_json()),
-        (_, "/live" | "/ready" | "/config" | "/stats" | "/metrics") => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "use GET\n".to_string(),
-        ),
-        (_, "/log-level") => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "use PUT\n".to_string(),
-        ),
-        (_, "/shutdown") => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "use POST\n".to_string(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /live, /ready, /config, /stats, /metrics, /log-level, /shutdown\n"
-                .to_string(),
-        ),
+        Ok(Endpoint::Config) => (StatusCode::OK, "application/json", state.config_json()),
+        Ok(Endpoint::Stats) => (StatusCode::OK, "application/json", state.stats_json()),
     };
     let mut rsp = Response::new(Body::full(body));
     *rsp.status_mut() = status;
@@ -263,5 +401,81 @@ async fn set_log_level(
             "text/plain",
             format!("invalid filter {filter:?}: {e}\n"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn caller(ip: &str, open: bool) -> Caller {
+        Caller::of(ip.parse::<IpAddr>().unwrap(), open)
+    }
+
+    #[test]
+    fn probes_and_scrapes_answer_anyone() {
+        for path in ["/live", "/ready", "/metrics"] {
+            assert!(
+                admit(&Method::GET, path, caller("10.1.2.3", false)).is_ok(),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn shutdown_and_log_level_answer_loopback_callers_only() {
+        for ip in ["127.0.0.1", "127.0.0.9", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(
+                admit(&Method::POST, "/shutdown", caller(ip, false)),
+                Ok(Endpoint::Shutdown),
+                "{ip}"
+            );
+            assert_eq!(
+                admit(&Method::PUT, "/log-level", caller(ip, false)),
+                Ok(Endpoint::LogLevel)
+            );
+        }
+        for ip in ["10.1.2.3", "fd00::1", "::ffff:10.1.2.3", "0.0.0.0"] {
+            for open in [false, true] {
+                let refused = admit(&Method::POST, "/shutdown", caller(ip, open));
+                assert_eq!(refused.map_err(|e| e.0), Err(StatusCode::FORBIDDEN), "{ip}");
+                let refused = admit(&Method::PUT, "/log-level", caller(ip, open));
+                assert_eq!(refused.map_err(|e| e.0), Err(StatusCode::FORBIDDEN), "{ip}");
+            }
+        }
+    }
+
+    #[test]
+    fn diagnostics_need_loopback_or_the_flag() {
+        for path in ["/config", "/stats"] {
+            let refused = admit(&Method::GET, path, caller("10.1.2.3", false));
+            let (status, text) = refused.unwrap_err();
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert!(text.contains("--admin-open-diagnostics"), "{text}");
+            assert!(admit(&Method::GET, path, caller("10.1.2.3", true)).is_ok());
+            assert!(admit(&Method::GET, path, caller("127.0.0.1", false)).is_ok());
+        }
+    }
+
+    #[test]
+    fn wrong_methods_are_405_with_the_right_one_and_post_no_longer_sets_the_log_level() {
+        let local = caller("127.0.0.1", false);
+        let cases = [
+            (Method::POST, "/log-level", "use PUT\n"),
+            (Method::GET, "/shutdown", "use POST\n"),
+            (Method::POST, "/config", "use GET\n"),
+            (Method::DELETE, "/ready", "use GET\n"),
+        ];
+        for (method, path, want) in cases {
+            let (status, text) = admit(&method, path, local).unwrap_err();
+            assert_eq!(
+                (status, text.as_str()),
+                (StatusCode::METHOD_NOT_ALLOWED, want)
+            );
+        }
+        // The method is checked before the caller: a remote caller learns nothing more.
+        let (status, _) = admit(&Method::GET, "/nope", local).unwrap_err();
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }

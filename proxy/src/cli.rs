@@ -5,7 +5,7 @@ use crate::listeners::transparent::TransparentConfig;
 use crate::listeners::Listeners;
 use crate::proxy::{run, LogControl, ProxyConfig, TelemetryConfig};
 use crate::telemetry::observe::B3Format;
-use crate::Limits;
+use crate::{Limits, LinkSettings};
 use anyhow::Context;
 use clap::Parser;
 use std::ffi::OsString;
@@ -102,9 +102,33 @@ pub struct Args {
     /// Largest HTTP/1 request head, in bytes (at least 8192); larger ones are answered 431.
     #[arg(long, env = "TRELLIS_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
     max_header_bytes: usize,
-    /// Concurrent HTTP/2 streams per client connection; more are refused (REFUSED_STREAM).
+    /// Concurrent HTTP/2 streams per connection from another sidecar; more are refused
+    /// (REFUSED_STREAM).
     #[arg(long, env = "TRELLIS_MAX_CONCURRENT_STREAMS", default_value_t = Limits::default().max_concurrent_streams)]
     max_concurrent_streams: u32,
+    /// Concurrent HTTP/2 streams one app (or plaintext) client connection may open; at most
+    /// --max-concurrent-streams, which bounds connections from other sidecars.
+    #[arg(long, env = "TRELLIS_MAX_CLIENT_CONCURRENT_STREAMS", default_value_t = Limits::default().max_client_concurrent_streams)]
+    max_client_concurrent_streams: u32,
+    /// Seconds between HTTP/2 PINGs to the control plane, and how long one may go unanswered: a
+    /// silent connection is replaced within about twice this.
+    #[arg(long, env = "TRELLIS_CONTROL_PLANE_KEEPALIVE_SECONDS", default_value_t = LinkSettings::default().keepalive.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    control_plane_keepalive_seconds: u64,
+    /// Deadline, in seconds, of each certificate request and of opening the discovery stream.
+    #[arg(long, env = "TRELLIS_CONTROL_PLANE_TIMEOUT_SECONDS", default_value_t = LinkSettings::default().rpc_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    control_plane_timeout_seconds: u64,
+    /// Seconds the discovery stream may stay silent before it is reopened.
+    #[arg(long, env = "TRELLIS_CONTROL_PLANE_MAX_SILENCE_SECONDS", default_value_t = LinkSettings::default().max_silence.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86400))]
+    control_plane_max_silence_seconds: u64,
+    /// Let callers from outside the pod read the admin port's /config and /stats (they show
+    /// internal addresses and policy); /shutdown and /log-level stay loopback-only regardless.
+    #[arg(long, env = "TRELLIS_ADMIN_OPEN_DIAGNOSTICS")]
+    admin_open_diagnostics: bool,
+    /// The app's original probes as JSON (`{"/app-health/<container>/<kind>": {"httpGet"|"grpc"|
+    /// "tcpSocket": {...}, "timeoutSeconds": N}}`), performed on `GET /app-health/...` of the
+    /// admin port; the injector sets it when it rewrites the app's probes.
+    #[arg(long, env = "TRELLIS_APP_PROBES", default_value = "")]
+    app_probes: String,
 }
 
 fn trellis_limits(args: &Args) -> Limits {
@@ -115,6 +139,7 @@ fn trellis_limits(args: &Args) -> Limits {
         body_idle_timeout: Duration::from_millis(args.body_idle_timeout_ms),
         max_header_bytes: args.max_header_bytes,
         max_concurrent_streams: args.max_concurrent_streams,
+        max_client_concurrent_streams: args.max_client_concurrent_streams,
         ..Limits::default()
     }
 }
@@ -142,6 +167,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
         return crate::wait_ready::run(&crate::wait_ready::WaitReady::try_parse_from(args)?);
     }
     let args = Args::try_parse_from(args)?;
+    // Before anything starts: a bad probe table is the injector's (or the user's) mistake.
+    let app_probes = crate::probes::AppProbes::parse(&args.app_probes)
+        .with_context(|| format!("--app-probes ({})", crate::probes::ENV))?;
     let log_control = init_logging(&args.log)?;
     if !(0.0..=1.0).contains(&args.trace_sample_ratio) {
         anyhow::bail!(
@@ -193,6 +221,13 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
         },
         limits: trellis_limits(&args),
         log_control: Some(log_control),
+        control_plane_link: LinkSettings {
+            keepalive: Duration::from_secs(args.control_plane_keepalive_seconds),
+            rpc_timeout: Duration::from_secs(args.control_plane_timeout_seconds),
+            max_silence: Duration::from_secs(args.control_plane_max_silence_seconds),
+        },
+        admin_open_diagnostics: args.admin_open_diagnostics,
+        app_probes,
     };
     let transparent = transparent_config(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -259,4 +294,33 @@ pub async fn shutdown_signal() {
         }
     }
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_probe_table_names_the_variable_and_the_json_path() {
+        let probes = r#"{"/app-health/web/readyz": {"httpGet": {"path": "/", "port": "http"}}}"#;
+        let args = [
+            "trellis-proxy",
+            "--service",
+            "web",
+            "--control-plane-ca",
+            "/nonexistent/ca.pem",
+            "--app-probes",
+            probes,
+        ];
+        let err = main_with_args(args.map(OsString::from)).expect_err("refused");
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("--app-probes (TRELLIS_APP_PROBES): "),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"$["/app-health/web/readyz"].httpGet.port: expected a port number"#),
+            "{text}"
+        );
+    }
 }

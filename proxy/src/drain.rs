@@ -3,7 +3,8 @@
 //! `signaled()` complete: listeners stop accepting, connections finish their in-flight requests
 //! (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`). `Drain::drained` completes when the last watch
 //! is dropped, that is when the last connection has finished, so the proxy can exit as soon as
-//! the work is done rather than after a fixed sleep.
+//! the work is done rather than after a fixed sleep. `DrainWatch::until` gives one connection
+//! its own earlier drain (at its peer's certificate expiry), reusing the same wind-down.
 //!
 //! hyper's graceful shutdown closes an HTTP/1.1 connection after the response in progress but
 //! does not say so; `CloseOnDrain` adds `Connection: close` (RFC 9112 §9.6) to HTTP/1 responses
@@ -68,6 +69,45 @@ impl DrainWatch {
     /// Whether drain has been signalled.
     pub fn is_draining(&self) -> bool {
         *self.signal.borrow()
+    }
+
+    /// A watch for one connection that must also wind down at `deadline` (its peer's certificate
+    /// expires: `tls::expiry`): it signals then, or when this one does, and aborts `grace` after
+    /// the deadline, or when this one aborts; `on_deadline` runs if the deadline comes first. The
+    /// connection is then retired exactly as in a drain. The returned future drives the watch:
+    /// poll it alongside the connection; it never completes.
+    pub fn until(
+        &self,
+        deadline: tokio::time::Instant,
+        grace: std::time::Duration,
+        on_deadline: impl FnOnce(),
+    ) -> (DrainWatch, impl Future<Output = std::convert::Infallible>) {
+        let (signal, signal_rx) = watch::channel(self.is_draining());
+        let child = DrainWatch {
+            signal: signal_rx,
+            _hold: self._hold.clone(),
+        };
+        let parent = self.clone();
+        let driver = async move {
+            tokio::select! {
+                _ = parent.signaled() => {
+                    let _ = signal.send(true);
+                    parent.aborted().await;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    on_deadline();
+                    let _ = signal.send(true);
+                    tokio::select! {
+                        _ = parent.aborted() => {}
+                        _ = tokio::time::sleep(grace) => {}
+                    }
+                }
+            }
+            // Dropping the sender is what `aborted()` waits for.
+            drop(signal);
+            std::future::pending().await
+        };
+        (child, driver)
     }
 }
 
@@ -139,7 +179,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut rsp = ready!(this.inner.poll(cx))?;
-        if this.signal.as_ref().is_some_and(|s| *s.borrow()) {
+        // A 101 hands the connection over (a WebSocket): its `Connection: upgrade` must stand,
+        // and the upgraded stream is not an HTTP connection that drain could close after it.
+        let switching = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        if !switching && this.signal.as_ref().is_some_and(|s| *s.borrow()) {
             rsp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -247,6 +290,65 @@ mod tests {
         assert!(
             !never.load(Ordering::SeqCst),
             "drain before ready: never served"
+        );
+    }
+
+    /// A connection's own deadline drains it alone: signalled at the deadline, aborted after the
+    /// grace; the proxy's drain still waits for it meanwhile, and the proxy's own drain reaches
+    /// it before the deadline.
+    #[tokio::test]
+    async fn until_signals_at_the_deadline_and_aborts_after_the_grace() {
+        use tokio::time::Instant;
+        let ms = Duration::from_millis;
+        let (drain, watch) = super::channel();
+        let fired = std::cell::Cell::new(0);
+        let start = Instant::now();
+        let (conn, driver) = watch.until(start + ms(300), ms(200), || fired.set(fired.get() + 1));
+        let connection = async {
+            conn.signaled().await;
+            let signaled = start.elapsed();
+            assert!(conn.is_draining());
+            assert!(!watch.is_draining(), "the proxy is not draining");
+            conn.aborted().await;
+            (signaled, start.elapsed())
+        };
+        let (signaled, aborted) = tokio::select! {
+            times = connection => times,
+            never = driver => match never {},
+        };
+        assert!(
+            signaled >= ms(300) && signaled < ms(450),
+            "at the deadline: {signaled:?}"
+        );
+        assert!(
+            aborted >= ms(500) && aborted < ms(700),
+            "after the grace: {aborted:?}"
+        );
+        assert_eq!(fired.get(), 1);
+        drop(conn);
+
+        // The proxy drains first: signalled at once, the deadline never runs.
+        let (conn, driver) = watch.until(Instant::now() + ms(300), Duration::ZERO, || {
+            fired.set(fired.get() + 1)
+        });
+        drop(watch);
+        let draining = tokio::spawn(tokio::time::timeout(ms(2000), drain.drain()));
+        let before = Instant::now();
+        tokio::select! {
+            _ = conn.signaled() => {}
+            never = driver => match never {},
+        }
+        assert!(before.elapsed() < ms(200), "signalled by the drain");
+        tokio::time::sleep(ms(400)).await;
+        assert_eq!(fired.get(), 1, "no deadline callback once draining");
+        assert!(
+            !draining.is_finished(),
+            "the drain waits for the connection"
+        );
+        drop(conn);
+        assert!(
+            draining.await.expect("join").is_ok(),
+            "and for nothing else"
         );
     }
 

@@ -43,6 +43,10 @@ pub enum ProxyError {
     Forbidden { rule: String },
     #[error("overloaded: {max} requests already in flight")]
     Overloaded { max: usize },
+    /// A protocol switch the proxy does not carry (RFC 9110 §15.6.2: 501, not the client's
+    /// fault): `Upgrade` to anything but WebSocket, a plain CONNECT tunnel.
+    #[error("{0}")]
+    UpgradeUnsupported(&'static str),
     /// The peer provably never processed the request (RFC 9113 §8.7: refused by GOAWAY or
     /// REFUSED_STREAM, or the connection closed before the request left): safe to send elsewhere.
     #[error("upstream {addr} did not process the request: {reason}")]
@@ -76,6 +80,34 @@ impl ProxyError {
         }
     }
 
+    /// The kind of failure in a few words with nothing internal in it (no address, port or rule
+    /// name): what a caller without an identity is told (`http::synthetic`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad request",
+            ProxyError::NoRoute { .. } | ProxyError::NoAppPort { .. } => "no route",
+            ProxyError::NotReady(_) => "proxy not ready",
+            ProxyError::NoEndpoints { .. } => "no endpoints",
+            ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => "timeout",
+            ProxyError::PerTryTimeout { .. } => "timeout",
+            ProxyError::Connect { .. }
+            | ProxyError::Tls { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::Unprocessed { .. }
+            | ProxyError::App { .. } => "upstream unavailable",
+            ProxyError::Overflow { .. } | ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::FaultAbort { .. } => "fault injected",
+            ProxyError::Forbidden { .. } => "forbidden",
+            ProxyError::UpgradeUnsupported(_) => "upgrade not supported",
+        }
+    }
+
+    /// The client's connection should not be reused after this answer: its request was broken,
+    /// so what follows it on the connection cannot be trusted to be a request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::BadRequest(_))
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::FaultAbort { status } => {
@@ -85,6 +117,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::UpgradeUnsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::PerTryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } | ProxyError::NoAppPort { .. } => StatusCode::NOT_FOUND,
@@ -121,7 +154,9 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => PERMISSION_DENIED,
             ProxyError::PerTryTimeout { .. } => DEADLINE_EXCEEDED,
             ProxyError::BadRequest(_) => INTERNAL,
-            ProxyError::NoRoute { .. } | ProxyError::NoAppPort { .. } => UNIMPLEMENTED,
+            ProxyError::NoRoute { .. }
+            | ProxyError::NoAppPort { .. }
+            | ProxyError::UpgradeUnsupported(_) => UNIMPLEMENTED,
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => DEADLINE_EXCEEDED,
             _ => UNAVAILABLE,
         }

@@ -3,6 +3,7 @@
 
 use crate::admin::{self, AdminState};
 use crate::config::new_store;
+use crate::control_plane::{self, LinkSettings};
 use crate::discovery::{DiscoveryClient, SharedStatus};
 use crate::http::app::AppClient;
 use crate::identity::IdentityManager;
@@ -15,7 +16,6 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use trellis_api::discovery::{aggregated_discovery_client::AggregatedDiscoveryClient, Node};
 use trellis_api::identity::identity_client::IdentityClient;
 
@@ -44,6 +44,12 @@ pub struct ProxyConfig {
     pub limits: crate::Limits,
     /// Lets the admin port change the log filter; set by whoever installed the subscriber.
     pub log_control: Option<LogControl>,
+    /// Keepalive, deadlines and the silence bound of the control-plane link.
+    pub control_plane_link: LinkSettings,
+    /// The admin port's `/config` and `/stats` answer callers from outside the pod too.
+    pub admin_open_diagnostics: bool,
+    /// The app's original probes, served on the admin port under `/app-health/`.
+    pub app_probes: crate::probes::AppProbes,
 }
 
 /// Tracing, metrics and access-log settings.
@@ -103,18 +109,13 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let tls = TlsContext::default();
     let server_tls = tls.server_config()?;
-    let channel = Endpoint::from_shared(config.control_plane_url.clone())
-        .and_then(|e| {
-            e.tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(&config.control_plane_ca_pem))
-                    .domain_name(config.control_plane_name.clone()),
-            )
-        })
-        .map_err(|e| StartError::ControlPlane(config.control_plane_url.clone(), e))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy();
+    let channel = control_plane::channel(
+        &config.control_plane_url,
+        &config.control_plane_ca_pem,
+        &config.control_plane_name,
+        config.control_plane_link,
+    )
+    .map_err(|e| StartError::ControlPlane(config.control_plane_url.clone(), e))?;
     let spiffe_id = trellis_api::spiffe_id(
         &config.trust_domain,
         &config.namespace,
@@ -123,7 +124,8 @@ pub async fn run(
     let store = new_store();
     let (identity_tx, identity_rx) = tokio::sync::watch::channel(None);
     let discovery_status = SharedStatus::default();
-    let connector = MeshConnector::new(tls.clone());
+    let telemetry = Arc::new(telemetry(&config)?);
+    let connector = MeshConnector::new(tls.clone()).with_metrics(telemetry.metrics.clone());
 
     let identity = IdentityManager {
         client: IdentityClient::new(channel.clone()),
@@ -131,6 +133,9 @@ pub async fn run(
         spiffe_id: spiffe_id.clone(),
         tls: tls.clone(),
         status: identity_tx,
+        link_status: discovery_status.clone(),
+        link: config.control_plane_link,
+        control_plane_name: config.control_plane_name.clone(),
     };
     let discovery = DiscoveryClient {
         client: AggregatedDiscoveryClient::new(channel),
@@ -146,9 +151,10 @@ pub async fn run(
         connector,
         tls: tls.clone(),
         status: discovery_status.clone(),
+        link: config.control_plane_link,
+        control_plane_name: config.control_plane_name.clone(),
     };
     let authz_stats = std::sync::Arc::new(crate::authz::AuthzStats::default());
-    let telemetry = Arc::new(telemetry(&config)?);
     let stop = Arc::new(tokio::sync::Notify::new());
     let admin_state = AdminState {
         store: store.clone(),
@@ -163,6 +169,9 @@ pub async fn run(
         }),
         log_control: config.log_control.clone(),
         stop: stop.clone(),
+        open_diagnostics: config.admin_open_diagnostics,
+        app_probes: Arc::new(config.app_probes.clone()),
+        app_host: config.app_host,
     };
 
     let own_ports = [&listeners.inbound, &listeners.outbound, &listeners.admin]

@@ -9,6 +9,11 @@
 //! connection draws from its own generator seeded with (seed, connection number), so a seed
 //! replays the same decisions for the same sequence of chunks.
 //!
+//! `freeze_open_connections` turns the relay into a black hole for the connections it carries
+//! at that moment: they stop forwarding in both directions but stay open (no FIN, no RST), as a
+//! partition or a load balancer that lost its backend leaves them, while new connections are
+//! relayed normally (they reach a healthy replica).
+//!
 //! `DyingApp` (in `app`) is an upstream app that can be killed with its connections mid-response.
 
 pub mod app;
@@ -49,6 +54,8 @@ pub struct ChaosStats {
     pub connections: AtomicU64,
     pub resets: AtomicU64,
     pub bytes: AtomicU64,
+    /// Connections that were open when a freeze came and went silent.
+    pub frozen: AtomicU64,
 }
 
 /// A running relay; stopped (listener and every connection) on drop.
@@ -57,6 +64,8 @@ pub struct ChaosRelay {
     pub stats: Arc<ChaosStats>,
     /// Reset chance per chunk, in millionths; 0 relays faithfully.
     reset_per_million: Arc<AtomicU64>,
+    /// Bumped by each freeze; a connection accepted before the bump goes silent.
+    freezes: tokio::sync::watch::Sender<u64>,
     task: JoinHandle<()>,
 }
 
@@ -77,16 +86,21 @@ impl ChaosRelay {
         let addr = listener.local_addr()?;
         let stats = Arc::new(ChaosStats::default());
         let reset_per_million = Arc::new(AtomicU64::new(0));
+        let (freezes, frozen) = tokio::sync::watch::channel(0);
         let relay = ChaosRelay {
             addr,
             stats: stats.clone(),
             reset_per_million: reset_per_million.clone(),
+            freezes,
             task: tokio::spawn(accept_loop(
                 listener,
-                target,
-                seed,
-                stats,
-                reset_per_million,
+                Shared {
+                    target,
+                    seed,
+                    stats,
+                    reset_per_million,
+                    freezes: frozen,
+                },
             )),
         };
         relay.set_reset_chance(reset_chance);
@@ -99,6 +113,15 @@ impl ChaosRelay {
         self.reset_per_million.store(per_million, Ordering::Relaxed);
     }
 
+    /// Every connection open now stops forwarding and stays open; later ones relay normally.
+    pub fn freeze_open_connections(&self) {
+        self.freezes.send_modify(|generation| *generation += 1);
+    }
+
+    pub fn frozen(&self) -> u64 {
+        self.stats.frozen.load(Ordering::Relaxed)
+    }
+
     pub fn resets(&self) -> u64 {
         self.stats.resets.load(Ordering::Relaxed)
     }
@@ -108,13 +131,17 @@ impl ChaosRelay {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every connection of one relay shares.
+#[derive(Clone)]
+struct Shared {
     target: SocketAddr,
     seed: u64,
     stats: Arc<ChaosStats>,
     reset_per_million: Arc<AtomicU64>,
-) {
+    freezes: tokio::sync::watch::Receiver<u64>,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Shared) {
     // Connection tasks live in the set so that aborting this task ends them too.
     let mut connections = tokio::task::JoinSet::new();
     let mut number = 0u64;
@@ -123,30 +150,28 @@ async fn accept_loop(
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
                 number += 1;
-                stats.connections.fetch_add(1, Ordering::Relaxed);
-                let rng = SplitMix64::new(seed ^ number.wrapping_mul(0xA076_1D64_78BD_642F));
-                connections.spawn(relay(client, target, rng, stats.clone(), reset_per_million.clone()));
+                shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+                let rng = SplitMix64::new(shared.seed ^ number.wrapping_mul(0xA076_1D64_78BD_642F));
+                connections.spawn(relay(client, rng, shared.clone()));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
 }
 
-/// Relays one connection until either side closes or the dice say reset.
-async fn relay(
-    mut client: TcpStream,
-    target: SocketAddr,
-    mut rng: SplitMix64,
-    stats: Arc<ChaosStats>,
-    reset_per_million: Arc<AtomicU64>,
-) {
+/// Relays one connection until either side closes or the dice say reset; after a freeze, holds
+/// both sockets open without reading or writing until the relay is dropped.
+async fn relay(mut client: TcpStream, mut rng: SplitMix64, mut shared: Shared) {
+    let generation = *shared.freezes.borrow_and_update();
+    let reset_per_million = shared.reset_per_million.clone();
+    let stats = shared.stats.clone();
     let doomed = |rng: &mut SplitMix64| rng.chance(reset_per_million.load(Ordering::Relaxed));
     if doomed(&mut rng) {
         reset(&client);
         stats.resets.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let Ok(mut server) = TcpStream::connect(target).await else {
+    let Ok(mut server) = TcpStream::connect(shared.target).await else {
         reset(&client);
         return;
     };
@@ -154,9 +179,21 @@ async fn relay(
     let (mut up, mut down) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     loop {
         // Reads are cancel-safe; each side is full duplex, so writing inline cannot deadlock.
-        let (read, from_client) = tokio::select! {
-            n = client.read(&mut up) => (n, true),
-            n = server.read(&mut down) => (n, false),
+        let step = tokio::select! {
+            n = client.read(&mut up) => Step::Read(n, true),
+            n = server.read(&mut down) => Step::Read(n, false),
+            changed = shared.freezes.wait_for(|g| *g > generation) => match changed {
+                Ok(_) => Step::Freeze,
+                Err(_) => return,
+            },
+        };
+        let (read, from_client) = match step {
+            Step::Read(read, from_client) => (read, from_client),
+            Step::Freeze => {
+                stats.frozen.fetch_add(1, Ordering::Relaxed);
+                // Both sockets stay open and silent until the relay is dropped.
+                return std::future::pending().await;
+            }
         };
         let n = match read {
             Ok(n) if n > 0 => n,
@@ -179,6 +216,13 @@ async fn relay(
             return;
         }
     }
+}
+
+/// What woke a relayed connection.
+enum Step {
+    /// Bytes (or EOF, or an error) from the client (`true`) or the server.
+    Read(std::io::Result<usize>, bool),
+    Freeze,
 }
 
 /// Makes the coming close send an RST: SO_LINGER with a zero timeout.

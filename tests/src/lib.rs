@@ -15,6 +15,8 @@ pub mod mesh;
 pub mod otlp;
 pub mod raw;
 pub mod tools;
+pub mod traffic;
+pub mod websocket;
 
 pub use apps::{EchoApp, Protocol};
 pub use client::TestClient;

@@ -3,6 +3,7 @@
 //! sharing the app port, as pods share a containerPort in Kubernetes.
 
 use crate::apps::{EchoApp, Protocol};
+use crate::chaos::ChaosRelay;
 use crate::client::TestClient;
 use anyhow::{bail, Context};
 use std::fmt::Write as _;
@@ -118,9 +119,24 @@ pub struct MeshBuilder {
     extra_control_plane_ca: String,
     mesh_yaml: String,
     limits: trellis_proxy::Limits,
+    link: trellis_proxy::LinkSettings,
+    relay_control_plane: bool,
 }
 
 impl MeshBuilder {
+    /// Sidecars reach the control plane through a `ChaosRelay` (see `Mesh::control_plane_relay`),
+    /// which can reset or silently freeze their connections.
+    pub fn control_plane_relay(mut self) -> Self {
+        self.relay_control_plane = true;
+        self
+    }
+
+    /// Keepalive, deadlines and silence bound of every sidecar's control-plane link.
+    pub fn control_plane_link(mut self, link: trellis_proxy::LinkSettings) -> Self {
+        self.link = link;
+        self
+    }
+
     /// Sidecars also trust `pem` for the control plane's certificate, as an operator distributes
     /// a new root before a CA rotation.
     pub fn control_plane_ca_extra(mut self, pem: &str) -> Self {
@@ -169,6 +185,8 @@ impl MeshBuilder {
             next_host: 2,
             telemetry: self.telemetry.clone(),
             limits: self.limits.clone(),
+            link: self.link,
+            relay: None,
             mesh_yaml: self.mesh_yaml.clone(),
             _dir: dir,
         };
@@ -187,6 +205,10 @@ impl MeshBuilder {
                 .push((s.name.clone(), cp.issue_token(NAMESPACE, &s.name)));
         }
         mesh.control_plane = Some(ControlPlaneHandle::spawn(cp));
+        if self.relay_control_plane {
+            let relay = ChaosRelay::start(mesh.control_plane_addr(), 1, 0.0).await?;
+            mesh.relay = Some(relay);
+        }
         for i in 0..mesh.workloads.len() {
             mesh.start_proxy(i).await?;
         }
@@ -245,6 +267,9 @@ pub struct Mesh {
     next_host: u8,
     telemetry: trellis_proxy::TelemetryConfig,
     limits: trellis_proxy::Limits,
+    link: trellis_proxy::LinkSettings,
+    /// Between the sidecars and the control plane, when the builder asked for it.
+    relay: Option<ChaosRelay>,
     /// Top-level YAML lines written before `services:`; change and `write_config` to apply.
     pub mesh_yaml: String,
     _dir: tempfile::TempDir,
@@ -309,6 +334,19 @@ impl Mesh {
             .as_ref()
             .map(|c| c.addr)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The relay in front of the control plane (`MeshBuilder::control_plane_relay`).
+    pub fn control_plane_relay(&self) -> Option<&ChaosRelay> {
+        self.relay.as_ref()
+    }
+
+    /// The URL sidecars use for the control plane: the relay's address when there is one.
+    fn control_plane_url(&self) -> String {
+        match &self.relay {
+            Some(relay) => format!("https://{}", relay.addr),
+            None => format!("https://{}", self.control_plane_addr()),
+        }
     }
 
     /// Stops the control plane; sidecars keep serving with what they hold.
@@ -396,7 +434,7 @@ impl Mesh {
             .token(&service)
             .context("no token for the service")?
             .to_string();
-        let control_plane_url = format!("https://{}", self.control_plane_addr());
+        let control_plane_url = self.control_plane_url();
         let ca_pem = self.ca_pem.clone();
         let w = &mut self.workloads[index];
         let listeners = w.pending.take().context("sidecar already started")?;
@@ -415,6 +453,9 @@ impl Mesh {
             telemetry: self.telemetry.clone(),
             limits: self.limits.clone(),
             log_control: None,
+            control_plane_link: self.link,
+            admin_open_diagnostics: false,
+            app_probes: Default::default(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         w.stop = Some(stop);
@@ -440,7 +481,7 @@ impl Mesh {
         )
         .await?;
         let config = trellis_proxy::ProxyConfig {
-            control_plane_url: format!("https://{}", self.control_plane_addr()),
+            control_plane_url: self.control_plane_url(),
             control_plane_ca_pem: self.ca_pem.clone(),
             control_plane_name: "localhost".into(),
             token: self
@@ -457,6 +498,9 @@ impl Mesh {
             telemetry: self.telemetry.clone(),
             limits: self.limits.clone(),
             log_control: None,
+            control_plane_link: self.link,
+            admin_open_diagnostics: false,
+            app_probes: Default::default(),
         };
         Ok(Sidecar {
             inbound: listeners.inbound_addr()?,

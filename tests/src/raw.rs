@@ -521,3 +521,285 @@ impl H2 {
         }
     }
 }
+
+/// Stops workload `index`'s echo app (a stand-in keeps its sidecar's config valid) and returns
+/// its address, free for another server.
+pub async fn free_app_address(mesh: &mut Mesh, index: usize) -> SocketAddr {
+    let addr = mesh.workloads[index].app.addr;
+    let stand_in = EchoApp::start("stand-in", SocketAddr::new(addr.ip(), 0), Protocol::Http1)
+        .await
+        .expect("stand-in app starts");
+    drop(std::mem::replace(&mut mesh.workloads[index].app, stand_in));
+    addr
+}
+
+/// What a `LenientApp` has seen, in counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LenientCounts {
+    /// Request heads received.
+    pub heads: usize,
+    /// Requests taken as complete: the connection ended cleanly (EOF) after the head.
+    pub complete: usize,
+    /// Connections reset (or failed) after a head: nothing to process.
+    pub reset: usize,
+}
+
+/// An app as lenient as they come: whatever follows a request head until the connection ends is
+/// its body, and a clean end of the connection completes the request (as an HTTP/1.0-style
+/// server, or a sloppy chunked parser, would take it). It never answers. If the proxy lets a
+/// request it refused reach an app, this one counts it.
+pub struct LenientApp {
+    pub addr: SocketAddr,
+    counts: Arc<Mutex<LenientCounts>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for LenientApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LenientApp {
+    /// A mesh of `client` and `hello` (permissive mTLS, so its inbound also takes plaintext)
+    /// whose hello app is a `LenientApp`.
+    pub async fn behind_mesh() -> (Mesh, LenientApp) {
+        let mut mesh = Mesh::builder()
+            .service(crate::Service::http1("client"))
+            .service(crate::Service::http1("hello").yaml("mtls: permissive"))
+            .start()
+            .await
+            .expect("mesh starts");
+        let index = (mesh.workloads.iter())
+            .position(|w| w.service == "hello")
+            .expect("a hello workload");
+        let addr = free_app_address(&mut mesh, index).await;
+        for _ in 0..100 {
+            if let Ok(listener) = TcpListener::bind(addr).await {
+                let counts = Arc::new(Mutex::new(LenientCounts::default()));
+                let task = tokio::spawn(lenient_accept(listener, counts.clone()));
+                return (mesh, LenientApp { addr, counts, task });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the app's address {addr} never became free");
+    }
+
+    pub fn counts(&self) -> LenientCounts {
+        self.counts.lock().map(|c| *c).unwrap_or_default()
+    }
+}
+
+async fn lenient_accept(listener: TcpListener, counts: Arc<Mutex<LenientCounts>>) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let counts = counts.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 16 * 1024];
+            while find(&buf, b"\r\n\r\n").is_none() {
+                match stream.read(&mut chunk).await {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+            }
+            if let Ok(mut c) = counts.lock() {
+                c.heads += 1;
+            }
+            let ended_cleanly = loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) => break true,
+                    Ok(_) => continue,
+                    Err(_) => break false,
+                }
+            };
+            if let Ok(mut c) = counts.lock() {
+                match ended_cleanly {
+                    true => c.complete += 1,
+                    false => c.reset += 1,
+                }
+            }
+        });
+    }
+}
+
+impl Http1 {
+    /// The next final answer's head only (for answers to HEAD, which have no body whatever
+    /// their framing headers say); `None` if the connection ends or stays silent first.
+    pub async fn answer_head(&mut self) -> Option<Answer> {
+        loop {
+            while find(&self.buf, b"\r\n\r\n").is_none() {
+                if !fill(&mut self.stream, &mut self.buf, PATIENCE).await {
+                    return None;
+                }
+            }
+            let end = find(&self.buf, b"\r\n\r\n")? + 4;
+            let head: Vec<u8> = self.buf.drain(..end).collect();
+            let (start, headers) = parse_head(&head);
+            let status: u16 = start.split(' ').nth(1)?.parse().ok()?;
+            if (100..200).contains(&status) {
+                continue;
+            }
+            return Some(Answer {
+                status,
+                headers,
+                body: Vec::new(),
+            });
+        }
+    }
+}
+
+impl H2 {
+    /// Connects without sending anything: the test writes the preface (or what stands for it).
+    pub async fn connect_bare(addr: SocketAddr) -> H2 {
+        let stream = TcpStream::connect(addr).await.expect("connects");
+        let _ = stream.set_nodelay(true);
+        H2 {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// The `:status` of a response header block whose first field is the status, as h2 encodes it:
+/// indexed (RFC 7541 static entries 8-14), or a literal with the name `:status` (index 8) and a
+/// plain or Huffman-coded value of digits. `None` for anything else.
+pub fn response_status(block: &[u8]) -> Option<u16> {
+    const STATIC: [u16; 7] = [200, 204, 206, 304, 400, 404, 500];
+    let (&first, rest) = block.split_first()?;
+    if first & 0x80 != 0 {
+        return STATIC
+            .get(usize::from(first & 0x7f).checked_sub(8)?)
+            .copied();
+    }
+    // Literal with incremental indexing (01), without indexing (0000), never indexed (0001).
+    let name_index = match first {
+        0x40..=0x7f => first & 0x3f,
+        0x00..=0x1f => first & 0x0f,
+        _ => return None,
+    };
+    if name_index != 8 {
+        return None;
+    }
+    let (&len, value) = rest.split_first()?;
+    let value = value.get(..usize::from(len & 0x7f))?;
+    let digits = if len & 0x80 == 0 {
+        value.to_vec()
+    } else {
+        huffman_digits(value)?
+    };
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Decodes a Huffman string of digits (RFC 7541 Appendix B: '0'-'2' are 5 bits, '3'-'9' 6).
+fn huffman_digits(bytes: &[u8]) -> Option<Vec<u8>> {
+    let bits: Vec<u8> = (bytes.iter())
+        .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1))
+        .collect();
+    let mut out = Vec::new();
+    let mut at = 0;
+    let code = |from: usize, n: usize| {
+        bits.get(from..from + n)
+            .map(|b| b.iter().fold(0u8, |acc, &bit| acc << 1 | bit))
+    };
+    while at < bits.len() {
+        // Padding: at most 7 one-bits.
+        if bits.len() - at < 8 && bits[at..].iter().all(|&b| b == 1) {
+            break;
+        }
+        match code(at, 5)? {
+            c @ 0..=2 => {
+                out.push(b'0' + c);
+                at += 5;
+            }
+            _ => match code(at, 6)? {
+                c @ 0x19..=0x1f => {
+                    out.push(b'3' + (c - 0x19));
+                    at += 6;
+                }
+                _ => return None,
+            },
+        }
+    }
+    Some(out)
+}
+
+impl H2 {
+    /// The socket and any bytes already read past the handshake, for a test that reads and
+    /// writes at once (a flood whose answers must be drained and counted while it writes).
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+}
+
+/// What a server sent back on a connection, in counts (see `count_frames`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FrameCounts {
+    /// Response heads (HEADERS on a stream) with status 200.
+    pub ok: u64,
+    /// Other heads (another status, or one `response_status` cannot read: h2 indexes a status
+    /// it sends again, such as the 503 of every shed request).
+    pub other: u64,
+    /// RST_STREAM frames, and those with REFUSED_STREAM.
+    pub resets: u64,
+    pub refused: u64,
+    /// GOAWAY frames, and those with ENHANCE_YOUR_CALM.
+    pub goaways: u64,
+    pub calm_down: u64,
+}
+
+impl FrameCounts {
+    pub fn add(&mut self, other: &FrameCounts) {
+        self.ok += other.ok;
+        self.other += other.other;
+        self.resets += other.resets;
+        self.refused += other.refused;
+        self.goaways += other.goaways;
+        self.calm_down += other.calm_down;
+    }
+}
+
+/// Reads frames from `read` (starting with `buf`) until the connection ends, counting what
+/// matters to a flood; acknowledges nothing (the handshake was done by `H2::connect`).
+pub async fn count_frames(
+    mut read: impl tokio::io::AsyncRead + Unpin,
+    mut buf: Vec<u8>,
+) -> FrameCounts {
+    let mut counts = FrameCounts::default();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        while buf.len() >= 9 {
+            let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let kind = buf[3];
+            let payload = &buf[9..9 + len];
+            let code = payload
+                .get(..4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            match kind {
+                h2::HEADERS => match response_status(payload) {
+                    Some(200) => counts.ok += 1,
+                    _ => counts.other += 1,
+                },
+                h2::RST_STREAM => {
+                    counts.resets += 1;
+                    counts.refused += u64::from(code == Some(h2::REFUSED_STREAM));
+                }
+                h2::GOAWAY => {
+                    let code = payload
+                        .get(4..8)
+                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    counts.goaways += 1;
+                    counts.calm_down += u64::from(code == Some(h2::ENHANCE_YOUR_CALM));
+                }
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+        match read.read(&mut chunk).await {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return counts,
+        }
+    }
+}

@@ -6,30 +6,11 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trellis_tests::mesh::{wait_until, Mesh};
+use trellis_tests::traffic::SteadyTraffic;
 use trellis_tests::{Service, TestClient};
-
-/// Requests from client to hello back to back until `stop`; (succeeded, failed).
-fn traffic(client: TestClient, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
-    tokio::spawn(async move {
-        let (mut ok, mut failed) = (0, 0);
-        while !stop.load(Ordering::Relaxed) {
-            match tokio::time::timeout(Duration::from_secs(5), client.get("hello", "/")).await {
-                Ok(Ok((rsp, _))) if rsp.status() == 200 => ok += 1,
-                other => {
-                    failed += 1;
-                    eprintln!("request failed while the file was rewritten: {other:?}");
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (ok, failed)
-    })
-}
 
 /// Writes `text` the way many tools do: truncate (the file is empty), pause, the first half,
 /// pause, the rest. Every pause is shorter than the settle time (500 ms).
@@ -83,8 +64,7 @@ async fn truncate_then_write_under_load_applies_nothing_half_written_and_fails_n
     // The status after every round: a parsed empty or partial file would show as an error or a
     // new version (an error stays until the next version clears it).
     let (mut versions, mut errors) = (Vec::new(), Vec::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = traffic(client.clone(), stop.clone());
+    let load = SteadyTraffic::start(client.clone(), "hello", Duration::from_millis(5));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Ten rewrites of the same content, each empty for 100-300 ms and half-written for 150 ms.
@@ -154,8 +134,8 @@ async fn truncate_then_write_under_load_applies_nothing_half_written_and_fails_n
         "not before the writer finished and the settle time passed: {applied_after:?}"
     );
 
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = load.await.expect("traffic task");
+    let counts = load.finish().await;
+    let (ok, failed) = (counts.ok(), counts.failed);
     println!("{ok} requests succeeded, {failed} failed while the file was rewritten");
     assert_eq!(failed, 0, "no request failed");
     assert!(ok > 100, "traffic flowed: {ok} requests");

@@ -4,10 +4,9 @@
 //! during the outage once it is back, without a restart. A sidecar that starts while the control
 //! plane is down becomes ready once it returns.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trellis_tests::mesh::{wait_until, Mesh};
+use trellis_tests::traffic::SteadyTraffic;
 use trellis_tests::{Service, TestClient};
 
 /// The `/config` document of a workload's sidecar.
@@ -37,24 +36,6 @@ async fn answered_by(client: &TestClient, path: &str) -> Option<(String, String)
         header("x-echo-server"),
         header("x-echo-h-trellis-client-id"),
     ))
-}
-
-/// Requests from client to hello back to back until `stop`; (succeeded, failed).
-fn traffic(client: TestClient, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
-    tokio::spawn(async move {
-        let (mut ok, mut failed) = (0, 0);
-        while !stop.load(Ordering::Relaxed) {
-            match tokio::time::timeout(Duration::from_secs(5), client.get("hello", "/")).await {
-                Ok(Ok((rsp, _))) if rsp.status() == 200 => ok += 1,
-                other => {
-                    failed += 1;
-                    eprintln!("request failed during the outage: {other:?}");
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (ok, failed)
-    })
 }
 
 const ROUTE_TO_V2: &str = "\
@@ -96,8 +77,7 @@ async fn sidecars_serve_through_a_control_plane_outage_and_resync_when_it_return
         "no route yet: /v2 goes to hello"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = traffic(client.clone(), stop.clone());
+    let load = SteadyTraffic::start(client.clone(), "hello", Duration::from_millis(5));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     mesh.stop_control_plane().await;
@@ -183,8 +163,8 @@ async fn sidecars_serve_through_a_control_plane_outage_and_resync_when_it_return
         assert_eq!(&now, before, "workload {i} kept its certificate");
     }
 
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = load.await.expect("traffic task");
+    let counts = load.finish().await;
+    let (ok, failed) = (counts.ok(), counts.failed);
     println!(
         "{ok} requests succeeded, {failed} failed across the outage ({:?})",
         back_at.elapsed()

@@ -64,20 +64,12 @@ async fn hostile_requests_through(listener: SocketAddr, upstream: &Upstream) {
             conn.closed_within(Duration::from_secs(5)).await,
             "{name}: connection closed"
         );
+        // Every refusal, a broken chunked body included, is final before anything is sent on:
+        // the scanner reads the whole request (one write) before hyper hands its head over.
         let seen: Vec<_> = (upstream.seen().into_iter())
             .filter(|s| s.target == path)
             .collect();
-        assert!(
-            seen.iter().all(|s| !s.complete),
-            "{name}: no complete request reached the app"
-        );
-        // A broken body is found after the head was forwarded; every other refusal is final
-        // before anything is sent on.
-        let body_broken = name.starts_with("chunk");
-        assert!(
-            body_broken || seen.is_empty(),
-            "{name}: the head never reached the app"
-        );
+        assert!(seen.is_empty(), "{name}: the head never reached the app");
     }
     for (i, (name, template)) in SERVED.iter().enumerate() {
         let path = format!("/served-{i}");

@@ -83,7 +83,8 @@ authorization:
             .await
             .expect("plain");
         assert_eq!(status, 403, "h2c={h2c}");
-        assert!(reason.contains("default"), "{reason}");
+        // A caller without an identity is told the kind of refusal, not the rule's name.
+        assert_eq!(reason, "forbidden", "h2c={h2c}");
     }
     // mTLS on the same port.
     let (status, id, _) = get(&mesh.client("client", false), "http://hello/private", true)
@@ -197,4 +198,58 @@ async fn a_valid_certificate_for_the_wrong_identity_is_refused_by_the_client_sid
         "{reason}"
     );
     assert!(!handshakes.load(Ordering::SeqCst), "no handshake completed");
+}
+
+/// An app cannot speak for the proxy: a `trellis-error` it sets is removed by its sidecar, so
+/// callers never take an app's answer for a proxy's. The proxy's own answers still carry it.
+#[tokio::test]
+async fn a_trellis_error_set_by_the_app_does_not_reach_callers() {
+    let mut mesh = Mesh::client_and(Service::http1("hello")).await;
+    let index = (mesh.workloads.iter())
+        .position(|w| w.service == "hello")
+        .expect("hello");
+    let addr = trellis_tests::raw::free_app_address(&mut mesh, index).await;
+    // The echo app lets go of the address a moment after it is stopped.
+    let mut listener = None;
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            listener = Some(l);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listener = listener.expect("the app's address");
+    let app = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let answer =
+                    "HTTP/1.1 503 Service Unavailable\r\ntrellis-error: forged by the app\r\n\
+                              content-length: 0\r\n\r\n";
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let (status, _, reason) = get(&mesh.client("client", false), "http://hello/", false)
+        .await
+        .expect("call");
+    assert_eq!(
+        (status, reason.as_str()),
+        (503, ""),
+        "the app's 503 passes, its header not"
+    );
+    // A proxy-made answer on the same path still says why.
+    let (status, _, reason) = get(&mesh.client("client", false), "http://nowhere/", false)
+        .await
+        .expect("call");
+    assert_eq!(status, 404);
+    assert!(reason.contains("no route"), "{reason}");
+    app.abort();
 }

@@ -5,7 +5,8 @@
 //! stores (`translate.rs`), publishes it through the shared `Publisher` when it differs from the
 //! last one, and hands the objects' statuses to the status writer (`status.rs`). Watch errors are
 //! retried by the watchers' backoff while the last config keeps serving. The Gateway API is
-//! optional: a cluster without its CRDs (or without RBAC for them) is not a sync failure.
+//! optional: a cluster without its CRDs (or without RBAC for them) is not a sync failure. The
+//! labelled namespaces also get the CA's trust bundle ConfigMap (`trust_bundle.rs`).
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,9 +20,12 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
+use prost::Message;
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
+use trellis_api::config as pb;
+use trellis_api::type_url;
 
 use super::crd::TrafficPolicy;
 use super::gateway::{GRPCRoute, HTTPRoute};
@@ -29,8 +33,10 @@ use super::status::{StatusWriter, Stores};
 use super::translate::{
     self, Built, ClusterState, Memory, MeshSettings, INJECT_ENABLED, INJECT_LABEL,
 };
+use super::trust_bundle::{self, TrustBundleWriter};
 use super::KubernetesError;
 use crate::publish::Publisher;
+use crate::resources::SharedSnapshot;
 
 /// How long the source waits after a change for more before rebuilding.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -50,6 +56,7 @@ pub struct KubernetesSource {
     tasks: Vec<JoinHandle<()>>,
     settings: MeshSettings,
     debounce: Duration,
+    trust_bundle_resync: Duration,
     client: kube::Client,
     memory: Mutex<Memory>,
 }
@@ -92,6 +99,7 @@ impl KubernetesSource {
             tasks,
             settings,
             debounce: DEBOUNCE,
+            trust_bundle_resync: trust_bundle::RESYNC,
             client,
             memory: Mutex::new(Memory::default()),
         }
@@ -99,6 +107,12 @@ impl KubernetesSource {
 
     pub fn with_debounce(mut self, debounce: Duration) -> Self {
         self.debounce = debounce;
+        self
+    }
+
+    /// How often the trust bundle ConfigMaps are compared with the CA again (tests shorten it).
+    pub fn with_trust_bundle_resync(mut self, resync: Duration) -> Self {
+        self.trust_bundle_resync = resync;
         self
     }
 
@@ -174,6 +188,9 @@ impl KubernetesSource {
             },
         );
         writer.set(&last.statuses);
+        let bundle = TrustBundleWriter::start(self.client.clone(), self.trust_bundle_resync);
+        let snapshots = publisher.subscribe();
+        self.set_trust_bundle(&bundle, &snapshots.borrow());
         loop {
             if *shutdown.borrow() {
                 return;
@@ -196,8 +213,23 @@ impl KubernetesSource {
             // Every round, not only on a change: the writer compares with the objects as the
             // stores hold them now, which is how a status someone else overwrote is restored.
             writer.set(&built.statuses);
+            self.set_trust_bundle(&bundle, &snapshots.borrow());
             last = built;
         }
+    }
+}
+
+impl KubernetesSource {
+    /// Hands the labelled namespaces and the served roots to the trust bundle writer.
+    fn set_trust_bundle(&self, bundle: &TrustBundleWriter, snapshot: &SharedSnapshot) {
+        let roots = (snapshot.of_type(type_url::TRUST_BUNDLE))
+            .and_then(|r| r.get("default"))
+            .and_then(|r| pb::TrustBundle::decode(r.payload.as_slice()).ok())
+            .map(|b| b.roots_der)
+            .unwrap_or_default();
+        let namespaces =
+            (self.namespaces.state().into_iter()).filter_map(|n| n.metadata.name.clone());
+        bundle.set(&roots, namespaces);
     }
 }
 

@@ -266,6 +266,14 @@ pub fn addresses(response: &DeltaDiscoveryResponse) -> Vec<String> {
         .collect()
 }
 
+/// A CSR for a key made here, with `uri` as its only SAN (what a proxy sends to Certify).
+pub fn csr(uri: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("a URI SAN"))];
+    params.serialize_request(&key).expect("CSR").der().to_vec()
+}
+
 /// Replaces the file atomically so the poller never sees a half-written file.
 pub fn write_config(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");

@@ -9,7 +9,10 @@
 //! subresource does: only `status` changes, a `metadata.resourceVersion` in the patch is a
 //! precondition (409 when stale), the object gets a new resourceVersion and watchers a MODIFIED
 //! event. Every request and every status patch is logged for assertions. The Gateway API
-//! collections start empty unless a test gives their lists.
+//! collections start empty unless a test gives their lists. ConfigMaps (`CONFIG_MAPS`, empty at
+//! start) answer single-object GETs (404 when absent, as `get_opt` expects) and server-side
+//! apply PATCHes (`application/apply-patch+yaml` with a `fieldManager`): the applied fields are
+//! merged into the object, which is created when absent.
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,6 +45,7 @@ pub const COLLECTIONS: [(&str, &str); 7] = [
 pub const TRAFFIC_POLICIES: &str = "/apis/policy.trellis.io/v1alpha1/trafficpolicies";
 pub const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 pub const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
+pub const CONFIG_MAPS: &str = "/api/v1/configmaps";
 const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
 pub fn fixture(name: &str) -> String {
@@ -184,6 +188,14 @@ impl FakeApiServer {
                 },
             );
         }
+        collections.insert(
+            CONFIG_MAPS.to_string(),
+            Collection {
+                api_version: "v1".into(),
+                kind: "ConfigMapList".into(),
+                items: Vec::new(),
+            },
+        );
         let reviews = (reviews.iter())
             .map(|(token, name)| {
                 (
@@ -331,6 +343,16 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         let body = req.into_body().collect().await.unwrap().to_bytes();
         return patch_status(state, &path, content_type, &body);
     }
+    if let Some((collection, namespace, name)) = object_path(&path) {
+        if req.method() == Method::GET {
+            return get_object(state, &collection, &namespace, &name);
+        }
+        if req.method() == Method::PATCH {
+            let content_type = req.headers().get("content-type").cloned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            return apply_object(state, &collection, &query, content_type, &body);
+        }
+    }
     let selector = query.get("labelSelector").cloned();
     let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     let list = {
@@ -419,6 +441,73 @@ fn patch_status(
         name: name.to_owned(),
         body: patch,
     });
+    json(StatusCode::OK, object.to_string())
+}
+
+/// `<prefix>/namespaces/<ns>/<plural>/<name>` as (`<prefix>/<plural>`, ns, name).
+fn object_path(path: &str) -> Option<(String, String, String)> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let n = parts.len();
+    (n >= 7 && parts[n - 4] == "namespaces").then(|| {
+        let collection = format!("{}/{}", parts[..n - 4].join("/"), parts[n - 2]);
+        (collection, parts[n - 3].to_owned(), parts[n - 1].to_owned())
+    })
+}
+
+fn get_object(state: &State, collection: &str, namespace: &str, name: &str) -> Response<Body> {
+    let objects = state.objects.lock().unwrap();
+    let key = (namespace.to_owned(), name.to_owned());
+    match (objects.collections.get(collection))
+        .and_then(|c| c.items.iter().find(|o| object_key(o) == key))
+    {
+        Some(object) => json(StatusCode::OK, object.to_string()),
+        None => json(
+            StatusCode::NOT_FOUND,
+            not_found(&format!("{collection} {name}")),
+        ),
+    }
+}
+
+/// A server-side apply: the body's fields merged into the object (created when absent).
+fn apply_object(
+    state: &State,
+    collection: &str,
+    query: &HashMap<String, String>,
+    content_type: Option<hyper::header::HeaderValue>,
+    body: &[u8],
+) -> Response<Body> {
+    if content_type.as_ref().and_then(|v| v.to_str().ok()) != Some("application/apply-patch+yaml") {
+        return json(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            status_doc(415, "UnsupportedMediaType", "only server-side apply here"),
+        );
+    }
+    if !query.contains_key("fieldManager") {
+        return json(
+            StatusCode::BAD_REQUEST,
+            status_doc(400, "BadRequest", "fieldManager is required for apply"),
+        );
+    }
+    let applied: Value = serde_json::from_slice(body).unwrap();
+    let mut objects = state.objects.lock().unwrap();
+    let key = object_key(&applied);
+    let Some(items) = objects.collections.get(collection).map(|c| &c.items) else {
+        return json(StatusCode::NOT_FOUND, not_found(collection));
+    };
+    let (kind, mut object) = match items.iter().find(|o| object_key(o) == key) {
+        Some(current) => ("MODIFIED", current.clone()),
+        None => {
+            let uid = format!("uid-{}-{}", key.0, key.1);
+            let created = serde_json::json!({"metadata": {
+                "uid": uid, "creationTimestamp": "2024-01-01T00:00:00Z"
+            }});
+            ("ADDED", created)
+        }
+    };
+    merge(&mut object, &applied);
+    object["metadata"]["resourceVersion"] = objects.next_version().to_string().into();
+    let event = serde_json::json!({"type": kind, "object": object});
+    objects.record(collection, &event, &state.live);
     json(StatusCode::OK, object.to_string())
 }
 

@@ -5,9 +5,14 @@
 //! - a response is applied whole or not at all: one bad resource NACKs it, and the snapshot in
 //!   force keeps serving;
 //! - on reconnect the proxy tells the control plane the versions it holds, keeps serving them while
-//!   disconnected, and backs off with jitter between attempts.
+//!   disconnected, and backs off with jitter between attempts (at least as long as the control
+//!   plane's retry pushback, when it refuses the stream over its caps);
+//! - a stream that stays silent longer than `LinkSettings::max_silence` is reopened, so a hung
+//!   control plane cannot hold the proxy's config (dead connections are found sooner, by the
+//!   channel's keepalive: see `control_plane`).
 
 use crate::config::{build_snapshot, decode, ResourceCache, SnapshotStore};
+use crate::control_plane::{self, LinkSettings, LinkStatus};
 use crate::identity::{backoff, IdentityError};
 use crate::tls::TlsContext;
 use crate::transport::MeshConnector;
@@ -35,6 +40,8 @@ pub struct DiscoveryStatus {
     pub failed_streams: u64,
     /// Failed attempts since a response last arrived: what the current backoff step is based on.
     pub consecutive_failures: u32,
+    /// Failures of calls to the control plane (discovery and certificates), by cause.
+    pub link: LinkStatus,
 }
 
 pub type SharedStatus = Arc<Mutex<DiscoveryStatus>>;
@@ -47,6 +54,9 @@ pub struct DiscoveryClient {
     pub connector: MeshConnector,
     pub tls: TlsContext,
     pub status: SharedStatus,
+    pub link: LinkSettings,
+    /// The name the control plane's certificate must carry, for error messages.
+    pub control_plane_name: String,
 }
 
 impl DiscoveryClient {
@@ -54,17 +64,31 @@ impl DiscoveryClient {
         let mut cache = ResourceCache::new();
         let mut failures = 0u32;
         loop {
-            match self.stream(&mut cache, &mut failures).await {
-                Ok(()) => tracing::info!("discovery stream closed by the control plane"),
-                Err(e) => tracing::warn!(error = %e, "discovery stream failed"),
-            }
+            let outcome = self.stream(&mut cache, &mut failures).await;
             failures += 1;
+            let mut delay = backoff(failures);
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(retry_in = ?delay, "discovery stream closed by the control plane")
+                }
+                Err(status) => {
+                    let diagnosis = control_plane::diagnose(&status);
+                    delay = delay.max(diagnosis.pushback.unwrap_or_default());
+                    control_plane::log_failure(
+                        "discovery",
+                        &diagnosis,
+                        delay,
+                        &self.control_plane_name,
+                    );
+                    self.set_status(|s| s.link.record("discovery", &diagnosis));
+                }
+            }
             self.set_status(|s| {
                 s.connected = false;
                 s.failed_streams += 1;
                 s.consecutive_failures = failures;
             });
-            tokio::time::sleep(backoff(failures)).await;
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -105,9 +129,20 @@ impl DiscoveryClient {
             .metadata_mut()
             .insert(trellis_api::AUTHORIZATION, bearer);
         let mut responses = self.client.delta_resources(request).await?.into_inner();
-        self.set_status(|s| s.connected = true);
+        self.set_status(|s| {
+            s.connected = true;
+            s.link.clear("discovery");
+        });
         tracing::info!("discovery stream established");
-        while let Some(rsp) = responses.message().await? {
+        let max_silence = self.link.max_silence;
+        loop {
+            let next = tokio::time::timeout(max_silence, responses.message()).await;
+            let Ok(next) = next else {
+                return Err(tonic::Status::deadline_exceeded(format!(
+                    "no message on the discovery stream for {max_silence:?}; reopening it"
+                )));
+            };
+            let Some(rsp) = next? else { break };
             if *failures > 0 {
                 *failures = 0;
                 self.set_status(|s| s.consecutive_failures = 0);
@@ -194,3 +229,6 @@ fn stage(
         Err(errors.join("; "))
     }
 }
+
+#[cfg(test)]
+mod tests;

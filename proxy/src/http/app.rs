@@ -1,10 +1,12 @@
 //! The inbound side's client to the local app, in the protocol the app speaks: pooled HTTP/1.1
 //! connections, or one multiplexed h2c connection per app port. The request keeps its original
 //! authority (as the Host header for HTTP/1.1, `:authority` for h2c), so the app sees what the
-//! caller sent.
+//! caller sent. An upgrade (WebSocket, see `upgrade`) gets a dedicated HTTP/1.1 connection of its
+//! own (`upgrade_connection`), since the connection becomes the WebSocket.
 
+use super::app_conn::AppConnector;
 use super::body::Body;
-use super::headers::strip_hop_by_hop;
+use super::headers::{strip_hop_by_hop, PROXY_ERROR};
 use crate::config::{AppPort, AppProtocol};
 use crate::errors::ProxyError;
 use crate::transport::MeshConnection;
@@ -20,7 +22,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct AppClient {
     host: IpAddr,
-    http1: Client<HttpConnector, Body>,
+    http1: Client<AppConnector, Body>,
     h2c: Arc<ArcSwap<HashMap<u16, Arc<MeshConnection>>>>,
 }
 
@@ -31,7 +33,7 @@ impl AppClient {
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+            .build(AppConnector::new(connector));
         AppClient {
             host,
             http1,
@@ -80,7 +82,40 @@ impl AppClient {
             }
         };
         strip_hop_by_hop(rsp.headers_mut());
+        // The app cannot speak for the proxy: callers must not take its header for ours.
+        rsp.headers_mut().remove(&PROXY_ERROR);
         Ok(rsp.map(Body::from))
+    }
+
+    /// A new HTTP/1.1 connection to the app on `port`, for one upgrade request only: never
+    /// pooled, since after a 101 it carries the upgraded protocol.
+    pub async fn upgrade_connection(
+        &self,
+        port: u16,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Body>, ProxyError> {
+        let addr = self.addr(port);
+        let app_err = |reason: String| ProxyError::App { port, reason };
+        let tcp =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| app_err("connect timeout".into()))?
+                .map_err(|e| app_err(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| app_err(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "app upgrade connection failed");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The app's address for `port`.
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.host, port)
     }
 
     fn h2c_connection(&self, port: u16) -> Arc<MeshConnection> {

@@ -2,10 +2,13 @@
 //! connection to it (opening one counts against the circuit breaker's pending and connection
 //! limits), rewrite the request into its HTTP/2 form, and send it. The outcome feeds the
 //! endpoint's latency estimate and outlier detection. Bodies stream both ways without buffering.
+//! An upgrade (WebSocket) is recognised before the hop-by-hop headers go and sent as an RFC 8441
+//! extended CONNECT on the same connection; `upgrade` answers the client and splices the streams.
 
 use super::body::Body;
 use super::headers::{strip_hop_by_hop, CLIENT_ID};
 use super::route::Target;
+use super::upgrade;
 use super::ResponseFuture;
 use crate::balance::{self, LoadGuard};
 use crate::config::{Cluster, Endpoint};
@@ -37,6 +40,8 @@ impl tower::Service<Request<Body>> for ForwardToMesh {
 }
 
 async fn forward(mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    // Before hop-by-hop headers go: an upgrade travels as extended CONNECT (`upgrade`).
+    let asked = upgrade::classify(&req)?;
     let target = req
         .extensions_mut()
         .remove::<Target>()
@@ -51,6 +56,10 @@ async fn forward(mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         })?;
     let app_version = req.version();
     to_mesh_form(&mut req)?;
+    let upgrading = match &asked {
+        Some(asked) => Some(upgrade::to_extended_connect(&mut req, asked)?),
+        None => None,
+    };
     if let Some(deadline) = req.extensions().get::<Deadline>().filter(|d| d.grpc) {
         let remaining = deadline
             .at
@@ -80,11 +89,22 @@ async fn forward(mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     };
     let addr = endpoint.addr;
     load.sent();
-    let mut rsp = match crate::transport::send(&mut sender, req, addr).await {
+    let mut blame = crate::transport::Blame::Endpoint;
+    let sent = (crate::transport::send_judged(&mut sender, req, addr).await).map_err(|(e, b)| {
+        blame = b;
+        e
+    });
+    let sent = match upgrading {
+        Some(_) => sent.map_err(upgrade::connect_failed),
+        None => sent,
+    };
+    let mut rsp = match sent {
         Ok(rsp) => rsp,
         Err(e) => {
-            // A stream refused by a draining peer says nothing about the endpoint's health.
-            if !matches!(e, ProxyError::Unprocessed { .. }) {
+            // A stream refused by a draining peer, one this side reset for its client, or one the
+            // peer ended because this side's clients reset too much, says nothing about the
+            // endpoint's health (`transport::Blame`).
+            if blame == crate::transport::Blame::Endpoint {
                 record(Outcome::GatewayError);
             }
             return Err(e);
@@ -92,6 +112,12 @@ async fn forward(mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     };
     load.headers_received();
     record(Outcome::of_status(rsp.status().as_u16()));
+    if let Some(client) = upgrading {
+        let mut rsp = upgrade::answer_client(rsp, client, addr, load)?;
+        *rsp.version_mut() = app_version;
+        rsp.extensions_mut().insert(AnsweredBy(addr));
+        return Ok(rsp);
+    }
     strip_hop_by_hop(rsp.headers_mut());
     *rsp.version_mut() = app_version;
     rsp.extensions_mut().insert(AnsweredBy(addr));

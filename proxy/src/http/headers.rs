@@ -1,5 +1,7 @@
 //! Header rules applied at the proxy's edges: hop-by-hop headers never cross a hop (RFC 9110
-//! §7.6.1), and the client-identity header is only ever written by the inbound sidecar.
+//! §7.6.1), and the client-identity header is only ever written by the inbound sidecar. An upgrade
+//! (`Connection: upgrade` + `Upgrade`) is recognised by `upgrade::classify` before these rules
+//! strip its headers, and carried in another form (extended CONNECT) rather than forwarded.
 
 use http::header::{self, HeaderMap, HeaderName};
 

@@ -2,15 +2,19 @@
 //! `rescue` (errors to responses) → `resilience::shed` (load shedding) → `route` (authority, path, method, headers to a route and a
 //! backend cluster) → `fault` (injected delays and aborts) → `resilience::timeout` →
 //! `resilience::retry` → `resilience::breaker` → `forward` (balance, then send to an endpoint over
-//! the mesh). The inbound side uses `app` to reach the local app.
+//! the mesh). The inbound side uses `app` to reach the local app. `upgrade` carries WebSockets
+//! (HTTP/1.1 `Upgrade`) over the mesh as RFC 8441 extended CONNECT.
 
 pub mod app;
+pub mod app_conn;
 pub mod body;
 pub mod fault;
 pub mod forward;
 pub mod headers;
 pub mod rescue;
 pub mod route;
+pub mod synthetic;
+pub mod upgrade;
 
 pub use body::Body;
 

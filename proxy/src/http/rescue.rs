@@ -1,11 +1,17 @@
 //! The error "rescue": the outermost layer turns every failure of the layers below into a response
 //! the caller can act on, with a `trellis-error` header (and, for gRPC callers, `grpc-status` and
-//! `grpc-message`) saying why. Nothing below it needs to build error responses itself.
+//! `grpc-message`) saying why. Nothing below it needs to build error responses itself; what the
+//! answer says, and to whom, is decided in `synthetic`.
+//!
+//! An answer to HEAD has no content (RFC 9110 §9.3.2): hyper's HTTP/1 server drops the body for
+//! HEAD itself, but over HTTP/2 the body would go out as DATA, which the client must treat as a
+//! malformed response. So for HEAD the body is dropped here, and `content-length` says what a
+//! GET would have got.
 
 use super::body::Body;
-use super::headers::PROXY_ERROR;
+use super::synthetic::{Audience, Synthetic};
 use crate::errors::ProxyError;
-use http::{header, HeaderValue, Request, Response};
+use http::{header, HeaderValue, Method, Request, Response, Version};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -46,11 +52,21 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let grpc = is_grpc(&req);
+        let head = req.method() == Method::HEAD;
+        let version = req.version();
+        let audience = (req.extensions().get::<Audience>().copied()).unwrap_or_default();
         let fut = self.inner.call(req);
         Box::pin(async move {
             Ok(match fut.await {
                 Ok(rsp) => rsp,
-                Err(err) => error_response(&err, grpc),
+                Err(err) => {
+                    let rsp = Synthetic::of(&err).into_response(grpc, audience, version);
+                    if head {
+                        without_content(rsp)
+                    } else {
+                        rsp
+                    }
+                }
             })
         })
     }
@@ -62,39 +78,27 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// Builds the response for an error: HTTP status and a short text body, or for gRPC a
-/// trailers-only response (HTTP 200 with grpc-status), as gRPC clients expect.
+/// The answer to HEAD for a response made here: the same status and headers, no body.
+fn without_content(rsp: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = rsp.into_parts();
+    if let Some(len) = http_body::Body::size_hint(&body).exact() {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Response::from_parts(parts, Body::empty())
+}
+
+/// The response for an error, to a trusted caller over HTTP/1.1 (tests and callers outside a
+/// request path).
 pub fn error_response(err: &ProxyError, grpc: bool) -> Response<Body> {
-    let reason = err.to_string();
-    tracing::debug!(error = %reason, "answering with a proxy error");
-    let reason_header =
-        HeaderValue::from_str(&reason).unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
-    let mut rsp = if grpc {
-        let mut rsp = Response::new(Body::empty());
-        let headers = rsp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from(err.grpc_code()));
-        headers.insert("grpc-message", reason_header.clone());
-        rsp
-    } else {
-        let mut rsp = Response::new(Body::full(format!("{reason}\n")));
-        *rsp.status_mut() = err.status();
-        rsp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        rsp
-    };
-    rsp.headers_mut().insert(PROXY_ERROR.clone(), reason_header);
-    rsp
+    Synthetic::of(err).into_response(grpc, Audience::Trusted, Version::HTTP_11)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::headers::PROXY_ERROR;
     use http::StatusCode;
     use tower::{Service, ServiceExt};
 
@@ -124,6 +128,19 @@ mod tests {
             .get(&PROXY_ERROR)
             .and_then(|v| v.to_str().ok());
         assert_eq!(why, Some("no route for authority \"nowhere\""));
+    }
+
+    #[tokio::test]
+    async fn head_gets_the_status_and_headers_without_the_body() {
+        let svc = tower::Layer::layer(&RescueLayer, failing());
+        let req = Request::head("/").body(Body::empty()).unwrap_or_default();
+        let rsp = svc.oneshot(req).await.unwrap_or_else(|e| match e {});
+        assert_eq!(rsp.status(), StatusCode::NOT_FOUND);
+        let get_body = "no route for authority \"nowhere\"\n";
+        let length = rsp.headers().get(header::CONTENT_LENGTH).cloned();
+        assert_eq!(length, Some(HeaderValue::from(get_body.len())));
+        assert!(rsp.headers().contains_key(&PROXY_ERROR));
+        assert!(http_body::Body::is_end_stream(rsp.body()));
     }
 
     #[tokio::test]

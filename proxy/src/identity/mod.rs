@@ -1,8 +1,13 @@
 //! The proxy's own identity: a private key generated here (it never leaves the process), a CSR for
 //! the workload's SPIFFE ID, and the certificate the control plane signs for it. The certificate is
 //! renewed at about half its lifetime (jittered so a fleet does not renew in lockstep); on failure
-//! the current certificate keeps serving while retries back off.
+//! the current certificate keeps serving while retries back off. Each request has a deadline, so a
+//! renewal never waits on a dead control-plane connection (the channel's keepalive replaces it),
+//! and renewal that keeps failing is logged as a warning once a quarter of the lifetime is left,
+//! as an error once the certificate has expired.
 
+use crate::control_plane::{self, LinkSettings};
+use crate::discovery::SharedStatus;
 use crate::tls::TlsContext;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -19,11 +24,27 @@ pub struct IdentityInfo {
     pub spiffe_id: String,
     pub serial: String,
     pub not_after_unix: i64,
+    /// `not_after_unix` as RFC 3339 (UTC).
+    pub not_after: String,
 }
 
 impl IdentityInfo {
+    pub fn new(spiffe_id: String, serial: String, not_after_unix: i64) -> Self {
+        IdentityInfo {
+            spiffe_id,
+            serial,
+            not_after: rfc3339(not_after_unix),
+            not_after_unix,
+        }
+    }
+
     pub fn is_valid_now(&self) -> bool {
         unix_now() < self.not_after_unix
+    }
+
+    /// Seconds until the certificate expires (negative once it has).
+    pub fn expires_in_seconds(&self) -> i64 {
+        self.not_after_unix - unix_now()
     }
 }
 
@@ -45,31 +66,71 @@ pub struct IdentityManager {
     pub spiffe_id: String,
     pub tls: TlsContext,
     pub status: watch::Sender<Option<IdentityInfo>>,
+    /// Where failures of the link are recorded (shared with discovery).
+    pub link_status: SharedStatus,
+    pub link: LinkSettings,
+    /// The name the control plane's certificate must carry, for error messages.
+    pub control_plane_name: String,
 }
 
 impl IdentityManager {
     /// Keeps a valid certificate in the TLS context for as long as it runs.
     pub async fn run(mut self) {
         let mut failures = 0u32;
+        // Seconds the last certificate was issued for, to judge how urgent a failure is.
+        let mut lifetime = 0i64;
         loop {
             match self.refresh().await {
                 Ok(info) => {
                     failures = 0;
-                    let lifetime = (info.not_after_unix - unix_now()).max(2) as u64;
-                    tracing::info!(spiffe_id = %info.spiffe_id, serial = %info.serial, "certificate issued");
+                    lifetime = (info.not_after_unix - unix_now()).max(2);
+                    tracing::info!(spiffe_id = %info.spiffe_id, serial = %info.serial, not_after = %info.not_after, "certificate issued");
                     let _ = self.status.send(Some(info));
+                    if let Ok(mut s) = self.link_status.lock() {
+                        s.link.clear("certify");
+                    }
                     // Renew at 50% of the lifetime, ±10%.
-                    let half = Duration::from_millis(lifetime * 500);
+                    let half = Duration::from_millis(lifetime as u64 * 500);
                     tokio::time::sleep(jitter(half, 0.1)).await;
                 }
                 Err(e) => {
                     failures += 1;
-                    let delay = backoff(failures);
-                    tracing::warn!(error = %e, retry_in = ?delay, "certificate request failed");
+                    let delay = self.report_failure(&e, failures, lifetime);
                     tokio::time::sleep(delay).await;
                 }
             }
         }
+    }
+
+    /// Logs and records a failed renewal; returns how long to wait before the next attempt.
+    fn report_failure(&self, e: &IdentityError, failures: u32, lifetime: i64) -> Duration {
+        let mut delay = backoff(failures);
+        if let IdentityError::Refused(status) = e {
+            let diagnosis = control_plane::diagnose(status);
+            delay = delay.max(diagnosis.pushback.unwrap_or_default());
+            control_plane::log_failure("certify", &diagnosis, delay, &self.control_plane_name);
+            if let Ok(mut s) = self.link_status.lock() {
+                s.link.record("certify", &diagnosis);
+            }
+        } else {
+            tracing::warn!(error = %e, retry_in = ?delay, "certificate request failed");
+        }
+        if let Some(held) = &*self.status.borrow() {
+            let left = held.expires_in_seconds();
+            if left <= 0 {
+                tracing::error!(
+                    serial = %held.serial, not_after = %held.not_after, failures,
+                    "the certificate has expired and cannot be renewed: peers refuse this \
+                     sidecar's connections until the control plane is back"
+                );
+            } else if left * 4 <= lifetime {
+                tracing::warn!(
+                    serial = %held.serial, not_after = %held.not_after, expires_in_seconds = left,
+                    failures, "certificate renewal keeps failing and the certificate expires soon"
+                );
+            }
+        }
+        delay
     }
 
     async fn refresh(&mut self) -> Result<IdentityInfo, IdentityError> {
@@ -88,6 +149,8 @@ impl IdentityManager {
             .map_err(|_| IdentityError::Credential)?;
         req.metadata_mut()
             .insert(trellis_api::AUTHORIZATION, bearer);
+        // Tells the server too (grpc-timeout); the channel enforces the same deadline.
+        req.set_timeout(self.link.rpc_timeout);
         let rsp = self.client.certify(req).await?.into_inner();
         let chain: Vec<CertificateDer<'static>> = rsp
             .chain_der
@@ -122,11 +185,11 @@ impl IdentityManager {
         self.tls
             .certs
             .set(Arc::new(rustls::sign::CertifiedKey::new(chain, signing)));
-        Ok(IdentityInfo {
-            spiffe_id: self.spiffe_id.clone(),
+        Ok(IdentityInfo::new(
+            self.spiffe_id.clone(),
             serial,
-            not_after_unix: rsp.not_after_unix,
-        })
+            rsp.not_after_unix,
+        ))
     }
 }
 
@@ -141,6 +204,27 @@ pub fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// `unix` seconds as an RFC 3339 UTC timestamp (`2026-12-02T05:22:59Z`).
+pub fn rfc3339(unix: i64) -> String {
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm, proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// Retry n's step is this times 2^n (so the first retry waits 200–400 ms).
@@ -187,6 +271,15 @@ pub fn jitter(base: Duration, fraction: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_929_779), "2026-11-29T05:22:59Z");
+        assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
 
     #[test]
     fn jitter_stays_in_bounds() {

@@ -8,6 +8,18 @@
 //!   gets that status instead of the 502 the failed forward produced: the fault was the
 //!   client's, and nothing upstream saw a complete request.
 //!
+//! A chunked body the scanner refuses is also cut where the scanner stopped: hyper gets the bytes
+//! before the bad one and then a read error, so its body fails (hyper alone lets some of those
+//! through, and forwards what it saw) and the request is aborted upstream, never ended. Before
+//! forwarding a chunked request, `request_guard` waits until the scanner `cleared` it (its first
+//! chunk-size line was read whole), so a body broken from its first line never lets the head go.
+//!
+//! The guard also checks the connection preface, for listeners that tell HTTP/1 from h2c by it:
+//! bytes that begin like the HTTP/2 preface (`PRI * HTTP/2.0`) but are not exactly it are an
+//! invalid preface, a connection error of type PROTOCOL_ERROR (RFC 9113 §3.4), answered with an
+//! empty SETTINGS (the server preface) and GOAWAY; hyper would take them for an HTTP/1.1 request
+//! and answer 400. Until the first bytes decide, at most 24 of them are held back from hyper.
+//!
 //! hyper serves an HTTP/1 connection's requests one at a time and in order, so the n-th call of
 //! the service is the n-th head the scanner saw; one finding per connection is enough, since the
 //! connection ends with the request it names. Per request this costs one atomic increment and
@@ -16,10 +28,11 @@
 //! lines, skipping chunk data and Content-Length bodies in one step.
 
 use super::h1_scan::{Finding, Problem, Scanner};
+use futures_util::task::AtomicWaker;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -28,7 +41,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// What a connection's reader found, shared with its request service (`request_guard`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Findings {
     found: OnceLock<Finding>,
     /// Requests handed to the service so far.
@@ -37,12 +50,58 @@ pub struct Findings {
     pub(super) abandoned: AtomicU64,
     /// Signalled once the connection is to be closed for abuse.
     pub(super) abusive: Notify,
+    /// `Scanner::cleared`: requests that may be forwarded as far as their framing goes.
+    cleared: AtomicU64,
+    /// The request waiting to be cleared (HTTP/1 has one at a time).
+    gate: AtomicWaker,
+}
+
+impl Default for Findings {
+    /// Without a reader (`GuardedIo` starts it at 0), nothing is held.
+    fn default() -> Self {
+        Findings {
+            found: OnceLock::new(),
+            served: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            abusive: Notify::new(),
+            cleared: AtomicU64::new(u64::MAX),
+            gate: AtomicWaker::new(),
+        }
+    }
 }
 
 impl Findings {
     fn record(&self, finding: Finding) {
         // Only the first counts: the connection ends with the request it names.
         let _ = self.found.set(finding);
+        self.gate.wake();
+    }
+
+    /// Publishes the scanner's progress; a finding is recorded before, so that a request seen
+    /// as cleared also sees the finding about it.
+    fn clear(&self, cleared: u64) {
+        if self.cleared.load(Ordering::Relaxed) != cleared {
+            self.cleared.store(cleared, Ordering::Release);
+            self.gate.wake();
+        }
+    }
+
+    /// Whether `request` may be forwarded as far as its framing goes.
+    pub(super) fn is_cleared(&self, request: u64) -> bool {
+        self.cleared.load(Ordering::Acquire) > request
+    }
+
+    /// Whether `request` may be forwarded yet; if not, `cx` is woken when that may change.
+    pub(super) fn poll_cleared(&self, request: u64, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_cleared(request) || self.about(request).is_some() {
+            return Poll::Ready(());
+        }
+        self.gate.register(cx.waker());
+        // Progress made between the check and the registration would not wake us.
+        if self.is_cleared(request) || self.about(request).is_some() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     /// The finding about `request`, if there is one.
@@ -70,12 +129,70 @@ pin_project_lite::pin_project! {
         // Created on the first stall, then reset: no allocation per request.
         idle_timer: Option<Pin<Box<Sleep>>>,
         idle_armed: bool,
+        preface: Preface,
+        // The scanner refused the body: reads fail from here on.
+        failed: Option<&'static str>,
+    }
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bytes that begin like this are meant as the HTTP/2 preface; anything shorter that diverges
+/// is HTTP/1 (a method `PRI` with another target or version is an HTTP/1 request).
+const H2_PREFACE_START: usize = b"PRI * HTTP/2.0".len();
+/// The answer to an invalid preface: the server's preface (an empty SETTINGS frame, which must
+/// be its first frame), then GOAWAY with last-stream-id 0 and PROTOCOL_ERROR, with debug data.
+const INVALID_PREFACE_ANSWER: &[u8] = b"\
+\x00\x00\x00\x04\x00\x00\x00\x00\x00\
+\x00\x00\x29\x07\x00\x00\x00\x00\x00\
+\x00\x00\x00\x00\x00\x00\x00\x01\
+invalid HTTP/2 connection preface";
+
+/// Where the connection stands with the preface check.
+#[derive(Debug)]
+enum Preface {
+    /// The first bytes, all a prefix of the HTTP/2 preface so far.
+    Checking {
+        held: [u8; 24],
+        len: usize,
+    },
+    /// Decided for HTTP/1 or HTTP/2: the held bytes go to hyper first.
+    Releasing {
+        held: [u8; 24],
+        from: usize,
+        len: usize,
+    },
+    Passed,
+    /// An invalid HTTP/2 preface: `written` bytes of the answer are out.
+    Refusing {
+        written: usize,
+    },
+    /// Answered: hyper sees the end of the connection.
+    Refused,
+}
+
+/// What the first bytes say: `Some(true)` let them through (HTTP/1, or the HTTP/2 preface),
+/// `Some(false)` an invalid HTTP/2 preface, `None` not yet known.
+fn preface_verdict(held: &[u8]) -> Option<bool> {
+    let matching = held
+        .iter()
+        .zip(H2_PREFACE)
+        .take_while(|(a, b)| a == b)
+        .count();
+    if matching == H2_PREFACE.len() {
+        Some(true)
+    } else if matching < held.len() {
+        // Diverged: HTTP/1 unless it began as the HTTP/2 preface does.
+        Some(matching < H2_PREFACE_START)
+    } else {
+        None
     }
 }
 
 impl<IO> GuardedIo<IO> {
     pub fn new(inner: IO, max_head: usize, body_idle: Duration) -> (Self, Arc<Findings>) {
         let findings = Arc::new(Findings::default());
+        findings.cleared.store(0, Ordering::Release);
         let io = GuardedIo {
             inner,
             scanner: Scanner::new(max_head),
@@ -83,26 +200,126 @@ impl<IO> GuardedIo<IO> {
             body_idle,
             idle_timer: None,
             idle_armed: false,
+            preface: Preface::Checking {
+                held: [0; 24],
+                len: 0,
+            },
+            failed: None,
         };
         (io, findings)
     }
 }
 
-impl<IO: AsyncRead> AsyncRead for GuardedIo<IO> {
-    fn poll_read(
+impl<IO: AsyncRead + AsyncWrite> GuardedIo<IO> {
+    /// Runs the preface check; `Ready(Ok(true))` once the connection's bytes may flow to hyper
+    /// (held bytes first), `Ready(Ok(false))` for the end of the connection.
+    fn poll_preface(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<bool>> {
+        let mut this = self.project();
+        loop {
+            match this.preface {
+                Preface::Passed => return Poll::Ready(Ok(true)),
+                Preface::Refused => return Poll::Ready(Ok(false)),
+                Preface::Checking { held, len } => {
+                    let mut first = ReadBuf::new(&mut held[*len..]);
+                    ready!(this.inner.as_mut().poll_read(cx, &mut first))?;
+                    let read = first.filled().len();
+                    *len += read;
+                    let verdict = match read {
+                        0 => Some(true),
+                        _ => preface_verdict(&held[..*len]),
+                    };
+                    *this.preface = match verdict {
+                        None => continue,
+                        Some(true) => Preface::Releasing {
+                            held: *held,
+                            from: 0,
+                            len: *len,
+                        },
+                        Some(false) => Preface::Refusing { written: 0 },
+                    };
+                }
+                Preface::Releasing { held, from, len } => {
+                    let n = (*len - *from).min(buf.remaining());
+                    let before = buf.filled().len();
+                    buf.put_slice(&held[*from..*from + n]);
+                    *from += n;
+                    if *from == *len {
+                        *this.preface = Preface::Passed;
+                    }
+                    if let Some(finding) = this.scanner.feed(&buf.filled()[before..]) {
+                        this.findings.record(finding);
+                    }
+                    this.findings.clear(this.scanner.cleared());
+                    return Poll::Ready(Ok(true));
+                }
+                Preface::Refusing { written } => {
+                    while *written < INVALID_PREFACE_ANSWER.len() {
+                        let rest = &INVALID_PREFACE_ANSWER[*written..];
+                        match ready!(this.inner.as_mut().poll_write(cx, rest))? {
+                            0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                            n => *written += n,
+                        }
+                    }
+                    ready!(this.inner.as_mut().poll_flush(cx))?;
+                    tracing::debug!("invalid HTTP/2 connection preface; GOAWAY sent");
+                    // What the client already sent is read and dropped: closing a socket with
+                    // unread bytes resets it, and the reset can destroy the GOAWAY in flight.
+                    let mut sink = [0u8; 4096];
+                    for _ in 0..16 {
+                        let mut discard = ReadBuf::new(&mut sink);
+                        match this.inner.as_mut().poll_read(cx, &mut discard) {
+                            Poll::Ready(Ok(())) if !discard.filled().is_empty() => continue,
+                            _ => break,
+                        }
+                    }
+                    *this.preface = Preface::Refused;
+                }
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !matches!(self.preface, Preface::Passed) {
+            let before = buf.filled().len();
+            if !ready!(self.as_mut().poll_preface(cx, buf))? || buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+        }
         let this = self.project();
+        if let Some(why) = this.failed {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, *why)));
+        }
         let before = buf.filled().len();
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 *this.idle_armed = false;
-                if let Some(finding) = this.scanner.feed(&buf.filled()[before..]) {
+                let found = this.scanner.feed(&buf.filled()[before..]);
+                if let Some(finding) = found {
+                    if let Problem::MalformedBody(why) = finding.problem {
+                        // hyper gets the body up to the bad byte, then a read error: its body
+                        // fails there, whatever it would have made of the rest.
+                        buf.set_filled(before + this.scanner.accepted());
+                        *this.failed = Some(why);
+                    }
                     this.findings.record(finding);
                 }
-                Poll::Ready(Ok(()))
+                this.findings.clear(this.scanner.cleared());
+                match this.failed {
+                    Some(why) if buf.filled().len() == before => {
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, *why)))
+                    }
+                    _ => Poll::Ready(Ok(())),
+                }
             }
             Poll::Pending if this.scanner.in_body() => {
                 // hyper reads body bytes only when the request's consumer wants them, so a
@@ -121,6 +338,7 @@ impl<IO: AsyncRead> AsyncRead for GuardedIo<IO> {
                     request,
                     problem: Problem::StalledBody,
                 });
+                this.findings.clear(this.scanner.cleared());
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "request body idle timeout",

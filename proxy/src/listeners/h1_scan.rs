@@ -10,6 +10,15 @@
 //! refused, or whose chunked body is malformed. Where it cannot follow (a head hyper will refuse
 //! anyway, an upgrade, HTTP/2) it stops judging rather than guess.
 //!
+//! Where hyper is lenient about chunked framing in ways that do not matter to it (it drops chunk
+//! extensions and parses trailers only at the end), the scanner holds the body to RFC 9112 §7.1:
+//! extensions must follow the `chunk-ext` grammar and trailer lines must be field lines. The
+//! guard fails hyper's read at the first byte the scanner refuses, so both agree the body is bad.
+//!
+//! It also says when a request may be forwarded (`cleared`): at once for a head without a chunked
+//! body, and only after its first chunk-size line was read whole for a chunked one, so that a body
+//! broken from its first line never lets the head reach the app.
+//!
 //! `Scanner::feed` is a pure function of the bytes fed so far (however they are split), which is
 //! what the fuzz target drives.
 
@@ -63,14 +72,27 @@ enum Chunk {
     Start,
     Size,
     SizeLws,
-    Extension,
+    /// After a `;`: whitespace, then an extension name.
+    ExtStart,
+    ExtName,
+    /// Whitespace after a name: `=`, `;` or the line end may follow.
+    ExtNameEnd,
+    /// After `=`: whitespace, then a token or a quoted string.
+    ExtValueStart,
+    ExtToken,
+    ExtQuoted,
+    ExtQuotedPair,
+    /// After a value: whitespace, `;` or the line end.
+    ExtValueEnd,
     SizeLf,
     Data,
     DataCr,
     DataLf,
+    /// At the start of a line after the last chunk: a trailer field or the final CRLF.
     EndCr,
     EndLf,
-    Trailer,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
 }
 
@@ -86,6 +108,12 @@ pub struct Scanner {
     extension_bytes: u64,
     trailer_bytes: usize,
     trailer_lines: usize,
+    /// Requests (counted from the first) that may be forwarded as far as framing goes.
+    cleared: u64,
+    /// The current chunked body has not finished its first chunk-size line yet.
+    first_chunk: bool,
+    /// Bytes of the last `feed` taken before its finding (all of them without one).
+    accepted: usize,
 }
 
 impl Scanner {
@@ -100,7 +128,26 @@ impl Scanner {
             extension_bytes: 0,
             trailer_bytes: 0,
             trailer_lines: 0,
+            cleared: 0,
+            first_chunk: false,
+            accepted: 0,
         }
+    }
+
+    /// How many requests, from the connection's first, may be forwarded: their framing is known
+    /// good up to the end of their first chunk-size line (the whole head for other bodies). Once
+    /// the scanner stopped judging, everything (a finding, if any, decides about its request).
+    pub fn cleared(&self) -> u64 {
+        match self.state {
+            State::Off => u64::MAX,
+            _ => self.cleared,
+        }
+    }
+
+    /// Bytes of the last `feed` before the byte its finding is about (its whole input when it
+    /// found nothing): what the reader may still hand on.
+    pub fn accepted(&self) -> usize {
+        self.accepted
     }
 
     /// Whether the current request's body is still arriving.
@@ -123,15 +170,22 @@ impl Scanner {
 
     /// Reads the next bytes of the connection; the first problem found, if any (after which the
     /// scanner stops: the connection ends with that request).
-    pub fn feed(&mut self, mut input: &[u8]) -> Option<Finding> {
+    pub fn feed(&mut self, input: &[u8]) -> Option<Finding> {
+        let (rest, found) = self.feed_inner(input);
+        self.accepted = input.len() - rest;
+        found
+    }
+
+    /// `feed`, also returning how many bytes of `input` were not taken.
+    fn feed_inner(&mut self, mut input: &[u8]) -> (usize, Option<Finding>) {
         while !input.is_empty() {
             let used = match self.state {
-                State::Off => return None,
+                State::Off => return (input.len(), None),
                 State::Head => match self.head(input) {
                     Ok(used) => used,
                     Err(finding) => {
                         self.stop();
-                        return finding;
+                        return (input.len(), finding);
                     }
                 },
                 State::Fixed(left) => {
@@ -158,16 +212,17 @@ impl Scanner {
                     Err(why) => {
                         let request = self.current_request();
                         self.stop();
-                        return Some(Finding {
+                        let finding = Finding {
                             request,
                             problem: Problem::MalformedBody(why),
-                        });
+                        };
+                        return (input.len(), Some(finding));
                     }
                 },
             };
             input = &input[used..];
         }
-        None
+        (0, None)
     }
 
     /// Consumes head bytes; `Err(None)` when it loses track, `Err(Some)` on a refusal.
@@ -227,6 +282,10 @@ impl Scanner {
             Judged::LostTrack => Err(None),
             Judged::Body(next) => {
                 self.state = next;
+                self.first_chunk = matches!(next, State::Chunked(_));
+                if !self.first_chunk {
+                    self.cleared = self.heads;
+                }
                 self.chunk_size = 0;
                 self.extension_bytes = 0;
                 self.trailer_bytes = 0;
@@ -249,30 +308,46 @@ impl Scanner {
                 }
                 (Chunk::Start, _) => return Err("chunk size missing"),
                 (_, b'\t' | b' ') => Chunk::SizeLws,
-                (_, b';') => Chunk::Extension,
+                (_, b';') => Chunk::ExtStart,
                 (_, b'\r') => Chunk::SizeLf,
                 _ => return Err("invalid chunk size"),
             },
             Chunk::SizeLws => match b {
                 b'\t' | b' ' => Chunk::SizeLws,
-                b';' => Chunk::Extension,
+                b';' => Chunk::ExtStart,
                 b'\r' => Chunk::SizeLf,
                 _ => return Err("invalid whitespace after chunk size"),
             },
-            Chunk::Extension => match b {
-                b'\r' => Chunk::SizeLf,
-                b'\n' => return Err("newline in chunk extension"),
-                _ => {
+            Chunk::ExtStart
+            | Chunk::ExtName
+            | Chunk::ExtNameEnd
+            | Chunk::ExtValueStart
+            | Chunk::ExtToken
+            | Chunk::ExtQuoted
+            | Chunk::ExtQuotedPair
+            | Chunk::ExtValueEnd => {
+                let next = extension_byte(at, b)?;
+                // hyper's bound counts every extension byte but the first `;` and the CR.
+                if next != Chunk::SizeLf {
                     self.extension_bytes += 1;
                     if self.extension_bytes >= CHUNK_EXTENSIONS_LIMIT {
                         return Err("chunk extensions too long");
                     }
-                    Chunk::Extension
                 }
-            },
+                next
+            }
             Chunk::SizeLf => match (b, self.chunk_size) {
-                (b'\n', 0) => Chunk::EndCr,
-                (b'\n', _) => Chunk::Data,
+                (b'\n', size) => {
+                    if self.first_chunk {
+                        self.first_chunk = false;
+                        self.cleared = self.heads;
+                    }
+                    if size == 0 {
+                        Chunk::EndCr
+                    } else {
+                        Chunk::Data
+                    }
+                }
                 _ => return Err("chunk size line without CRLF"),
             },
             Chunk::Data => Chunk::Data,
@@ -283,21 +358,33 @@ impl Scanner {
                 self.trailer(self.trailer_lines > 0)?;
                 Chunk::EndLf
             }
-            Chunk::EndCr => {
+            Chunk::EndCr if is_tchar(b) => {
                 self.trailer(true)?;
-                Chunk::Trailer
+                Chunk::TrailerName
             }
+            Chunk::EndCr if b == b'\n' => return Err("last chunk without CRLF"),
+            Chunk::EndCr => return Err("invalid trailer field"),
             Chunk::EndLf if b == b'\n' => {
                 self.trailer(self.trailer_lines > 0)?;
                 return Ok(State::Head);
             }
             Chunk::EndLf => return Err("last chunk without CRLF"),
-            Chunk::Trailer => {
+            // A field line (RFC 9112 §7.1.2, §5): a token, a colon, a value of visible characters,
+            // spaces and tabs; httparse holds hyper's trailers to the same.
+            Chunk::TrailerName => {
                 self.trailer(true)?;
-                if b == b'\r' {
-                    Chunk::TrailerLf
-                } else {
-                    Chunk::Trailer
+                match b {
+                    b':' => Chunk::TrailerValue,
+                    b if is_tchar(b) => Chunk::TrailerName,
+                    _ => return Err("invalid trailer field"),
+                }
+            }
+            Chunk::TrailerValue => {
+                self.trailer(true)?;
+                match b {
+                    b'\r' => Chunk::TrailerLf,
+                    b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => Chunk::TrailerValue,
+                    _ => return Err("invalid trailer field"),
                 }
             }
             Chunk::TrailerLf if b == b'\n' => {
@@ -326,6 +413,50 @@ impl Scanner {
         }
         Ok(())
     }
+}
+
+/// One byte of a chunk extension (RFC 9112 §7.1.1):
+/// `*( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )`, a name being a token and a
+/// value a token or a quoted string. Whitespace before the line end is let through, as hyper
+/// does after the size: the proxy drops extensions, so they cannot mislead the next hop, and the
+/// grammar is enforced only to refuse what is not HTTP.
+fn extension_byte(at: Chunk, b: u8) -> Result<Chunk, &'static str> {
+    const INVALID: &str = "invalid chunk extension";
+    let ows = b == b' ' || b == b'\t';
+    Ok(match at {
+        _ if b == b'\n' => return Err("newline in chunk extension"),
+        Chunk::ExtQuoted => match b {
+            b'"' => Chunk::ExtValueEnd,
+            b'\\' => Chunk::ExtQuotedPair,
+            b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff => Chunk::ExtQuoted,
+            _ => return Err(INVALID),
+        },
+        Chunk::ExtQuotedPair => match b {
+            b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => Chunk::ExtQuoted,
+            _ => return Err(INVALID),
+        },
+        Chunk::ExtStart if ows => Chunk::ExtStart,
+        Chunk::ExtStart if is_tchar(b) => Chunk::ExtName,
+        Chunk::ExtName if is_tchar(b) => Chunk::ExtName,
+        Chunk::ExtValueStart if ows => Chunk::ExtValueStart,
+        Chunk::ExtValueStart if is_tchar(b) => Chunk::ExtToken,
+        Chunk::ExtValueStart if b == b'"' => Chunk::ExtQuoted,
+        Chunk::ExtToken if is_tchar(b) => Chunk::ExtToken,
+        Chunk::ExtName | Chunk::ExtNameEnd if ows => Chunk::ExtNameEnd,
+        Chunk::ExtName | Chunk::ExtNameEnd if b == b'=' => Chunk::ExtValueStart,
+        Chunk::ExtToken | Chunk::ExtValueEnd if ows => Chunk::ExtValueEnd,
+        Chunk::ExtName | Chunk::ExtNameEnd | Chunk::ExtToken | Chunk::ExtValueEnd => match b {
+            b';' => Chunk::ExtStart,
+            b'\r' => Chunk::SizeLf,
+            _ => return Err(INVALID),
+        },
+        _ => return Err(INVALID),
+    })
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 enum Judged {

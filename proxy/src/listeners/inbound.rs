@@ -8,22 +8,30 @@
 //! with the connection's peer before it reaches the app. A peer that negotiated the
 //! `trellis-opaque` ALPN gets an opaque TCP stream to the app instead (`super::opaque`); in
 //! transparent mode the app port is the connection's original destination port
-//! (`super::transparent`).
+//! (`super::transparent`). A WebSocket arrives as an HTTP/2 extended CONNECT (RFC 8441, enabled
+//! in `HttpServer`) and goes to the app as an HTTP/1.1 upgrade (`crate::http::upgrade`).
+//!
+//! A peer's identity is good until its certificate expires, and rustls checks that only at the
+//! handshake: each mTLS connection is therefore retired at the expiry (`crate::tls::expiry`),
+//! through a drain of its own (`DrainWatch::until`): HTTP/2 GOAWAY (HTTP/1.1 `Connection: close`)
+//! so in-flight requests finish, closed after `EXPIRY_GRACE`; an opaque stream is cut at once.
+//! The client then reconnects and must present a current certificate.
 
 use super::{serve_connection, HttpServer};
 use crate::authz::{AuthzLayer, AuthzStats, Peer};
-use crate::config::{MtlsMode, SnapshotStore};
+use crate::config::{AppPort, AppProtocol, MtlsMode, SnapshotStore};
 use crate::detect::{self, Detected};
 use crate::drain::DrainWatch;
 use crate::errors::ProxyError;
 use crate::http::app::AppClient;
 use crate::http::headers::CLIENT_ID;
+use crate::http::synthetic::Audience;
 use crate::http::{rescue::RescueLayer, Body};
 use crate::resilience::shed::ShedLayer;
 use crate::telemetry::io::Counted;
 use crate::telemetry::metrics::{tls_failure_reason, Direction};
 use crate::telemetry::observe::{ObserveLayer, Telemetry};
-use crate::tls::peer_identity;
+use crate::tls::{peer_identity, record_retired, PeerExpiry, EXPIRY_GRACE};
 use crate::Limits;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -129,28 +137,47 @@ async fn connection(
                 serve_http(stream, peer, inbound, drain, target, server).await
             }
         },
-        (_, true) => match handshake(stream, addr, &inbound).await {
-            Some((tls, peer)) if super::opaque::is_opaque(&tls) => {
-                let opaque = super::opaque::serve_inbound(tls, peer, &inbound.opaque, drain);
-                if let Err(e) = opaque.await {
-                    tracing::info!(peer = %addr, error = %e, "inbound opaque stream refused");
+        (_, true) => {
+            let Some((tls, peer, expiry)) = handshake(stream, addr, &inbound).await else {
+                return;
+            };
+            let opaque = super::opaque::is_opaque(&tls);
+            // An opaque protocol cannot be asked to wind down: cut at the expiry.
+            let grace = if opaque { Duration::ZERO } else { EXPIRY_GRACE };
+            let identity = peer.identity.clone().unwrap_or_default();
+            let metrics = inbound.telemetry.metrics.clone();
+            let (drain, expiring) = drain.until(expiry.at, grace, || {
+                record_retired(Some(&metrics), Direction::Inbound, &identity, &expiry)
+            });
+            let serve = async move {
+                if opaque {
+                    let opaque = super::opaque::serve_inbound(tls, peer, &inbound.opaque, drain);
+                    if let Err(e) = opaque.await {
+                        tracing::info!(peer = %addr, error = %e, "inbound opaque stream refused");
+                    }
+                } else {
+                    let server = server.for_mesh_peer();
+                    serve_http(tls, peer, inbound, drain, target, server).await
                 }
+            };
+            tokio::select! {
+                _ = serve => {}
+                never = expiring => match never {},
             }
-            Some((tls, peer)) => {
-                let server = server.for_mesh_peer();
-                serve_http(tls, peer, inbound, drain, target, server).await
+            if expiry.has_passed() {
+                tracing::debug!(peer = %addr, %identity, "inbound connection closed: peer certificate expired");
             }
-            None => {}
-        },
+        }
     }
 }
 
-/// The mTLS handshake and the peer's SPIFFE ID; `None` (logged) if either fails.
+/// The mTLS handshake, the peer's SPIFFE ID and when its certificate expires; `None` (logged) if
+/// any fails.
 async fn handshake(
     stream: TcpStream,
     addr: SocketAddr,
     inbound: &Inbound,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Peer)> {
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Peer, PeerExpiry)> {
     let acceptor = tokio_rustls::TlsAcceptor::from(inbound.tls.clone());
     let failures = &inbound.telemetry.metrics.tls_failures;
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -174,7 +201,14 @@ async fn handshake(
         tracing::info!(peer = %addr, "inbound connection without a SPIFFE identity refused");
         return None;
     };
-    Some((tls, Peer::authenticated(identity)))
+    // The verifier refused an expired chain; this catches an expiry reached during the handshake.
+    let expiry = PeerExpiry::of(tls.get_ref().1).filter(|e| !e.has_passed());
+    let Some(expiry) = expiry else {
+        failures.record("expired");
+        tracing::info!(peer = %addr, %identity, "inbound TLS refused: the client certificate expired");
+        return None;
+    };
+    Some((tls, Peer::authenticated(identity), expiry))
 }
 
 async fn serve_http<IO>(
@@ -200,6 +234,7 @@ async fn serve_http<IO>(
     let service = ServiceBuilder::new()
         .map_request(move |req: Request<Incoming>| {
             let mut req = with_identity(req.map(Body::from), &identity);
+            crate::http::upgrade::inbound_form(&mut req);
             if let Some(target) = target {
                 req.extensions_mut().insert(target);
             }
@@ -224,11 +259,14 @@ async fn serve_http<IO>(
 }
 
 /// Replaces any `trellis-client-id` from the network with the proven identity, if there is one.
+/// A caller without one is told only the short reason of an error (`http::synthetic`).
 fn with_identity(mut req: Request<Body>, identity: &Option<HeaderValue>) -> Request<Body> {
     let headers = req.headers_mut();
     headers.remove(&CLIENT_ID);
     if let Some(identity) = identity {
         headers.insert(CLIENT_ID.clone(), identity.clone());
+    } else {
+        req.extensions_mut().insert(Audience::Anonymous);
     }
     req
 }
@@ -269,7 +307,30 @@ impl tower::Service<Request<Body>> for ToApp {
             let app_port = app_port.ok_or(ProxyError::NoAppPort {
                 port: port.unwrap_or(80),
             })?;
+            if let Some(asked) = crate::http::upgrade::inbound_asked(&req)? {
+                return upgrade_to_app(&app, app_port, req, asked).await;
+            }
             app.send(app_port, req).await
         })
     }
+}
+
+/// A WebSocket (carried over the mesh as extended CONNECT, or from a plaintext HTTP/1.1 client;
+/// see `crate::http::upgrade`) goes to the app over a connection of its own; an h2c app port
+/// cannot take an HTTP/1.1 upgrade.
+async fn upgrade_to_app(
+    app: &AppClient,
+    port: AppPort,
+    req: Request<Body>,
+    asked: crate::http::upgrade::Asked,
+) -> Result<Response<Body>, ProxyError> {
+    let target = port.target_port;
+    if port.protocol != AppProtocol::Http1 {
+        return Err(ProxyError::App {
+            port: target,
+            reason: "WebSocket upgrades need an http1 app port; this one speaks h2c".into(),
+        });
+    }
+    let conn = app.upgrade_connection(target);
+    crate::http::upgrade::to_app(req, asked, app.addr(target), conn).await
 }

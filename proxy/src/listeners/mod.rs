@@ -6,7 +6,8 @@
 //! open connections per listener (a `limits::Budget` each accept loop takes a slot of for the
 //! connection's whole life, opaque TCP included), `HttpServer` (hyper's head, header-list,
 //! stream and reset limits from `Limits`), the HTTP/1 guard (`h1_scan`, `h1_guard`: ambiguous
-//! framing refused, broken or stalled bodies answered as the client's fault) and `request_guard`
+//! framing refused, broken or stalled bodies answered as the client's fault and never ended
+//! upstream, an invalid HTTP/2 preface answered with GOAWAY) and `request_guard`
 //! (answers for those findings; closes connections whose client abandons most requests).
 
 pub mod h1_guard;
@@ -76,6 +77,8 @@ impl Listeners {
 #[derive(Clone)]
 pub struct HttpServer {
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// The same with stream and reset limits sized for a peer sidecar (`for_mesh_peer`).
+    mesh_peer: Arc<auto::Builder<TokioExecutor>>,
     max_head: usize,
     body_idle: Duration,
     /// Close connections whose client abandons most requests (`request_guard`).
@@ -97,7 +100,9 @@ impl HttpServer {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_concurrent_streams(
+                (limits.max_client_concurrent_streams).min(limits.max_concurrent_streams),
+            )
             .max_header_list_size(limits.max_header_list_size)
             // Rapid reset (CVE-2023-44487): streams a client opens and resets before they are
             // served, and streams the proxy had to reset for the client's protocol errors, are
@@ -105,11 +110,29 @@ impl HttpServer {
             // ENHANCE_YOUR_CALM.
             .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
             .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+            // RFC 8441: WebSockets between sidecars (and from h2c apps) as extended CONNECT.
+            .enable_connect_protocol()
             .initial_stream_window_size(2 * 1024 * 1024)
             .initial_connection_window_size(8 * 1024 * 1024)
             .keep_alive_interval(Duration::from_secs(30));
+        // A peer sidecar multiplexes many apps' requests on one connection, so its resets are
+        // the sum of theirs: one app abandoning a thousand streams at once is forwarded as a
+        // thousand RST_STREAMs, many arriving before h2 handed their streams over (pending
+        // accept). The bound of one anonymous client would close the connection every app
+        // shares; each app's own sidecar has already bounded that app's resets, so here the
+        // bound only has to stop a peer that floods without end: a few times the streams it may
+        // have open. h2 counts local error resets over the connection's whole life (a
+        // long-lived shared connection would reach any bound eventually); peers are
+        // authenticated, so that count is not bounded for them.
+        let mut mesh_peer = builder.clone();
+        mesh_peer
+            .http2()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_pending_accept_reset_streams(mesh_peer_pending_accept_resets(limits))
+            .max_local_error_reset_streams(None);
         HttpServer {
             builder: Arc::new(builder),
+            mesh_peer: Arc::new(mesh_peer),
             max_head,
             body_idle: limits.body_idle_timeout,
             police_abandons: true,
@@ -121,12 +144,23 @@ impl HttpServer {
     /// punish every app on it for one.
     pub fn for_mesh_peer(mut self) -> Self {
         self.police_abandons = false;
+        self.builder = self.mesh_peer.clone();
         self
     }
 }
 
+/// For an anonymous client (an app, a plaintext caller): h2's own default.
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// Streams a peer sidecar may have reset before they were accepted, at once: four times the
+/// streams it may have open (every stream abandoned, and abandoned again after being reopened,
+/// while the accept loop is behind), at least 4,000.
+pub fn mesh_peer_pending_accept_resets(limits: &Limits) -> usize {
+    (limits.max_concurrent_streams as usize)
+        .saturating_mul(4)
+        .max(4_000)
+}
 
 /// Serves one connection until it ends; on drain, lets in-flight requests finish (HTTP/2 GOAWAY,
 /// HTTP/1.1 `Connection: close`) and then returns. Requests pass the connection's guards
@@ -144,7 +178,8 @@ where
     let service = request_guard::Guarded::new(service, findings.clone());
     // While draining, HTTP/1 responses say `Connection: close` (see `crate::drain`).
     let service = crate::drain::CloseOnDrain::new(service, drain.clone());
-    let conn = server.builder.serve_connection(
+    // With upgrades: a WebSocket's 101 hands the connection to `crate::http::upgrade`.
+    let conn = server.builder.serve_connection_with_upgrades(
         TokioIo::new(io),
         hyper_util::service::TowerToHyperService::new(service),
     );

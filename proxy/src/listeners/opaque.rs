@@ -11,11 +11,17 @@
 //! Drain: every stream holds a `DrainWatch` until it ends, so a draining proxy waits for it, up
 //! to the grace period. An opaque protocol cannot be asked to wind down, so the stream is left
 //! to end on its own and is cut only when the grace period is over.
+//!
+//! Expiry: a stream over mTLS is cut when the peer's certificate expires (`crate::tls::expiry`),
+//! on both sides: the client here (`to_mesh`), the server through the drain watch the inbound
+//! listener gives it (`DrainWatch::until` with no grace), since an opaque protocol cannot be
+//! asked to stop at a request boundary.
 
 use crate::authz::{Attributes, AuthzStats, Peer};
 use crate::config::SnapshotStore;
 use crate::drain::DrainWatch;
-use crate::tls::TlsContext;
+use crate::telemetry::metrics::{Direction, ProxyMetrics};
+use crate::tls::{record_retired, PeerExpiry, TlsContext};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,7 +102,9 @@ where
             Ok((up, down)) => tracing::debug!(what, up, down, "opaque stream closed"),
             Err(e) => tracing::debug!(what, error = %e, "opaque stream ended with an error"),
         },
-        _ = drain.aborted() => tracing::debug!(what, "drain grace over; opaque stream closed"),
+        _ = drain.aborted() => {
+            tracing::debug!(what, "drain grace over or peer certificate expired; opaque stream closed")
+        }
     }
     if drain.is_draining() {
         tracing::debug!(what, "opaque stream ended during drain");
@@ -114,7 +122,8 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, OpaqueError> {
 }
 
 /// Carries `app` to a peer sidecar at `endpoint` (which must prove `identity`) over mTLS, for
-/// the peer's app port `port`.
+/// the peer's app port `port`, until either side ends it or the peer's certificate expires
+/// (counted in `metrics`).
 pub async fn to_mesh(
     app: TcpStream,
     endpoint: SocketAddr,
@@ -122,6 +131,7 @@ pub async fn to_mesh(
     port: u16,
     tls: &TlsContext,
     drain: DrainWatch,
+    metrics: &ProxyMetrics,
 ) -> Result<(), OpaqueError> {
     let tls_err = |reason: String| OpaqueError::Tls {
         addr: endpoint,
@@ -140,8 +150,17 @@ pub async fn to_mesh(
     if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
         return Err(OpaqueError::NoAlpn { addr: endpoint });
     }
+    let expiry = PeerExpiry::of(stream.get_ref().1)
+        .filter(|e| !e.has_passed())
+        .ok_or_else(|| tls_err("peer certificate expired".into()))?;
     stream.write_all(&encode_header(port)).await?;
-    splice(app, stream, "to mesh", drain).await;
+    let (drain, expiring) = drain.until(expiry.at, Duration::ZERO, || {
+        record_retired(Some(metrics), Direction::Outbound, identity, &expiry)
+    });
+    tokio::select! {
+        _ = splice(app, stream, "to mesh", drain) => {}
+        never = expiring => match never {},
+    }
     Ok(())
 }
 
@@ -264,6 +283,119 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(&[b'a'; 40]).await.unwrap();
         assert!(read_header(&mut server).await.is_err(), "too long");
+    }
+
+    /// An opaque stream over mTLS is cut when the peer's certificate expires: here the server's
+    /// expires first, so the client side (`to_mesh`) cuts it and counts it; the server side runs
+    /// under the inbound listener's expiry watch (`DrainWatch::until`, no grace) for the client's
+    /// later expiry, and counts nothing.
+    #[tokio::test]
+    async fn an_opaque_stream_is_cut_at_the_peer_certificate_expiry() {
+        use crate::telemetry::metrics::ProxyMetrics;
+        use crate::tls::test_pki::{unix_now, Ca};
+        use crate::tls::PeerExpiry;
+        use std::sync::atomic::Ordering;
+        const SERVER: &str = "spiffe://trellis.test/ns/default/sa/db";
+        let ca = Ca::generate();
+        let (server_tls, server_leaf) = ca.context(SERVER, unix_now() + 2);
+        let (client_tls, _) = ca.context("spiffe://trellis.test/ns/default/sa/app", unix_now() + 3);
+        let expiry = PeerExpiry::of_chain(&[server_leaf]).expect("expiry");
+
+        // The peer sidecar: mTLS, then the opaque header, then an echo "app" on loopback.
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = conn.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let ctx = InboundOpaque {
+            app_host: echo_addr.ip(),
+            own_ports: Vec::new(),
+            store: crate::config::new_store(),
+            authz: Arc::default(),
+        };
+        let peer_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = peer_listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_tls.server_config().unwrap());
+        let server_metrics = Arc::new(ProxyMetrics::new("db".into()));
+        let counted = server_metrics.clone();
+        let (_server_drain, server_watch) = crate::drain::channel();
+        tokio::spawn(async move {
+            let (tcp, _) = peer_listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            assert!(is_opaque(&tls));
+            let client_expiry = PeerExpiry::of(tls.get_ref().1).unwrap();
+            let peer = Peer::authenticated(String::from("spiffe://trellis.test/ns/default/sa/app"));
+            let (watch, expiring) = server_watch.until(client_expiry.at, Duration::ZERO, || {
+                crate::tls::record_retired(
+                    Some(&counted),
+                    crate::telemetry::metrics::Direction::Inbound,
+                    "app",
+                    &client_expiry,
+                )
+            });
+            tokio::select! {
+                _ = serve_inbound(tls, peer, &ctx, watch) => {}
+                never = expiring => match never {},
+            }
+        });
+
+        // The client sidecar: the app's connection, carried by `to_mesh`.
+        let app_side = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut app = TcpStream::connect(app_side.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = app_side.accept().await.unwrap();
+        let client_metrics = Arc::new(ProxyMetrics::new("app".into()));
+        let (_client_drain, client_watch) = crate::drain::channel();
+        let carried = {
+            let metrics = client_metrics.clone();
+            tokio::spawn(async move {
+                let port = echo_addr.port();
+                to_mesh(
+                    accepted,
+                    peer_addr,
+                    SERVER,
+                    port,
+                    &client_tls,
+                    client_watch,
+                    &metrics,
+                )
+                .await
+            })
+        };
+        let mut buf = [0u8; 4];
+        // Bytes flow until just before the expiry.
+        while tokio::time::Instant::now() + Duration::from_millis(300) < expiry.at {
+            app.write_all(b"ping").await.unwrap();
+            app.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Then the stream ends, at the expiry.
+        let ended = tokio::time::timeout(Duration::from_secs(3), app.read(&mut buf)).await;
+        let late = tokio::time::Instant::now().saturating_duration_since(expiry.at);
+        assert!(matches!(ended, Ok(Ok(0)) | Ok(Err(_))), "closed: {ended:?}");
+        assert!(
+            late < Duration::from_millis(500),
+            "{late:?} after the expiry"
+        );
+        assert!(carried.await.unwrap().is_ok());
+        let closes = |m: &ProxyMetrics| {
+            let c = |d| m.conns(d).peer_expired_closes.load(Ordering::Relaxed);
+            use crate::telemetry::metrics::Direction::*;
+            (c(Inbound), c(Outbound))
+        };
+        assert_eq!(closes(&client_metrics), (0, 1), "the client cut it");
+        assert_eq!(
+            closes(&server_metrics),
+            (0, 0),
+            "the client's certificate lives on"
+        );
     }
 
     /// A draining proxy waits for an opaque stream until it ends (the grace period is the

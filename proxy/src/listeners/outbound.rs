@@ -4,6 +4,8 @@
 //! `telemetry` and `resilience`.
 //! In transparent mode each connection is first classified by `transparent::outbound`. At most
 //! `Limits::max_connections` connections are open at once; more are closed as they arrive.
+//! The stack from routing down is built once; rescue and shed are put on top per connection,
+//! since the shed layer stands for one client connection's share of the in-flight budget.
 
 use super::{serve_connection, HttpServer};
 use crate::config::SnapshotStore;
@@ -33,10 +35,8 @@ pub async fn serve(
     let metrics = telemetry.metrics.clone();
     let server = HttpServer::new(&limits);
     let connections = metrics.connections(Direction::Outbound).clone();
-    let service = ServiceBuilder::new()
-        .map_request(|req: http::Request<Incoming>| req.map(Body::from))
-        .layer(RescueLayer)
-        .layer(ShedLayer::of(&metrics, Direction::Outbound))
+    let shed = ShedLayer::of(&metrics, Direction::Outbound);
+    let routed = ServiceBuilder::new()
         .layer(RouteLayer::new(store))
         .layer(ObserveLayer::outbound(telemetry))
         .layer(FaultLayer)
@@ -55,12 +55,17 @@ pub async fn serve(
                     tracing::debug!(%peer, "outbound connection limit reached; closed");
                     continue;
                 };
+                let service = ServiceBuilder::new()
+                    .map_request(|req: http::Request<Incoming>| req.map(Body::from))
+                    .layer(RescueLayer)
+                    .layer(shed.for_connection())
+                    .service(routed.clone());
                 let _ = stream.set_nodelay(true);
                 if let Some(ctx) = &transparent {
                     let conn = super::transparent::outbound(
                         stream,
                         ctx.clone(),
-                        service.clone(),
+                        service,
                         drain.clone(),
                         server.clone(),
                     );
@@ -71,7 +76,7 @@ pub async fn serve(
                     continue;
                 }
                 let stream = Counted::new(stream, metrics.clone(), Direction::Outbound);
-                let conn = serve_connection(stream, service.clone(), drain.clone(), server.clone());
+                let conn = serve_connection(stream, service, drain.clone(), server.clone());
                 tokio::spawn(async move {
                     conn.await;
                     drop(permit);

@@ -2,9 +2,15 @@
 //! polices what only the connection as a whole can see:
 //!
 //! - HTTP/1 findings of `h1_guard`: a refused head is answered with its status (400, 501) and
-//!   `Connection: close` instead of being served; a request whose body was malformed (400) or
-//!   stalled past `Limits::body_idle_timeout` (408) gets that status instead of the 502 its
-//!   failed forward produced, since the fault was the client's.
+//!   `Connection: close` instead of being served; so is a request whose body is already known to
+//!   be malformed when hyper hands it over (the scanner reads ahead of hyper), which therefore
+//!   never reaches the app. A chunked request is held until the scanner has read its first
+//!   chunk-size line (hyper reads the first chunk without being asked, except under
+//!   `Expect: 100-continue`, which is not held): the race in which the head was forwarded while
+//!   the broken first line was still unread is gone. A body found malformed (400) or stalled
+//!   past `Limits::body_idle_timeout` (408) after the request was forwarded is aborted upstream
+//!   (`h1_guard` fails hyper's read), and the 502 the failed forward produced becomes that
+//!   status, since the fault was the client's.
 //! - Abandoned requests (HTTP/2 rapid reset, CVE-2023-44487): h2 bounds streams reset before they
 //!   are accepted, but a client that waits until each stream is accepted (so its request is
 //!   already forwarded) and then resets it costs upstream work per stream with nothing in
@@ -12,12 +18,14 @@
 //!   and at least half of them were abandoned before their response began, the connection is
 //!   closed (`Findings::abusive`).
 //!
-//! Per request this is one atomic increment, one atomic load, and one reference-count increment
-//! on the connection's shared state; the future is a plain enum, not boxed.
+//! Per request this is one atomic increment, two atomic loads, and one reference-count increment
+//! on the connection's shared state; the future is a plain enum, not boxed. A held request also
+//! costs a clone of the service stack (reference counts) and a waker registration.
 
 use super::h1_guard::Findings;
 use super::h1_scan::{Problem, Refusal};
 use crate::http::headers::PROXY_ERROR;
+use crate::http::synthetic::ProxyMade;
 use crate::http::Body;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use std::convert::Infallible;
@@ -26,6 +34,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use tower::Service;
 
 /// Requests a connection carries before its abandon rate is judged (Envoy's default, 500).
 pub const ABUSE_MIN_REQUESTS: u64 = 500;
@@ -42,13 +51,13 @@ impl<S> Guarded<S> {
     }
 }
 
-impl<S, B> tower::Service<Request<B>> for Guarded<S>
+impl<S, B> Service<Request<B>> for Guarded<S>
 where
-    S: tower::Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Clone,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = GuardedFuture<S::Future>;
+    type Future = GuardedFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -56,22 +65,33 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let request = self.findings.served.fetch_add(1, Ordering::AcqRel);
-        if let Some(Problem::Head(refusal)) = self.findings.about(request) {
-            tracing::info!(
-                status = refusal.status,
-                reason = refusal.reason,
-                "request refused"
-            );
-            return GuardedFuture::Refused {
-                response: Some(refusal_response(refusal)),
+        if let Some(problem) = self.findings.about(request) {
+            return GuardedFuture::refused(problem);
+        }
+        let watch = Abandon(Some(self.findings.clone()));
+        if self.findings.is_cleared(request) || expects_continue(&req) {
+            return GuardedFuture::Served {
+                inner: self.inner.call(req),
+                watch,
+                request,
             };
         }
-        GuardedFuture::Served {
-            inner: self.inner.call(req),
-            watch: Abandon(Some(self.findings.clone())),
+        // The service was made ready; the future takes that one, the clone stays behind.
+        let ready = self.inner.clone();
+        GuardedFuture::Held {
+            service: Some(std::mem::replace(&mut self.inner, ready)),
+            req: Some(req),
+            watch,
             request,
         }
     }
+}
+
+/// hyper reads no body under `Expect: 100-continue` until the body is asked for, so such a
+/// request cannot wait for its first chunk-size line.
+fn expects_continue<B>(req: &Request<B>) -> bool {
+    (req.headers().get(header::EXPECT))
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Counts the request as abandoned if its future is dropped before the response began.
@@ -92,38 +112,105 @@ impl Drop for Abandon {
 
 pin_project_lite::pin_project! {
     #[project = GuardedProj]
-    pub enum GuardedFuture<F> {
+    pub enum GuardedFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
         Refused { response: Option<Response<Body>> },
+        /// A chunked request waiting until its first chunk-size line was read.
+        Held {
+            service: Option<S>,
+            req: Option<Request<B>>,
+            watch: Abandon,
+            request: u64,
+        },
         Served {
             #[pin]
-            inner: F,
+            inner: S::Future,
             watch: Abandon,
             request: u64,
         },
     }
 }
 
-impl<F> Future for GuardedFuture<F>
+impl<S: Service<Request<B>>, B> GuardedFuture<S, B> {
+    fn refused(problem: Problem) -> Self {
+        let refusal = refusal_for(problem);
+        tracing::info!(
+            status = refusal.status,
+            reason = refusal.reason,
+            "request refused"
+        );
+        GuardedFuture::Refused {
+            response: Some(refusal_response(refusal)),
+        }
+    }
+}
+
+impl<S, B> Future for GuardedFuture<S, B>
 where
-    F: Future<Output = Result<Response<Body>, Infallible>>,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
 {
     type Output = Result<Response<Body>, Infallible>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            GuardedProj::Refused { response } => {
-                Poll::Ready(Ok(response.take().unwrap_or_default()))
-            }
-            GuardedProj::Served {
-                inner,
-                watch,
-                request,
-            } => {
-                let rsp = ready!(inner.poll(cx))?;
-                let problem = watch.0.take().and_then(|f| f.about(*request));
-                Poll::Ready(Ok(blame_the_client(rsp, problem)))
-            }
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project() {
+                GuardedProj::Refused { response } => {
+                    return Poll::Ready(Ok(response.take().unwrap_or_default()))
+                }
+                GuardedProj::Held {
+                    service,
+                    req,
+                    watch,
+                    request,
+                } => {
+                    let findings = watch.0.as_ref().map(Arc::clone);
+                    if let Some(findings) = &findings {
+                        ready!(findings.poll_cleared(*request, cx));
+                    }
+                    let problem = findings.and_then(|f| f.about(*request));
+                    match (problem, service.take(), req.take()) {
+                        (Some(problem), _, _) => {
+                            // Refused before anything was sent on: not an abandon.
+                            watch.0 = None;
+                            GuardedFuture::refused(problem)
+                        }
+                        (None, Some(mut service), Some(req)) => GuardedFuture::Served {
+                            inner: service.call(req),
+                            watch: Abandon(watch.0.take()),
+                            request: *request,
+                        },
+                        // Polled again after it moved on: cannot happen.
+                        _ => GuardedFuture::Refused { response: None },
+                    }
+                }
+                GuardedProj::Served {
+                    inner,
+                    watch,
+                    request,
+                } => {
+                    let rsp = ready!(inner.poll(cx))?;
+                    let problem = watch.0.take().and_then(|f| f.about(*request));
+                    return Poll::Ready(Ok(blame_the_client(rsp, problem)));
+                }
+            };
+            self.set(next);
         }
+    }
+}
+
+fn refusal_for(problem: Problem) -> Refusal {
+    match problem {
+        Problem::Head(refusal) => refusal,
+        Problem::MalformedBody(reason) => Refusal {
+            status: 400,
+            reason,
+        },
+        Problem::StalledBody => Refusal {
+            status: 408,
+            reason: "request body idle timeout",
+        },
     }
 }
 
@@ -131,17 +218,12 @@ where
 /// fault; an answer from upstream is left alone.
 fn blame_the_client(rsp: Response<Body>, problem: Option<Problem>) -> Response<Body> {
     let refusal = match problem {
-        Some(Problem::MalformedBody(reason)) => Refusal {
-            status: 400,
-            reason,
-        },
-        Some(Problem::StalledBody) => Refusal {
-            status: 408,
-            reason: "request body idle timeout",
-        },
+        Some(p @ (Problem::MalformedBody(_) | Problem::StalledBody)) => refusal_for(p),
         _ => return rsp,
     };
-    if !(rsp.status().is_server_error() && rsp.headers().contains_key(&PROXY_ERROR)) {
+    // Only our own answers: an upstream 5xx (even one carrying `trellis-error`) is left alone.
+    let ours = rsp.extensions().get::<ProxyMade>().is_some();
+    if !(rsp.status().is_server_error() && ours) {
         return rsp;
     }
     tracing::info!(
@@ -165,6 +247,7 @@ fn refusal_response(refusal: Refusal) -> Response<Body> {
         PROXY_ERROR.clone(),
         HeaderValue::from_static(refusal.reason),
     );
+    rsp.extensions_mut().insert(ProxyMade);
     rsp
 }
 

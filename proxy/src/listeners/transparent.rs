@@ -162,6 +162,7 @@ pub async fn outbound<S>(
                 dst.port(),
                 &ctx.tls,
                 drain,
+                &ctx.metrics,
             )
             .await
         }

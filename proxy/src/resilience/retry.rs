@@ -10,7 +10,8 @@
 //! - the request body must still be replayable (see `replay`): a body past the replay buffer has
 //!   streamed once and is never sent twice;
 //! - the cluster's retry budget must allow it, and the circuit breaker's `max retries`;
-//! - a response is only ever retried before anything of it reached the client.
+//! - a response is only ever retried before anything of it reached the client;
+//! - an upgrade (WebSocket, `http::upgrade`) is never retried nor replay-buffered.
 //!
 //! Between attempts: exponential backoff with full jitter, and the next attempt avoids the
 //! endpoint that just failed.
@@ -167,6 +168,13 @@ where
     cluster.state.budget.deposit();
     cluster.state.stats.requests.inc();
     rule.stats.requests.inc();
+    if !matches!(crate::http::upgrade::classify(&req), Ok(None)) {
+        // An upgrade is sent once and never buffered: its handshake has no body to replay, and
+        // what follows a 101 is a connection, not a response (`http::upgrade`).
+        let mut rsp = inner.oneshot(req).await?;
+        rsp.extensions_mut().insert(Attempts(1));
+        return Ok(rsp);
+    }
     let policy = rule.retry.as_ref().unwrap_or(&cluster.policy.retry);
     // Even without policy retries the body stays replayable (up to the buffer), for the
     // unprocessed allowance.

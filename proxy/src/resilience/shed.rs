@@ -12,28 +12,58 @@
 //! streamed answer still costs the proxy buffers and a connection until then. Inbound and outbound
 //! each have their own budget: with one shared budget, inbound requests waiting on the app's own
 //! outbound calls could take every slot and starve those calls.
+//!
+//! On the outbound listener the budget is shared fairly between the app's client connections
+//! (`limits::Budget::try_take_for`): each layer value stands for one connection
+//! (`for_connection` makes a new one), so one client holding hundreds of abandoned or slow
+//! streams is shed before the other clients are. Not on the inbound listener: its clients are
+//! peer sidecars, each the sum of many apps' clients already shared fairly at its own outbound,
+//! and a fair share that keeps room for one more connection would halve what a lone caller may
+//! send.
 
 use crate::errors::ProxyError;
 use crate::http::Body;
-use crate::limits::Budget;
+use crate::limits::{Budget, Share};
 use crate::telemetry::metrics::{Direction, ProxyMetrics};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// The tower layer; clones share one budget.
+/// The tower layer; clones share one budget and, if the budget is shared fairly, one client
+/// connection's share of it.
 #[derive(Clone, Debug)]
 pub struct ShedLayer {
     budget: Arc<Budget>,
+    share: Option<Arc<Share>>,
 }
 
 impl ShedLayer {
+    /// The layer of one client connection taking its fair share of `budget`.
     pub fn new(budget: Arc<Budget>) -> ShedLayer {
-        ShedLayer { budget }
+        ShedLayer {
+            budget,
+            share: Some(Share::new()),
+        }
     }
 
-    /// The layer for one of the proxy's listeners, with the budget its metrics report.
+    /// The layer of one of the proxy's listeners, with the budget its metrics report: shared
+    /// fairly between client connections on the outbound listener (see the module comment).
     pub fn of(metrics: &ProxyMetrics, listener: Direction) -> ShedLayer {
-        ShedLayer::new(metrics.in_flight(listener).clone())
+        let budget = metrics.in_flight(listener).clone();
+        match listener {
+            Direction::Outbound => ShedLayer::new(budget),
+            Direction::Inbound => ShedLayer {
+                budget,
+                share: None,
+            },
+        }
+    }
+
+    /// The layer for another client connection on the same budget.
+    pub fn for_connection(&self) -> ShedLayer {
+        ShedLayer {
+            budget: self.budget.clone(),
+            share: self.share.as_ref().map(|_| Share::new()),
+        }
     }
 }
 
@@ -43,6 +73,7 @@ impl<S> tower::Layer<S> for ShedLayer {
         Shed {
             inner,
             budget: self.budget.clone(),
+            share: self.share.clone(),
         }
     }
 }
@@ -51,6 +82,7 @@ impl<S> tower::Layer<S> for ShedLayer {
 pub struct Shed<S> {
     inner: S,
     budget: Arc<Budget>,
+    share: Option<Arc<Share>>,
 }
 
 impl<S> tower::Service<http::Request<Body>> for Shed<S>
@@ -69,7 +101,11 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let Some(admitted) = self.budget.try_take() else {
+        let admitted = match &self.share {
+            Some(share) => self.budget.try_take_for(share),
+            None => self.budget.try_take(),
+        };
+        let Some(admitted) = admitted else {
             let max = self.budget.max();
             return Box::pin(std::future::ready(Err(ProxyError::Overloaded { max })));
         };
@@ -253,5 +289,47 @@ mod tests {
         }
         assert!(seen.try_recv().is_err());
         assert_eq!(budget.refused(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_its_fair_share_is_shed_and_another_is_not() {
+        use crate::limits::FAIR_SHARE_FLOOR;
+        let budget = Budget::new(2 * FAIR_SHARE_FLOOR);
+        let (inner, mut seen) = parked();
+        let greedy = ShedLayer::new(budget.clone());
+        let mut greedy_svc = greedy.layer(inner.clone());
+        let mut other_svc = greedy.for_connection().layer(inner);
+        let mut answers = Vec::new();
+        let mut pending = Vec::new();
+        // The other connection holds one slot: two connections active, and the share (a third
+        // of the budget) is raised to the floor.
+        pending.push(tokio::spawn(call(&mut other_svc).await));
+        answers.extend(seen.recv().await);
+        for _ in 0..FAIR_SHARE_FLOOR {
+            pending.push(tokio::spawn(call(&mut greedy_svc).await));
+            answers.extend(seen.recv().await);
+        }
+        assert!(
+            matches!(
+                call(&mut greedy_svc).await.await,
+                Err(ProxyError::Overloaded { .. })
+            ),
+            "over its share, with the budget more than half used"
+        );
+        pending.push(tokio::spawn(call(&mut other_svc).await));
+        answers.extend(seen.recv().await);
+        assert_eq!(
+            budget.in_use(),
+            FAIR_SHARE_FLOOR + 2,
+            "the other connection was admitted"
+        );
+        assert_eq!((budget.refused(), budget.refused_unfair()), (1, 1));
+        for answer in answers {
+            let _ = answer.send(ok_with("done"));
+        }
+        for task in pending {
+            drop(task.await);
+        }
+        assert_eq!((budget.in_use(), budget.active_connections()), (0, 0));
     }
 }

@@ -8,6 +8,7 @@
 
 use super::counters::ClusterStats;
 use crate::config::SnapshotStore;
+use crate::control_plane::Problem;
 use crate::discovery::SharedStatus;
 use crate::identity::IdentityInfo;
 use crate::limits::{Budget, Limits};
@@ -77,6 +78,8 @@ pub struct ConnMetrics {
     pub closed: AtomicU64,
     pub bytes_read: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// mTLS connections retired because the peer's certificate expired (`tls::expiry`).
+    pub peer_expired_closes: AtomicU64,
 }
 
 /// Why TLS handshakes failed, by a small fixed set of reasons.
@@ -398,6 +401,12 @@ impl Collector for MetricsCollector {
         )?;
         counter(
             &mut e,
+            "trellis_tls_peer_expired_closes",
+            "mTLS connections closed because the peer's certificate expired, by direction.",
+            &conn_series(|c| &c.peer_expired_closes),
+        )?;
+        counter(
+            &mut e,
             "trellis_tcp_connections_refused",
             "TCP connections closed at once because the listener had max connections open.",
             &budget_series(ProxyMetrics::connections, Budget::refused),
@@ -519,7 +528,7 @@ impl Collector for MetricsCollector {
             "Resources held, by type.",
             &resources,
         )?;
-        let (connected, updates) = self
+        let (connected, updates, link_errors) = self
             .discovery
             .lock()
             .map(|s| {
@@ -529,9 +538,10 @@ impl Collector for MetricsCollector {
                         .iter()
                         .map(|(k, v)| (k.clone(), *v))
                         .collect::<Vec<_>>(),
+                    s.link.errors,
                 )
             })
-            .unwrap_or((false, Vec::new()));
+            .unwrap_or_default();
         let mut responses = Vec::new();
         for (t, (acks, nacks)) in &updates {
             responses.push((vec![("type_url", t.as_str()), ("result", "ack")], *acks));
@@ -549,16 +559,33 @@ impl Collector for MetricsCollector {
             "1 while the discovery stream is up.",
             &[(vec![], i64::from(connected))],
         )?;
-        let expiry = self
+        let problems: Vec<(Labels<'_>, u64)> = Problem::ALL
+            .iter()
+            .zip(link_errors)
+            .map(|(p, n)| (vec![("problem", p.as_str())], n))
+            .collect();
+        counter(
+            &mut e,
+            "trellis_control_plane_errors",
+            "Failed calls to the control plane, by cause (untrusted: its certificate does not verify).",
+            &problems,
+        )?;
+        let (expiry, left) = self
             .identity
             .borrow()
             .as_ref()
-            .map_or(0, |i| i.not_after_unix);
+            .map_or((0, 0), |i| (i.not_after_unix, i.expires_in_seconds()));
         gauge(
             &mut e,
             "trellis_certificate_expiry_timestamp_seconds",
             "When the workload certificate expires (Unix time); 0 without one.",
             &[(vec![], expiry)],
+        )?;
+        gauge(
+            &mut e,
+            "trellis_certificate_expires_in_seconds",
+            "Seconds until the workload certificate expires (negative once expired; 0 without one).",
+            &[(vec![], left)],
         )?;
 
         counter(

@@ -1,10 +1,15 @@
 //! TLS between sidecars: TLS 1.3 only, ALPN h2, client certificates required, and peers verified
 //! by SPIFFE ID rather than host name. The workload certificate and the trust anchors live in
 //! swappable stores, so certificate renewal and trust-bundle rotation take effect for new
-//! handshakes without rebuilding listeners or closing connections.
+//! handshakes without rebuilding listeners or closing connections. Connections end when their
+//! peer's certificate expires (`expiry`), since rustls checks it only at the handshake.
 
+mod expiry;
+#[cfg(test)]
+pub mod test_pki;
 mod verify;
 
+pub use expiry::{record_retired, PeerExpiry, EXPIRY_GRACE};
 pub use verify::{peer_identity, SpiffeClientVerifier, SpiffeServerVerifier};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -119,6 +124,11 @@ impl TlsContext {
         config.alpn_protocols = vec![b"h2".to_vec()];
         // Peers are named by SPIFFE ID, which is not a DNS name: SNI would only leak it.
         config.enable_sni = false;
+        // A resumed session skips certificate verification and reports the first session's
+        // chain: the reconnect after a peer's certificate expired would carry the expired
+        // identity (and one after a trust-bundle rotation an untrusted one). Connections are
+        // long-lived, so a full handshake each time costs little.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 
@@ -130,6 +140,10 @@ impl TlsContext {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(self.certs.clone());
+        // No resumption, as on the client side: every connection verifies the peer's current
+        // certificate against the current trust bundle.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         // `trellis-opaque`: opaque TCP between sidecars (listeners/opaque.rs).
         config.alpn_protocols = vec![
             b"h2".to_vec(),

@@ -1,6 +1,7 @@
 //! Certificate verification by SPIFFE ID. Chains are checked with webpki against the current trust
 //! anchors (so a rotated bundle applies to the next handshake); the client side additionally
 //! requires the server's leaf to carry exactly the SPIFFE ID the endpoint is expected to have.
+//! Both refuse a chain from its earliest notAfter on (`super::expiry`).
 
 use super::TrustStore;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -86,6 +87,12 @@ fn verify_chain(
         None,
     )
     .map_err(webpki_error)?;
+    // webpki accepts the whole notAfter second; from notAfter on, connections are retired
+    // (`super::expiry`), so the handshake that would replace one is refused too.
+    let not_after = super::expiry::chain_not_after(end_entity, intermediates);
+    if not_after.is_some_and(|t| t <= i64::try_from(now.as_secs()).unwrap_or(i64::MAX)) {
+        return Err(Error::InvalidCertificate(rustls::CertificateError::Expired));
+    }
     Ok(())
 }
 

@@ -6,13 +6,26 @@
 //! reports closed), the next request opens a new connection, and a request caught in between is
 //! reported as never processed (`send`), so the retry layer may send it elsewhere.
 //!
+//! A peer whose certificate expires is treated like one that drains: at the expiry the connection
+//! leaves its slot and takes no new request (`expiry`), and a request caught in between is
+//! reported as never processed. The reconnect's handshake checks the peer's current certificate.
+//!
+//! One client's cancellations must not cost the others their shared connection. A stream this
+//! side resets (its app went away) is remembered (`RESET_STREAMS_REMEMBERED`) so that the peer's
+//! frames still in flight on it are dropped quietly; once forgotten, h2 answers each such frame
+//! with a RST_STREAM of its own and counts it as a local error, of which it allows 1,024 over the
+//! connection's life before closing it. The peer is an authenticated sidecar, so that lifetime
+//! count is not bounded here. Whether a failure was the endpoint's fault (for outlier detection)
+//! is decided in `send`.
+//!
 //! The connection handle sits behind arc-swap: sending a request costs one atomic load and a clone
 //! of the sender; only (re)connecting takes a lock, so that concurrent first requests share one
 //! handshake instead of racing many.
 
 use crate::errors::ProxyError;
 use crate::http::body::Body;
-use crate::tls::TlsContext;
+use crate::telemetry::metrics::ProxyMetrics;
+use crate::tls::{CertStore, PeerExpiry, TlsContext, EXPIRY_GRACE};
 use arc_swap::ArcSwapOption;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -22,25 +35,32 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+mod expiry;
 mod send;
-pub use send::send;
+pub use send::{send, send_judged, Blame};
 
 /// Makes `MeshConnection`s that share this proxy's TLS context.
 #[derive(Debug, Clone)]
 pub struct MeshConnector {
     tls: TlsContext,
+    /// Where connections retired at their peer's certificate expiry are counted.
+    metrics: Option<Arc<ProxyMetrics>>,
 }
 
 impl MeshConnector {
     pub fn new(tls: TlsContext) -> Self {
-        MeshConnector { tls }
+        MeshConnector { tls, metrics: None }
+    }
+
+    /// Counts connections retired because the peer's certificate expired in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     #[cfg(test)]
     pub fn for_tests() -> Self {
-        MeshConnector {
-            tls: TlsContext::default(),
-        }
+        MeshConnector::new(TlsContext::default())
     }
 
     pub fn connection(&self, addr: SocketAddr, identity: &str) -> MeshConnection {
@@ -48,9 +68,11 @@ impl MeshConnector {
             addr,
             identity: identity.to_string(),
             tls: Some(self.tls.client_config(identity)),
-            sender: ArcSwapOption::empty(),
+            own: Some(self.tls.certs.clone()),
+            sender: Arc::default(),
             connecting: tokio::sync::Mutex::new(()),
             last_used: AtomicU64::new(0),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -61,10 +83,15 @@ pub struct MeshConnection {
     addr: SocketAddr,
     identity: String,
     tls: Option<Result<Arc<rustls::ClientConfig>, crate::tls::TlsConfigError>>,
-    sender: ArcSwapOption<SendRequest<Body>>,
+    /// This proxy's certificate, to say why a peer would refuse the handshake.
+    own: Option<Arc<CertStore>>,
+    /// Shared (weakly) with the connection's task, which clears it at the peer's expiry.
+    sender: Arc<ArcSwapOption<SendRequest<Body>>>,
     connecting: tokio::sync::Mutex<()>,
     /// `clock_ms()` of the last request, for idle closing.
     last_used: AtomicU64,
+    /// Where a retirement at the peer's expiry is counted (`MeshConnector::with_metrics`).
+    metrics: Option<Arc<ProxyMetrics>>,
 }
 
 fn clock_ms() -> u64 {
@@ -88,9 +115,11 @@ impl MeshConnection {
             addr,
             identity: String::new(),
             tls: None,
-            sender: ArcSwapOption::empty(),
+            own: None,
+            sender: Arc::default(),
             connecting: tokio::sync::Mutex::new(()),
             last_used: AtomicU64::new(0),
+            metrics: None,
         }
     }
 
@@ -110,9 +139,9 @@ impl MeshConnection {
                 addr: self.addr,
                 after: connect_timeout,
             })??;
-        self.sender.store(Some(Arc::new(sender.clone())));
+        self.sender.store(Some(sender.clone()));
         self.touch();
-        Ok(sender)
+        Ok((*sender).clone())
     }
 
     /// A sender on the open connection, if there is one (no connecting).
@@ -150,8 +179,19 @@ impl MeshConnection {
         false
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, ProxyError> {
+    /// A new connection, its sender as the slot will hold it.
+    async fn connect(&self) -> Result<Arc<SendRequest<Body>>, ProxyError> {
         let addr = self.addr;
+        // In TLS 1.3 the client learns that the server refused its certificate only from the
+        // first read after the handshake, as a bare connection error; say it plainly instead.
+        let own = (self.own.as_ref()).and_then(|c| c.get());
+        if own.is_some_and(|key| PeerExpiry::of_chain(&key.cert).is_some_and(|e| e.has_passed())) {
+            return Err(ProxyError::Tls {
+                addr,
+                reason: "this sidecar's certificate expired (renewal is failing); peers refuse it"
+                    .into(),
+            });
+        }
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| ProxyError::Connect {
@@ -160,7 +200,13 @@ impl MeshConnection {
             })?;
         let _ = tcp.set_nodelay(true);
         let Some(tls) = &self.tls else {
-            return handshake(addr, tcp).await;
+            let (sender, conn) = handshake(addr, tcp).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%addr, error = %e, "connection closed");
+                }
+            });
+            return Ok(Arc::new(sender));
         };
         let tls = tls.as_ref().map_err(|e| ProxyError::Tls {
             addr,
@@ -173,8 +219,27 @@ impl MeshConnection {
                 addr,
                 reason: e.to_string(),
             })?;
-        let sender = handshake(addr, stream).await?;
-        tracing::debug!(%addr, identity = %self.identity, "mesh connection established");
+        // The verifier accepted the chain, so it parses and has not expired; this only catches an
+        // expiry reached during the handshake, refused rather than retired at once.
+        let expiry = PeerExpiry::of(stream.get_ref().1)
+            .filter(|e| !e.has_passed())
+            .ok_or_else(|| ProxyError::Tls {
+                addr,
+                reason: "peer certificate expired".into(),
+            })?;
+        let stream = expiry::CutAt::new(stream, expiry.at + EXPIRY_GRACE);
+        let (sender, conn) = handshake(addr, stream).await?;
+        let sender = Arc::new(sender);
+        let retire = expiry::Retire {
+            addr,
+            identity: self.identity.clone(),
+            expiry,
+            slot: Arc::downgrade(&self.sender),
+            entry: Arc::downgrade(&sender),
+            metrics: self.metrics.clone(),
+        };
+        tokio::spawn(expiry::serve_until_expiry(conn, retire));
+        tracing::debug!(%addr, identity = %self.identity, not_after = expiry.not_after, "mesh connection established");
         Ok(sender)
     }
 
@@ -183,26 +248,37 @@ impl MeshConnection {
     }
 }
 
-async fn handshake<T>(addr: SocketAddr, io: T) -> Result<SendRequest<Body>, ProxyError>
+/// Streams reset by this side that h2 remembers (for 30 s each), so that late frames on them are
+/// ignored: a burst of a thousand cancellations, several times over (h2's default is 50). Each
+/// costs a slab entry of a few hundred bytes.
+const RESET_STREAMS_REMEMBERED: usize = 10_000;
+
+/// The HTTP/2 handshake; the caller drives the connection.
+async fn handshake<T>(
+    addr: SocketAddr,
+    io: T,
+) -> Result<
+    (
+        SendRequest<Body>,
+        hyper::client::conn::http2::Connection<TokioIo<T>, Body, TokioExecutor>,
+    ),
+    ProxyError,
+>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(2 * 1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+        .max_local_error_reset_streams(None)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| ProxyError::Upstream {
             addr,
             reason: e.to_string(),
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "mesh connection closed");
-        }
-    });
-    Ok(sender)
+        })
 }

@@ -133,3 +133,109 @@ fn a_split_head_followed_by_a_large_body_is_still_followed() {
     let found = refused(s.feed(&rest));
     assert_eq!(found, head(1, 400), "the second request is still judged");
 }
+
+const CHUNKED: &[u8] = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+/// What the scanner finds in a chunked body (after `CHUNKED`), whole and split anywhere.
+fn body_finding(body: &[u8]) -> Option<Finding> {
+    let mut bytes = CHUNKED.to_vec();
+    bytes.extend_from_slice(body);
+    scan(&bytes)
+}
+
+fn malformed(why: &'static str) -> Option<Finding> {
+    Some(Finding {
+        request: 0,
+        problem: Problem::MalformedBody(why),
+    })
+}
+
+#[test]
+fn chunk_extensions_follow_the_grammar() {
+    for body in [
+        &b"5;a\r\nhello\r\n0\r\n\r\n"[..],
+        b"5;a=b\r\nhello\r\n0;x=1\r\n\r\n",
+        b"5 ; a = b ; c\t;d=\"e\"\r\nhello\r\n0\r\n\r\n",
+        b"5;a=\"q \\\" ;x\"\r\nhello\r\n0\r\n\r\n",
+        b"5;a=b \r\nhello\r\n0\r\n\r\n",
+    ] {
+        assert_eq!(
+            body_finding(body),
+            None,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    for (body, why) in [
+        (&b"5;\r\nhello\r\n"[..], "invalid chunk extension"),
+        (b"5;=b\r\nhello\r\n", "invalid chunk extension"),
+        (b"5;a=\r\nhello\r\n", "invalid chunk extension"),
+        (b"5;a b\r\nhello\r\n", "invalid chunk extension"),
+        (b"5;a=b c\r\nhello\r\n", "invalid chunk extension"),
+        (b"5;a=\"x\r\nhello\r\n", "invalid chunk extension"),
+        (b"5;a\x00\r\nhello\r\n", "invalid chunk extension"),
+        (b"5;a=\"\x01\"\r\nhello\r\n", "invalid chunk extension"),
+        (b"5;a=b\nhello\r\n", "newline in chunk extension"),
+    ] {
+        let found = body_finding(body);
+        assert_eq!(found, malformed(why), "{}", String::from_utf8_lossy(body));
+    }
+}
+
+#[test]
+fn trailers_are_field_lines() {
+    let good = b"0\r\nX-T: t\r\nY:\r\n\r\n";
+    assert_eq!(body_finding(good), None);
+    for (body, why) in [
+        (&b"0\r\nX-T\r\n\r\n"[..], "invalid trailer field"),
+        (b"0\r\nX T: t\r\n\r\n", "invalid trailer field"),
+        (b"0\r\n X: t\r\n\r\n", "invalid trailer field"),
+        (b"0\r\nX: a\x00b\r\n\r\n", "invalid trailer field"),
+        (b"0\r\nX: t\n\r\n", "invalid trailer field"),
+        (b"0\r\nX: t\r\r\n", "trailer line without CRLF"),
+        (b"0\r\n\n", "last chunk without CRLF"),
+        (b"0\r\n\r\r", "last chunk without CRLF"),
+    ] {
+        let found = body_finding(body);
+        assert_eq!(found, malformed(why), "{}", String::from_utf8_lossy(body));
+    }
+}
+
+#[test]
+fn a_chunked_request_is_cleared_once_its_first_size_line_is_read() {
+    let mut s = Scanner::new(64 * 1024);
+    assert_eq!(s.feed(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"), None);
+    assert_eq!(
+        s.cleared(),
+        1,
+        "a request without a body is cleared by its head"
+    );
+    assert_eq!(s.feed(CHUNKED), None);
+    assert_eq!(s.cleared(), 1, "not yet: no chunk-size line");
+    assert_eq!(s.feed(b"5;a=b\r"), None);
+    assert_eq!(s.cleared(), 1, "not yet: the line has not ended");
+    assert_eq!(s.feed(b"\nhel"), None);
+    assert_eq!(s.cleared(), 2);
+    assert_eq!(s.feed(b"lo\r\n3\r\nabc\r\n0\r\n\r\n"), None);
+    assert_eq!(s.cleared(), 2, "later chunks change nothing");
+    let mut s = Scanner::new(64 * 1024);
+    assert_eq!(
+        s.feed(b"POST / HTTP/1.1\r\nHost: h\r\nUpgrade: x\r\n\r\n"),
+        None
+    );
+    assert_eq!(s.cleared(), u64::MAX, "once not judging, nothing is held");
+}
+
+#[test]
+fn accepted_stops_before_the_bad_byte() {
+    let mut bytes = CHUNKED.to_vec();
+    bytes.extend_from_slice(b"3\r\nabcX\r\n");
+    let mut s = Scanner::new(64 * 1024);
+    assert_eq!(s.feed(&bytes), malformed("chunk data without CRLF"));
+    assert_eq!(s.accepted(), CHUNKED.len() + 6, "up to and excluding the X");
+    let mut s = Scanner::new(64 * 1024);
+    assert_eq!(s.feed(CHUNKED), None);
+    assert_eq!(s.accepted(), CHUNKED.len());
+    assert_eq!(s.feed(b"zz"), malformed("chunk size missing"));
+    assert_eq!(s.accepted(), 0);
+}

@@ -1,0 +1,411 @@
+//! WebSockets through the mesh (issue 16, upgrades): a real RFC 6455 client on the client
+//! sidecar's outbound listener, a real RFC 6455 server as hello's app (`trellis_tests::websocket`),
+//! carried outbound → HTTP/2 extended CONNECT over mTLS (RFC 8441) → inbound → app.
+
+use std::time::Duration;
+use trellis_tests::websocket::{connect, Frame, WsApp, BINARY, CLOSE, PONG, TEXT};
+use trellis_tests::{Mesh, Service};
+
+fn index_of(mesh: &Mesh, service: &str) -> usize {
+    (mesh.workloads.iter())
+        .position(|w| w.service == service)
+        .expect("workload")
+}
+
+#[tokio::test]
+async fn websocket_carries_messages_pings_and_closes_both_ways() {
+    trellis_tests::init_logging();
+    let (mesh, app) = WsApp::behind_mesh("").await;
+    let outbound = mesh.workload("client").outbound;
+    let hs = connect(
+        outbound,
+        "hello",
+        "/chat?room=1",
+        "websocket",
+        &[
+            ("Sec-WebSocket-Protocol", "chat, superchat"),
+            ("X-App", "kept"),
+            ("trellis-client-id", "spiffe://forged"),
+        ],
+    )
+    .await
+    .expect("an answer to the handshake");
+    let answer = &hs.answer;
+    assert_eq!(answer.status, 101, "{answer:?}");
+    assert!(
+        (answer.header("upgrade")).is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
+        "{answer:?}"
+    );
+    assert!(
+        (answer.header("connection")).is_some_and(|v| v.eq_ignore_ascii_case("upgrade")),
+        "{answer:?}"
+    );
+    assert_eq!(answer.header("sec-websocket-protocol"), Some("chat"));
+    assert!(answer.header("trellis-error").is_none(), "{answer:?}");
+    let mut ws = hs
+        .conn
+        .expect("101 with the Sec-WebSocket-Accept of the key sent");
+
+    // Text and binary, both ways.
+    assert!(ws.send(&Frame::text("hello, mesh")).await);
+    assert_eq!(ws.recv().await, Some(Frame::text("hello, mesh")));
+    let binary: Vec<u8> = (0..=255u8).collect();
+    assert!(ws.send(&Frame::binary(&binary)).await);
+    assert_eq!(ws.recv().await, Some(Frame::binary(&binary)));
+    // A 1 MiB message (many HTTP/2 DATA frames and flow-control windows each way).
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    assert!(ws.send(&Frame::binary(&big)).await);
+    let echoed = ws.recv().await.expect("the 1 MiB echo");
+    assert_eq!(echoed.opcode, BINARY);
+    assert!(echoed.payload == big, "1 MiB echo differs");
+    // Ping → pong with the same payload.
+    assert!(
+        ws.send(&Frame {
+            opcode: 0x9,
+            payload: b"are you there".to_vec()
+        })
+        .await
+    );
+    let pong = ws.recv().await.expect("a pong");
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (PONG, &b"are you there"[..])
+    );
+    // Messages the server sends of its own accord.
+    assert!(ws.send(&Frame::text("push 3")).await);
+    for i in 0..3 {
+        assert_eq!(ws.recv().await, Some(Frame::text(&format!("pushed {i}"))));
+    }
+    // The close handshake with a code: the server echoes it and ends the connection, and the
+    // proxies end the client's.
+    assert!(ws.send(&Frame::close(4001, "done")).await);
+    let close = ws.recv().await.expect("the server's close");
+    assert_eq!(close.close_code(), Some(4001));
+    assert!(
+        ws.ends_within(Duration::from_secs(5)).await,
+        "connection ends after the close"
+    );
+
+    // What the app saw: an HTTP/1.1 upgrade with a fresh key, the proven caller identity, and
+    // the caller's end-to-end headers.
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let head = &seen[0];
+    assert_eq!(head.start, "GET /chat?room=1 HTTP/1.1");
+    assert_eq!(head.header("host"), Some("hello"));
+    assert_eq!(head.header("upgrade"), Some("websocket"));
+    assert!((head.header("connection")).is_some_and(|v| v.eq_ignore_ascii_case("upgrade")));
+    assert_eq!(
+        head.header("trellis-client-id"),
+        Some(Service::http1("client").spiffe_id().as_str())
+    );
+    let key = head
+        .header("sec-websocket-key")
+        .expect("a key toward the app");
+    assert_ne!(
+        key, "dGhlIHNhbXBsZSBub25jZQ==",
+        "the inbound's own key (RFC 8441 §5)"
+    );
+    assert_eq!(key.len(), 24);
+    assert_eq!(head.header("sec-websocket-version"), Some("13"));
+    assert_eq!(
+        head.header("sec-websocket-protocol"),
+        Some("chat, superchat")
+    );
+    assert_eq!(head.header("x-app"), Some("kept"));
+    assert!(app.violations().is_empty(), "{:?}", app.violations());
+
+    // Recorded like any request, with its 101.
+    let (_, metrics) =
+        (mesh.admin_get(index_of(&mesh, "client"), "/metrics").await).expect("metrics");
+    let series = "trellis_requests_total{direction=\"outbound\",dst_service=\"default/hello\",route=\"default\",status_class=\"1xx\"";
+    assert!(metrics.contains(series), "missing {series} in\n{metrics}");
+}
+
+#[tokio::test]
+async fn the_server_can_start_the_close() {
+    let (mesh, _app) = WsApp::behind_mesh("").await;
+    let hs = connect(
+        mesh.workload("client").outbound,
+        "hello",
+        "/",
+        "websocket",
+        &[],
+    )
+    .await
+    .expect("answer");
+    let mut ws = hs.conn.expect("upgraded");
+    assert!(ws.send(&Frame::text("close-me 4002")).await);
+    let close = ws.recv().await.expect("the server's close");
+    assert_eq!((close.opcode, close.close_code()), (CLOSE, Some(4002)));
+    assert!(ws.send(&Frame::close(4002, "")).await);
+    assert!(ws.ends_within(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_websocket_outlives_the_request_timeout() {
+    let (mesh, _app) = WsApp::behind_mesh("policy:\n  requestTimeout: 1s").await;
+    let outbound = mesh.workload("client").outbound;
+    // The timeout is in force for ordinary requests: the app answers /slow after 2 s.
+    let client = mesh.client("client", false);
+    let (rsp, _) = client.get("hello", "/slow").await.expect("an answer");
+    assert_eq!(rsp.status(), 504, "{rsp:?}");
+    // A WebSocket stays open past it, idle and then busy.
+    let hs = connect(outbound, "hello", "/", "websocket", &[])
+        .await
+        .expect("answer");
+    let mut ws = hs.conn.expect("upgraded");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for i in 0..3 {
+        let text = format!("still here {i}");
+        assert!(ws.send(&Frame::text(&text)).await);
+        assert_eq!(ws.recv().await, Some(Frame::text(&text)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_app_that_does_not_switch_is_an_error_not_a_200() {
+    let (mesh, app) = WsApp::behind_mesh("").await;
+    let outbound = mesh.workload("client").outbound;
+    // The app answers the upgrade with a plain 200.
+    let hs = connect(outbound, "hello", "/ok200", "websocket", &[])
+        .await
+        .expect("answer");
+    assert_eq!(hs.answer.status, 502, "{:?}", hs.answer);
+    let why = hs.answer.header("trellis-error").unwrap_or_default();
+    assert!(
+        why.contains("refused the upgrade") && why.contains("200"),
+        "{why}"
+    );
+    assert!(hs.conn.is_none());
+    // The app's own refusal reaches the client as the app sent it.
+    let hs = connect(outbound, "hello", "/forbidden", "websocket", &[])
+        .await
+        .expect("answer");
+    assert_eq!(hs.answer.status, 403, "{:?}", hs.answer);
+    assert!(
+        hs.answer.header("trellis-error").is_none(),
+        "{:?}",
+        hs.answer
+    );
+    assert_eq!(app.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn upgrades_to_other_protocols_are_refused_and_h2c_is_ignored() {
+    let (mesh, app) = WsApp::behind_mesh("").await;
+    let outbound = mesh.workload("client").outbound;
+    let hs = connect(outbound, "hello", "/foo", "foo/1.0", &[])
+        .await
+        .expect("answer");
+    // Not the client's fault: a protocol switch the proxy does not carry (RFC 9110 §15.6.2).
+    assert_eq!(hs.answer.status, 501, "{:?}", hs.answer);
+    let why = hs.answer.header("trellis-error").unwrap_or_default();
+    assert!(why.contains("other than websocket"), "{why}");
+    assert!(
+        app.seen().is_empty(),
+        "refused before the app: {:?}",
+        app.seen()
+    );
+    // `Upgrade: h2c` (curl --http2 on http://) is ignored: served over HTTP/1.1.
+    let hs = connect(outbound, "hello", "/h2c", "h2c", &[])
+        .await
+        .expect("answer");
+    assert_eq!(hs.answer.status, 200, "{:?}", hs.answer);
+    assert_eq!(hs.answer.body, b"plain /h2c");
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].header("upgrade").is_none(), "{seen:?}");
+}
+
+#[tokio::test]
+async fn ordinary_requests_keep_working_beside_a_websocket() {
+    let (mesh, _app) = WsApp::behind_mesh("").await;
+    let outbound = mesh.workload("client").outbound;
+    let hs = connect(outbound, "hello", "/", "websocket", &[])
+        .await
+        .expect("answer");
+    let mut ws = hs.conn.expect("upgraded");
+    // Keep-alive HTTP/1.1 and h2c clients on other connections, over the same mesh connection.
+    for h2c in [false, true] {
+        let client = mesh.client("client", h2c);
+        for i in 0..5 {
+            let (rsp, body) = client.get("hello", &format!("/p{i}")).await.expect("get");
+            assert_eq!(rsp.status(), 200, "h2c {h2c}");
+            assert_eq!(body, format!("plain /p{i}").as_bytes());
+        }
+        assert!(ws.send(&Frame::text("interleaved")).await);
+        assert_eq!(ws.recv().await, Some(Frame::text("interleaved")));
+    }
+    assert!(ws.send(&Frame::close(1000, "")).await);
+    assert_eq!(ws.recv().await.map(|f| f.opcode), Some(CLOSE));
+    let client = mesh.client("client", false);
+    let (rsp, _) = client.get("hello", "/after").await.expect("get");
+    assert_eq!(rsp.status(), 200);
+    let _ = TEXT;
+}
+
+/// An h2c app may speak WebSocket over HTTP/2 itself (RFC 8441): its extended CONNECT is carried
+/// the same way, and answered 200.
+#[tokio::test]
+async fn an_h2c_client_can_open_a_websocket_with_extended_connect() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use trellis_tests::websocket::{decode, encode};
+
+    let (mesh, app) = WsApp::behind_mesh("").await;
+    let tcp = tokio::net::TcpStream::connect(mesh.workload("client").outbound)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::connect("http://hello/chat")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat")
+        .body(Empty::new())
+        .expect("request");
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let rsp = sender.send_request(req).await.expect("response");
+    assert_eq!(rsp.status(), 200, "{rsp:?}");
+    assert_eq!(rsp.headers()["sec-websocket-protocol"], "chat");
+    let mut io = TokioIo::new(hyper::upgrade::on(rsp).await.expect("upgraded stream"));
+    let big: Vec<u8> = (0..200_000).map(|i| (i % 253) as u8).collect();
+    for frame in [Frame::text("over h2"), Frame::binary(&big)] {
+        io.write_all(&encode(&frame, Some([9, 8, 7, 6])))
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        let echoed = loop {
+            if let Some(Ok((f, masked, _))) = decode(&buf) {
+                assert!(!masked, "server frames are not masked");
+                break f;
+            }
+            let mut chunk = vec![0u8; 65536];
+            let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut chunk))
+                .await
+                .expect("echo in time")
+                .expect("read");
+            assert!(n > 0, "stream ended before the echo");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        assert!(echoed == frame, "echo differs");
+    }
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].start, "GET /chat HTTP/1.1");
+    assert_eq!(seen[0].header("upgrade"), Some("websocket"));
+}
+
+/// Authorization applies to the upgrade as to any request, and sees the `GET` the app gets (not
+/// the CONNECT that carried it between the sidecars).
+#[tokio::test]
+async fn authorization_applies_to_the_upgrade_as_a_get() {
+    const POLICY: &str = "\
+authorization:
+  default: deny
+  rules:
+    - name: client-chat
+      action: allow
+      from: {identities: [\"spiffe://trellis.local/ns/default/sa/client\"]}
+      to: {methods: [GET], paths: [{prefix: /chat}]}
+";
+    let (mesh, app) = WsApp::behind_mesh(POLICY).await;
+    let outbound = mesh.workload("client").outbound;
+    let hs = connect(outbound, "hello", "/chat", "websocket", &[])
+        .await
+        .expect("answer");
+    assert_eq!(hs.answer.status, 101, "{:?}", hs.answer);
+    let mut ws = hs.conn.expect("upgraded");
+    assert!(ws.send(&Frame::text("allowed")).await);
+    assert_eq!(ws.recv().await, Some(Frame::text("allowed")));
+    let hs = connect(outbound, "hello", "/private", "websocket", &[])
+        .await
+        .expect("answer");
+    assert_eq!(hs.answer.status, 403, "{:?}", hs.answer);
+    let why = hs.answer.header("trellis-error").unwrap_or_default();
+    assert!(why.contains("forbidden"), "{why}");
+    assert!(hs.conn.is_none());
+    let paths: Vec<String> = app.seen().iter().map(|h| h.start.clone()).collect();
+    assert_eq!(paths, ["GET /chat HTTP/1.1"]);
+}
+
+/// Under permissive mTLS a plaintext HTTP/1.1 client may open a WebSocket on the inbound port
+/// directly: it reaches the app as an upgrade too, without an identity.
+#[tokio::test]
+async fn a_plaintext_client_can_open_a_websocket_on_a_permissive_inbound() {
+    let (mesh, app) = WsApp::behind_mesh("mtls: permissive").await;
+    let inbound = mesh.workload("hello").inbound;
+    let hs = connect(
+        inbound,
+        "hello",
+        "/direct",
+        "websocket",
+        &[("trellis-client-id", "spiffe://forged")],
+    )
+    .await
+    .expect("answer");
+    assert_eq!(hs.answer.status, 101, "{:?}", hs.answer);
+    let mut ws = hs.conn.expect("101 with the accept of the client's key");
+    assert!(ws.send(&Frame::binary(b"direct")).await);
+    assert_eq!(ws.recv().await, Some(Frame::binary(b"direct")));
+    assert!(ws.send(&Frame::close(1000, "")).await);
+    assert_eq!(ws.recv().await.and_then(|f| f.close_code()), Some(1000));
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].header("trellis-client-id").is_none(), "{seen:?}");
+    assert_eq!(seen[0].header("upgrade"), Some("websocket"));
+}
+
+/// Either end vanishing without a close ends the other's connection too: nothing is left open.
+#[tokio::test]
+async fn an_end_that_vanishes_ends_the_other() {
+    let (mesh, app) = WsApp::behind_mesh("").await;
+    let outbound = mesh.workload("client").outbound;
+    // The app drops its connection.
+    let hs = connect(outbound, "hello", "/", "websocket", &[])
+        .await
+        .expect("answer");
+    let mut ws = hs.conn.expect("upgraded");
+    assert!(ws.send(&Frame::text("die")).await);
+    assert!(
+        ws.ends_within(Duration::from_secs(5)).await,
+        "client connection ends"
+    );
+    assert_eq!(app.ended(), 1);
+    // The client drops its connection.
+    let hs = connect(outbound, "hello", "/", "websocket", &[])
+        .await
+        .expect("answer");
+    let mut ws = hs.conn.expect("upgraded");
+    assert!(ws.send(&Frame::text("ping?")).await);
+    assert_eq!(ws.recv().await, Some(Frame::text("ping?")));
+    drop(ws);
+    let ended =
+        trellis_tests::mesh::wait_until(Duration::from_secs(5), || async { app.ended() == 2 })
+            .await;
+    assert!(ended.is_ok(), "the app's connection ends: {}", app.ended());
+}
+
+/// An h2c app port cannot take an HTTP/1.1 upgrade: a clear 502, not a silent 200.
+#[tokio::test]
+async fn an_upgrade_to_an_h2c_app_is_refused_clearly() {
+    let mesh = Mesh::client_and(Service::h2c("hello")).await;
+    let hs = connect(
+        mesh.workload("client").outbound,
+        "hello",
+        "/",
+        "websocket",
+        &[],
+    )
+    .await
+    .expect("answer");
+    assert_eq!(hs.answer.status, 502, "{:?}", hs.answer);
+    let why = hs.answer.header("trellis-error").unwrap_or_default();
+    assert!(why.contains("h2c"), "{why}");
+}
