@@ -16,6 +16,7 @@ use crate::token::TokenAuthority;
 #[derive(Debug, Parser)]
 #[command(
     name = "trellis-control-plane",
+    version,
     about = "The Trellis service mesh control plane"
 )]
 struct Cli {
