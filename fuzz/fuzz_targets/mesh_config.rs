@@ -54,6 +54,9 @@ fn check_error(text: &str, err: &ConfigError) {
             assert!(!path.is_empty());
         }
         ConfigError::Read { .. } => {}
+        // A document with no node at all (whitespace, comments, markers, a bare anchor or tag):
+        // refused naming the file, never parsed into a mesh without services.
+        ConfigError::Empty { file } => assert!(!file.is_empty()),
     }
 }
 
