@@ -603,6 +603,18 @@ impl Mesh {
         ))
     }
 
+    /// A workload's sidecar `/config` document (panics unless it answers 200 with JSON: tests
+    /// want the reason).
+    pub async fn config_doc(&self, index: usize) -> serde_json::Value {
+        match self.admin_get(index, "/config").await {
+            Ok((200, body)) => match serde_json::from_str(&body) {
+                Ok(doc) => doc,
+                Err(e) => panic!("/config is not JSON: {e}: {body}"),
+            },
+            other => panic!("admin /config of workload {index}: {other:?}"),
+        }
+    }
+
     /// The mesh YAML for the current services and listed workloads.
     pub fn render_config(&self) -> String {
         let mut y = format!("trustDomain: {TRUST_DOMAIN}\n{}services:\n", self.mesh_yaml);

@@ -11,14 +11,9 @@ use trellis_control_plane::ca::{
 use trellis_tests::mesh::wait_until;
 use trellis_tests::{Mesh, Service};
 
-async fn config_of(mesh: &Mesh, index: usize) -> serde_json::Value {
-    let (_, body) = mesh.admin_get(index, "/config").await.expect("config");
-    serde_json::from_str(&body).expect("json")
-}
-
 async fn roots_everywhere(mesh: &Mesh, want: &str) -> bool {
     for i in 0..mesh.workloads.len() {
-        if config_of(mesh, i).await["config"]["trust"]["roots_der"] != want {
+        if mesh.config_doc(i).await["config"]["trust"]["roots_der"] != want {
             return false;
         }
     }
@@ -74,7 +69,7 @@ async fn root_rotation_under_traffic_fails_no_request() {
     let before: Vec<serde_json::Value> = {
         let mut v = Vec::new();
         for i in 0..mesh.workloads.len() {
-            v.push(config_of(&mesh, i).await["identity"]["serial"].clone());
+            v.push(mesh.config_doc(i).await["identity"]["serial"].clone());
         }
         v
     };
@@ -92,7 +87,7 @@ async fn root_rotation_under_traffic_fails_no_request() {
     .expect("control plane with the new CA");
     wait_until(Duration::from_secs(20), || async {
         for (i, old) in before.iter().enumerate() {
-            if config_of(&mesh, i).await["identity"]["serial"] == *old {
+            if mesh.config_doc(i).await["identity"]["serial"] == *old {
                 return false;
             }
         }

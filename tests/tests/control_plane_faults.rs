@@ -9,16 +9,6 @@ use trellis_tests::mesh::{wait_until, Mesh};
 use trellis_tests::traffic::SteadyTraffic;
 use trellis_tests::{Service, TestClient};
 
-/// The `/config` document of a workload's sidecar.
-async fn config_doc(mesh: &Mesh, index: usize) -> serde_json::Value {
-    let (status, body) = mesh
-        .admin_get(index, "/config")
-        .await
-        .expect("admin /config");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("/config is JSON")
-}
-
 /// Which app answered `path` on `hello`, and the caller identity its sidecar reported.
 async fn answered_by(client: &TestClient, path: &str) -> Option<(String, String)> {
     let (rsp, _) = client.get("hello", path).await.ok()?;
@@ -63,7 +53,7 @@ async fn sidecars_serve_through_a_control_plane_outage_and_resync_when_it_return
     let serials_before: Vec<serde_json::Value> = {
         let mut v = Vec::new();
         for i in 0..mesh.workloads.len() {
-            v.push(config_doc(&mesh, i).await["identity"]["serial"].clone());
+            v.push(mesh.config_doc(i).await["identity"]["serial"].clone());
         }
         v
     };
@@ -87,7 +77,7 @@ async fn sidecars_serve_through_a_control_plane_outage_and_resync_when_it_return
     wait_until(Duration::from_secs(10), || async {
         let mut all = true;
         for i in 0..mesh.workloads.len() {
-            let doc = config_doc(&mesh, i).await;
+            let doc = mesh.config_doc(i).await;
             all &= doc["controlPlaneConnected"] == false
                 && doc["discoveryFailures"]["total"].as_u64().unwrap_or(0) >= 2;
         }
@@ -95,7 +85,7 @@ async fn sidecars_serve_through_a_control_plane_outage_and_resync_when_it_return
     })
     .await
     .expect("every sidecar retries the discovery stream while the control plane is down");
-    let doc = config_doc(&mesh, 0).await;
+    let doc = mesh.config_doc(0).await;
     let attempts = doc["discoveryFailures"]["total"].as_u64().unwrap_or(0);
     let elapsed = down_at.elapsed();
     // Backoff steps are >= 200 ms: n failures need at least (n - 1) * 200 ms.
@@ -145,7 +135,7 @@ async fn sidecars_serve_through_a_control_plane_outage_and_resync_when_it_return
     wait_until(Duration::from_secs(10), || async {
         let mut all = true;
         for i in 0..mesh.workloads.len() {
-            let doc = config_doc(&mesh, i).await;
+            let doc = mesh.config_doc(i).await;
             all &= doc["controlPlaneConnected"] == true
                 && doc["discoveryFailures"]["consecutive"] == 0;
         }
@@ -159,7 +149,7 @@ async fn sidecars_serve_through_a_control_plane_outage_and_resync_when_it_return
         "mTLS with the same identity after the resync"
     );
     for (i, before) in serials_before.iter().enumerate() {
-        let now = config_doc(&mesh, i).await["identity"]["serial"].clone();
+        let now = mesh.config_doc(i).await["identity"]["serial"].clone();
         assert_eq!(&now, before, "workload {i} kept its certificate");
     }
 

@@ -17,15 +17,6 @@ use trellis_tests::mesh::wait_until;
 use trellis_tests::traffic::SteadyTraffic;
 use trellis_tests::{Mesh, Service};
 
-async fn config_doc(mesh: &Mesh, index: usize) -> serde_json::Value {
-    let (status, body) = mesh
-        .admin_get(index, "/config")
-        .await
-        .expect("admin /config");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("/config is JSON")
-}
-
 /// The mesh YAML with one more service, which every sidecar then lists among its clusters.
 fn with_marker_service(mesh: &Mesh, name: &str) -> String {
     format!(
@@ -52,7 +43,7 @@ async fn a_silent_control_plane_connection_is_replaced_within_30s_and_certificat
         .await
         .expect("mesh starts");
     let relay = mesh.control_plane_relay().expect("relay");
-    let before = config_doc(&mesh, 0).await;
+    let before = mesh.config_doc(0).await;
     let first_serial = before["identity"]["serial"]
         .as_str()
         .unwrap_or_default()
@@ -80,7 +71,7 @@ async fn a_silent_control_plane_connection_is_replaced_within_30s_and_certificat
     mesh.write_raw_config(&with_marker_service(&mesh, "marker"))
         .expect("config written");
     let took = wait_until(Duration::from_secs(30), || async {
-        holds_cluster(&config_doc(&mesh, 0).await, "marker")
+        holds_cluster(&mesh.config_doc(0).await, "marker")
     })
     .await
     .expect("the config change reaches the sidecar within 30 s of the link going silent");
@@ -95,7 +86,7 @@ async fn a_silent_control_plane_connection_is_replaced_within_30s_and_certificat
 
     // The certificate is renewed over the new connection before the old one expires.
     wait_until(Duration::from_secs(40), || async {
-        let doc = config_doc(&mesh, 0).await;
+        let doc = mesh.config_doc(0).await;
         doc["identity"]["serial"]
             .as_str()
             .is_some_and(|s| s != first_serial)
@@ -108,7 +99,7 @@ async fn a_silent_control_plane_connection_is_replaced_within_30s_and_certificat
         "renewed at {renewed_at}, after the old certificate expired at {first_expiry}"
     );
 
-    let doc = config_doc(&mesh, 0).await;
+    let doc = mesh.config_doc(0).await;
     assert_eq!(doc["controlPlaneConnected"], true, "{doc}");
     assert!(
         doc["discoveryFailures"]["total"].as_u64() >= Some(1),
@@ -154,13 +145,13 @@ async fn a_control_plane_with_an_untrusted_ca_is_reported_while_traffic_flows() 
     .expect("control plane with another CA");
 
     let reported = wait_until(Duration::from_secs(15), || async {
-        config_doc(&mesh, 0).await["controlPlane"]["lastError"]["problem"] == "untrusted"
+        mesh.config_doc(0).await["controlPlane"]["lastError"]["problem"] == "untrusted"
     })
     .await
     .expect("the sidecar reports an untrusted control plane");
     // A while on the untrusted control plane: retries keep failing, traffic keeps flowing.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let doc = config_doc(&mesh, 0).await;
+    let doc = mesh.config_doc(0).await;
     let cause = doc["controlPlane"]["lastError"]["cause"]
         .as_str()
         .unwrap_or_default();
@@ -190,7 +181,7 @@ async fn a_control_plane_with_an_untrusted_ca_is_reported_while_traffic_flows() 
         .expect("original control plane");
     let back = Instant::now();
     let recovered = wait_until(Duration::from_secs(20), || async {
-        let doc = config_doc(&mesh, 0).await;
+        let doc = mesh.config_doc(0).await;
         doc["controlPlaneConnected"] == true && doc["controlPlane"]["lastError"].is_null()
     })
     .await
