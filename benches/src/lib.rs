@@ -3,9 +3,12 @@
 //! behind every scenario, `procstat` the per-process CPU and memory readings, `systems` the
 //! proxies under test (Trellis and its peers) started as processes, `suite` the scenarios and
 //! their interleaved runs, `overload` (2× the saturation rate, load shedding) and `soak` (a long
-//! fixed-rate run watching memory and descriptors), `report` the JSON, markdown and SVG output.
+//! fixed-rate run watching memory and descriptors), `instructions` (callgrind counts per request),
+//! `report` the JSON, markdown and SVG output.
 #![forbid(unsafe_code)]
 
+pub mod fleet;
+pub mod instructions;
 pub mod load;
 pub mod overload;
 pub mod procstat;

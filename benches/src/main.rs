@@ -2,7 +2,9 @@
 //! suite and writes `results/<timestamp>/`; `report` prints the last run's markdown; `load` and
 //! `saturate` drive one target by hand; `overload` offers the mesh path twice its saturation rate
 //! and reports the load shedding; `soak` runs a fixed rate for minutes watching the sidecars' memory
-//! and descriptors (non-zero exit if they grow); `upstream` is the server the suite starts as a
+//! and descriptors (non-zero exit if they grow); `instructions` counts user-space instructions and
+//! allocations per request under callgrind; `fleet` runs the control plane under simulated
+//! sidecars; `upstream` is the server the suite starts as a
 //! process.
 #![forbid(unsafe_code)]
 
@@ -67,6 +69,9 @@ enum Command {
         duration: Option<f64>,
         #[arg(long)]
         rounds: Option<usize>,
+        /// Runtime workers of each Trellis sidecar (run again with 2 to compare).
+        #[arg(long, default_value_t = trellis_bench::systems::trellis::DEFAULT_WORKERS)]
+        trellis_workers: usize,
         /// The `trellis` binary (default: next to this one).
         #[arg(long)]
         trellis: Option<PathBuf>,
@@ -155,6 +160,50 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// User-space instructions and allocations per request of each proxy, under callgrind.
+    Instructions {
+        /// Measured requests per scenario, sent one at a time.
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        /// Requests sent before counting.
+        #[arg(long, default_value_t = 200)]
+        warmup: usize,
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "http1,h2c,grpc"
+        )]
+        protocols: Vec<Protocol>,
+        /// Trellis sidecars' runtime workers, one pass each (e.g. 1,2).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        workers: Vec<usize>,
+        /// Count Trellis only.
+        #[arg(long)]
+        no_peers: bool,
+        #[arg(long)]
+        trellis: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The control plane under N simulated sidecars: memory per proxy, sync time, push latency
+    /// and CPU (docs/benchmarks.md, Fleet).
+    Fleet {
+        #[arg(long, default_value_t = 1000)]
+        proxies: usize,
+        #[arg(long, default_value_t = 100)]
+        services: usize,
+        /// Shared HTTP/2 connections [default: one per 100 proxies].
+        #[arg(long)]
+        connections: Option<usize>,
+        /// Push rounds (each moves one endpoint of one service).
+        #[arg(long, default_value_t = 5)]
+        pushes: usize,
+        #[arg(long)]
+        trellis: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The benchmark's upstream server (started by `run`).
     Upstream {
         #[arg(long, required = true)]
@@ -197,6 +246,7 @@ fn main() -> anyhow::Result<()> {
             protocols,
             duration,
             rounds,
+            trellis_workers,
             trellis,
             pingora,
             peers,
@@ -222,6 +272,7 @@ fn main() -> anyhow::Result<()> {
                 cfg.rounds = r.max(1);
             }
             cfg.trellis = trellis;
+            cfg.trellis_workers = trellis_workers.max(1);
             cfg.pingora = pingora;
             cfg.templates = peers;
             // One worker for the generator (plus the pacer thread): the proxies need the cores.
@@ -313,6 +364,63 @@ fn main() -> anyhow::Result<()> {
             if !r.held {
                 std::process::exit(1);
             }
+        }
+        Command::Instructions {
+            requests,
+            warmup,
+            protocols,
+            workers,
+            no_peers,
+            trellis,
+            out,
+        } => {
+            let root = out.unwrap_or_else(report::results_root);
+            let dir = root.join(format!("{}-instructions", report::timestamp()));
+            let mut cfg = trellis_bench::instructions::InstructionsConfig::new(dir.clone());
+            cfg.requests = requests.max(1);
+            cfg.warmup = warmup;
+            cfg.protocols = protocols;
+            cfg.workers = workers.into_iter().map(|w| w.max(1)).collect();
+            cfg.peers = !no_peers;
+            cfg.trellis = trellis;
+            let r = runtime(1)?.block_on(trellis_bench::instructions::run(&cfg))?;
+            let md = trellis_bench::instructions::markdown(&r);
+            std::fs::write(dir.join("instructions.md"), &md)?;
+            std::fs::write(
+                dir.join("instructions.json"),
+                serde_json::to_string_pretty(&r)?,
+            )?;
+            print!("{md}");
+            eprintln!("\nresults in {}", dir.display());
+        }
+        Command::Fleet {
+            proxies,
+            services,
+            connections,
+            pushes,
+            trellis,
+            out,
+        } => {
+            let root = out.unwrap_or_else(report::results_root);
+            let dir = root.join(format!(
+                "{}-fleet-{proxies}x{services}",
+                report::timestamp()
+            ));
+            let mut cfg = trellis_bench::fleet::FleetConfig::new(proxies, services, dir.clone());
+            cfg.connections = connections.unwrap_or(cfg.connections);
+            cfg.pushes = pushes;
+            cfg.trellis = trellis;
+            // Two workers: ten thousand streams' ACKs are work too, and on Ctrl-C the run is
+            // dropped so that the control plane it started is killed.
+            let r = runtime(2)?.block_on(async {
+                tokio::select! {
+                    r = trellis_bench::fleet::run(&cfg) => r,
+                    _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+                }
+            })?;
+            std::fs::write(dir.join("fleet.json"), serde_json::to_string_pretty(&r)?)?;
+            print!("{}", trellis_bench::fleet::markdown(&r));
+            eprintln!("\nresults in {}", dir.display());
         }
         Command::Upstream { listen } => {
             runtime(2)?.block_on(async move {

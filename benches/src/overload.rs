@@ -15,7 +15,6 @@ use crate::procstat;
 use crate::systems::{self, addr, trellis, Process};
 use anyhow::Context;
 use serde::Serialize;
-use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -121,11 +120,14 @@ pub async fn run(cfg: &OverloadConfig) -> anyhow::Result<OverloadReport> {
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let binary = trellis::find_binary(cfg.trellis.as_deref())?;
     let mut procs: Vec<Process> = vec![systems::start_upstream(&work.join("upstream.log")).await?];
-    let flags: Vec<OsString> = vec![
-        "--max-in-flight-requests".into(),
-        cfg.limit.to_string().into(),
-    ];
-    let systems = trellis::start_with(&binary, &work, &mut procs, &flags).await?;
+    let sidecars = trellis::Sidecars {
+        flags: vec![
+            "--max-in-flight-requests".into(),
+            cfg.limit.to_string().into(),
+        ],
+        ..trellis::Sidecars::default()
+    };
+    let systems = trellis::start_with(&binary, &work, &mut procs, &sidecars).await?;
     let mesh = (systems.into_iter())
         .find(|s| s.system == "trellis" && s.path == systems::PathKind::Mesh)
         .context("the Trellis mesh path did not start")?;

@@ -26,6 +26,8 @@ pub struct SuiteConfig {
     pub trellis: Option<PathBuf>,
     pub pingora: Option<PathBuf>,
     pub templates: Vec<peers::Template>,
+    /// Runtime workers of each Trellis sidecar (`--workers`).
+    pub trellis_workers: usize,
     /// Scratch space: configs, logs, state.
     pub work: PathBuf,
 }
@@ -44,6 +46,7 @@ impl SuiteConfig {
             trellis: None,
             pingora: None,
             templates: Vec::new(),
+            trellis_workers: trellis::DEFAULT_WORKERS,
             work,
         }
     }
@@ -83,7 +86,11 @@ async fn run_with(cfg: &SuiteConfig, procs: &mut Vec<Process>) -> anyhow::Result
     procs.push(systems::start_upstream(&cfg.work.join("upstream.log")).await?);
     let binary = trellis::find_binary(cfg.trellis.as_deref())?;
     let mut systems = vec![systems::direct()];
-    systems.extend(trellis::start(&binary, &cfg.work, procs).await?);
+    let sidecars = trellis::Sidecars {
+        workers: cfg.trellis_workers,
+        ..trellis::Sidecars::default()
+    };
+    systems.extend(trellis::start_with(&binary, &cfg.work, procs, &sidecars).await?);
     // Idle RSS of the sidecars, before any traffic.
     let idle: Vec<(String, f64)> = systems
         .iter()
@@ -152,6 +159,7 @@ async fn run_with(cfg: &SuiteConfig, procs: &mut Vec<Process>) -> anyhow::Result
             rounds: cfg.rounds,
             connections: cfg.connections,
             payload_bytes: cfg.payload_bytes,
+            trellis_workers: cfg.trellis_workers,
         },
         scenarios,
         skipped,

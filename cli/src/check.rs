@@ -68,6 +68,7 @@ pub struct CheckArgs {
     /// The control plane's namespace.
     #[arg(long, default_value = control_plane::NAMESPACE)]
     pub namespace: String,
+    /// `table` for people, `json` for scripts.
     #[arg(long, value_enum, default_value = "table")]
     pub output: Output,
 }

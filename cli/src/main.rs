@@ -6,9 +6,12 @@
 
 mod check;
 mod demo;
+mod explain;
 mod install;
 mod pki;
 mod sample_app;
+mod stat;
+mod tap;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -34,18 +37,21 @@ enum Command {
     // The help flag is left to the forwarded command line so `--help` shows the real flags.
     #[command(disable_help_flag = true)]
     ControlPlane {
+        /// The command's own arguments, passed on as they are.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
     /// Run the sidecar proxy (`trellis proxy --help` for its flags).
     #[command(disable_help_flag = true)]
     Proxy {
+        /// The command's own arguments, passed on as they are.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
     /// The sidecar injector: `webhook`, `inject`, `manifests` (`trellis injector --help`).
     #[command(disable_help_flag = true)]
     Injector {
+        /// The command's own arguments, passed on as they are.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
@@ -85,6 +91,16 @@ enum Command {
     /// to the control plane's, workload certificate not near expiry (from the proxy's /metrics
     /// through the API server's pod proxy).
     Check(check::CheckArgs),
+    /// Requests per second, success rate and latency p50/p95/p99 per service (or route), added up
+    /// over the sidecars given, from their admin /metrics.
+    Stat(stat::StatArgs),
+    /// Stream a sidecar's requests as they finish: method, authority, path, status, latency,
+    /// attempts and the identities on both sides (bounded by --max and --seconds).
+    Tap(tap::TapArgs),
+    /// What a sidecar would do with a request: the route and why earlier ones did not match, the
+    /// timeouts, retries and budget, the endpoints and their state, the destination's
+    /// authorization decision, and recent requests on that route.
+    Explain(explain::ExplainArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +124,9 @@ fn main() -> ExitCode {
         Command::Install(args) => install::install(args),
         Command::Upgrade(args) => install::upgrade(args),
         Command::Uninstall(args) => install::uninstall(args),
+        Command::Stat(args) => stat::main(args),
+        Command::Tap(args) => tap::main(args),
+        Command::Explain(args) => explain::main(args),
         Command::Check(args) => match check::main(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
@@ -150,5 +169,39 @@ mod tests {
     fn cli_definition_is_valid() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Every flag and subcommand a user can reach says what it is for in `--help`.
+    #[test]
+    fn every_flag_and_subcommand_has_help() {
+        use clap::CommandFactory;
+        let mut all = vec![
+            Cli::command(),
+            trellis_control_plane::cli::command(),
+            trellis_injector::cli::command(),
+        ];
+        all.extend(trellis_proxy::cli::commands());
+        let mut missing = Vec::new();
+        for command in &all {
+            undocumented(command, command.get_name(), &mut missing);
+        }
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    fn undocumented(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            let generated = ["help", "version"].contains(&id);
+            if !generated && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+            }
+        }
+        for sub in command.get_subcommands() {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(sub_path.clone());
+            }
+            undocumented(sub, &sub_path, missing);
+        }
     }
 }

@@ -10,123 +10,19 @@
 //! the shutdown asked for happened, the operator's grace period is the contract, and a failing
 //! exit status would mark a completed Job's pod as failed for a client that would not finish.
 
+mod sidecar;
+
 use bytes::Bytes;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
+use sidecar::SidecarProcess;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
 use trellis_tests::drain_probe::{H2Probe, RawHttp1};
 use trellis_tests::{Mesh, Service};
-
-const BIN: &str = env!("CARGO_BIN_EXE_trellis");
-
-/// A `trellis proxy` process; killed on drop if it is still running (also when a test fails).
-struct SidecarProcess {
-    child: Child,
-    outbound: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
-impl SidecarProcess {
-    async fn start(mesh: &Mesh, grace_seconds: u64) -> SidecarProcess {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, mesh.ca_pem()).expect("write the CA");
-        let token = dir.path().join("token");
-        std::fs::write(&token, mesh.token("client").expect("client token")).expect("token");
-        let log = dir.path().join("proxy.log");
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let (inbound, outbound, admin) = (free_port(), free_port(), free_port());
-        let child = Command::new(BIN)
-            .arg("proxy")
-            .args(["--service", "client", "--node-id", "client-binary"])
-            .arg("--control-plane")
-            .arg(format!("https://{}", mesh.control_plane_addr()))
-            .arg("--control-plane-ca")
-            .arg(&ca)
-            .arg("--token-file")
-            .arg(&token)
-            .args(["--inbound", &inbound.to_string()])
-            .args(["--outbound", &outbound.to_string()])
-            .args(["--admin", &admin.to_string()])
-            .args(["--drain-grace-seconds", &grace_seconds.to_string()])
-            .args(["--log", "info"])
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start trellis proxy");
-        let mut proxy = SidecarProcess {
-            child,
-            outbound,
-            admin,
-            log,
-            _dir: dir,
-        };
-        proxy.wait_ready().await;
-        proxy
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self) {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("trellis proxy exited early ({status}):\n{}", self.log());
-            }
-            let probe = async {
-                let mut c =
-                    RawHttp1::send(self.admin, b"GET /ready HTTP/1.1\r\nhost: admin\r\n\r\n")
-                        .await?;
-                c.response().await
-            };
-            if matches!(probe.await, Ok(rsp) if rsp.status == 200) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("trellis proxy never ready:\n{}", self.log());
-    }
-
-    /// SIGTERM, as the kubelet sends it.
-    fn terminate(&self) {
-        let pid = self.child.id().expect("running child");
-        // The shell's builtin `kill`: no procps needed.
-        let sent = std::process::Command::new("sh")
-            .args(["-c", &format!("kill -TERM {pid}")])
-            .status()
-            .expect("run sh");
-        assert!(sent.success(), "kill -TERM {pid}");
-    }
-
-    async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
-        match tokio::time::timeout(within, self.child.wait()).await {
-            Ok(Ok(status)) => status,
-            other => panic!(
-                "trellis proxy did not exit within {within:?} ({other:?}):\n{}",
-                self.log()
-            ),
-        }
-    }
-}
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_and_exits_zero_once_idle() {
     let mesh = Mesh::client_and(Service::http1("hello")).await;
     mesh.workload("hello").app.delay(Duration::from_millis(500));
-    let mut proxy = SidecarProcess::start(&mesh, 5).await;
+    let mut proxy = SidecarProcess::start(&mesh, &["--drain-grace-seconds", "5"]).await;
 
     let mut h1 = RawHttp1::send(
         proxy.outbound,
@@ -177,7 +73,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero_once_idle() {
 #[tokio::test]
 async fn sigterm_exits_zero_after_the_grace_period_when_a_request_outlives_it() {
     let mesh = Mesh::client_and(Service::http1("hello")).await;
-    let mut proxy = SidecarProcess::start(&mesh, 1).await;
+    let mut proxy = SidecarProcess::start(&mesh, &["--drain-grace-seconds", "1"]).await;
     // A body that never arrives in full keeps the request in flight for good.
     let mut stuck = RawHttp1::send(
         proxy.outbound,

@@ -8,7 +8,8 @@
 //! through the mesh; a destination outside the mesh passes through; the outbound listener
 //! refuses a connection addressed to itself; a plaintext TCP client outside the mesh reaches a
 //! permissive workload's TCP service; the admin port, bound on every address as in a pod, answers
-//! probes and scrapes from outside the pod but diagnostics, log level and shutdown only inside.
+//! probes and scrapes from outside the pod but diagnostics, log level and shutdown only inside;
+//! a service's virtual address (a ClusterIP) is resolved to the service, for HTTP and opaque TCP.
 //!
 //! Without root or the tools it prints SKIPPED; under CI (`CI` set) it fails instead.
 
@@ -16,10 +17,11 @@
 mod lab;
 
 use lab::*;
-use std::process::Command;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_trellis");
+/// Beta's virtual address, as a Kubernetes ClusterIP: no interface has it, A's namespace only
+/// routes it towards B, so the only way a connection to it reaches beta is through the sidecar.
+const BETA_VIP: &str = "10.231.9.9";
 
 fn mesh_yaml() -> String {
     format!(
@@ -32,7 +34,11 @@ services:
   - name: beta
     serviceAccount: beta
     mtls: permissive
-    ports: [{{port: 8080, targetPort: 8080, protocol: http1}}]
+    ports:
+      - {{port: 8080, targetPort: 8080, protocol: http1}}
+      - {{port: 80, targetPort: 8080, protocol: http1}}
+      - {{port: 25, targetPort: 2525}}
+    addresses: [\"{BETA_VIP}\"]
     endpoints: [{{address: \"{B_POD}:8080\"}}]
 "
     )
@@ -86,25 +92,8 @@ fn transparent_interception_in_network_namespaces() {
     let [a, b, c] = lab.ns.clone();
     let marker = format!("plaintext-marker-{}", std::process::id());
 
-    // The control plane, in C.
-    let state = lab.path("state");
-    let config = lab.path("mesh.yaml");
-    std::fs::write(&config, mesh_yaml()).expect("mesh.yaml");
-    let mut cp = lab.cmd(&c, BIN);
-    cp.args(["control-plane", "serve", "--listen", "0.0.0.0:8090"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(&state);
-    lab.spawn("control-plane", cp);
-    let probe = "import socket; socket.create_connection(('127.0.0.1', 8090), timeout=1)";
-    lab.wait_for("the control plane", Duration::from_secs(30), || {
-        lab.python(&c, probe).status.success()
-    });
+    let cp = lab.start_control_plane(&mesh_yaml());
     let shared = lab.shared_dir();
-    let ca = shared.join("ca.pem");
-    std::fs::copy(state.join("ca.crt.pem"), &ca).expect("copy the CA");
-    set_mode(&ca, 0o644);
 
     // A TLS server certificate for B's TLS app.
     let tls = rcgen::generate_simple_self_signed(vec!["tls.test".to_string()]).expect("rcgen");
@@ -129,43 +118,19 @@ fn transparent_interception_in_network_namespaces() {
     outside.args(["-u", "-c", OUTSIDE_SERVER]);
     lab.spawn("outside", outside);
 
-    // The init step and the sidecars.
+    // A route for the virtual addresses (as a node has for its ClusterIP range): without one,
+    // connect() fails before the redirect can see the connection.
+    lab.add_route(&a, "ab", "10.231.9.0/24");
+
+    // The init step and the sidecars, as the injector configures them (the admin port on every
+    // address: kubelet probes come from the node).
     for (ns, name, control_plane) in [(&a, "alpha", C_FOR_A), (&b, "beta", C_FOR_B)] {
-        let mut redirect = lab.cmd(ns, BIN);
-        redirect.args(["proxy", "redirect", "--proxy-uid", "2102"]);
-        redirect.args(["--inbound-port", "4143", "--outbound-port", "4140"]);
-        redirect.args(["--skip-inbound-ports", "4191"]);
-        run(&mut redirect);
-        let token = run(Command::new(BIN)
-            .args(["control-plane", "token", "--namespace", "default"])
-            .args(["--service-account", name])
-            .arg("--state-dir")
-            .arg(&state));
-        let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
-        let mut proxy = lab.cmd_as(ns, PROXY_UID, BIN);
-        proxy
-            .args(["proxy", "--transparent", "--service", name])
-            .args(["--inbound", "0.0.0.0:4143", "--outbound", "127.0.0.1:4140"])
-            // On every address, as the injector binds it (kubelet probes come from the node).
-            .args([
-                "--admin",
-                "0.0.0.0:4191",
-                "--log",
-                "info,trellis_proxy=debug",
-            ])
-            .arg("--control-plane")
-            .arg(format!("https://{control_plane}:8090"))
-            .arg("--control-plane-ca")
-            .arg(&ca)
-            .env("TRELLIS_TOKEN", token);
+        lab.redirect(ns, &[]);
+        let proxy = lab.sidecar(&cp, (ns, name, control_plane), &INJECTED, &[]);
         lab.spawn(&format!("{name}-proxy"), proxy);
     }
-    let ready = "import urllib.request as u; u.urlopen('http://127.0.0.1:4191/ready', timeout=1)";
-    for ns in [&a, &b] {
-        lab.wait_for("the sidecars to be ready", Duration::from_secs(30), || {
-            lab.python(ns, ready).status.success()
-        });
-    }
+    lab.wait_ready(&a);
+    lab.wait_ready(&b);
 
     // Capture the pod-to-pod link while the apps talk.
     let pcap = lab.path("pod-link.pcap");
@@ -177,29 +142,11 @@ fn transparent_interception_in_network_namespaces() {
     std::thread::sleep(Duration::from_millis(500));
 
     // 1. HTTP to B's IP and app port, as if there were no mesh.
-    let get = format!(
-        "import urllib.request as u, sys\n\
-         sys.stdout.write(u.urlopen('http://{B_POD}:8080/{marker}', timeout=10).read().decode())"
-    );
-    let seen = expect_ok(&lab, &a, &get, "HTTP from A to B");
-    assert!(seen.contains("\"service\":\"beta\""), "{seen}");
-    assert!(seen.contains(&marker), "{seen}");
-    assert!(
-        seen.contains("\"caller\":\"spiffe://trellis.local/ns/default/sa/alpha\""),
-        "B's sidecar must set the verified caller: {seen}\n{}",
-        lab.logs()
-    );
+    let url = format!("http://{B_POD}:8080/{marker}");
+    expect_beta_served(&lab, &a, &url, &marker, "HTTP from A to B");
 
     // 2. Server-speaks-first TCP: nothing to detect until the detection timeout, then opaque.
-    let smtp = format!(
-        "import socket\n\
-         s = socket.create_connection(('{B_POD}', 2525), timeout=10); f = s.makefile('rb')\n\
-         print(f.readline().decode().strip()); s.sendall(b'HELO {marker}\\r\\n')\n\
-         print(f.readline().decode().strip())"
-    );
-    let said = expect_ok(&lab, &a, &smtp, "the banner service");
-    assert!(said.starts_with("220 beta smtp ready"), "{said}");
-    assert!(said.contains(&format!("250 got HELO {marker}")), "{said}");
+    expect_banner(&lab, &a, (B_POD, 2525), &marker, "the banner service");
 
     // 3. A TLS app: the ClientHello is passed through untouched (the app verifies B's cert).
     let tls_client = format!(
@@ -254,7 +201,7 @@ fn transparent_interception_in_network_namespaces() {
     let admin = String::from(
         "import urllib.request as u, urllib.error as e\n\
          for method, path in [('GET','/ready'),('GET','/metrics'),('GET','/config'),('GET','/stats'),\
-                              ('PUT','/log-level'),('POST','/shutdown')]:\n\
+                              ('GET','/explain'),('GET','/tap'),('PUT','/log-level'),('POST','/shutdown')]:\n\
          \x20   r = u.Request('http://{host}:4191' + path, method=method, data=b'' if method != 'GET' else None)\n\
          \x20   try: print(path, u.urlopen(r, timeout=5).status)\n\
          \x20   except e.HTTPError as x: print(path, x.code)"
@@ -272,6 +219,8 @@ fn transparent_interception_in_network_namespaces() {
             "/metrics 200",
             "/config 403",
             "/stats 403",
+            "/explain 403",
+            "/tap 403",
             "/log-level 403",
             "/shutdown 403"
         ],
@@ -279,7 +228,8 @@ fn transparent_interception_in_network_namespaces() {
     );
     let inside = admin
         .replace("{host}", "127.0.0.1")
-        .replace(",('POST','/shutdown')", "");
+        .replace(",('POST','/shutdown')", "")
+        .replace(",('GET','/explain'),('GET','/tap')", "");
     let from_inside = expect_ok(&lab, &b, &inside, "the admin port from inside the pod");
     assert_eq!(
         from_inside.lines().collect::<Vec<_>>(),
@@ -292,6 +242,17 @@ fn transparent_interception_in_network_namespaces() {
         ],
         "an empty filter is refused as a bad request, not as forbidden: {from_inside}"
     );
+
+    // 8. Beta's virtual address (a ClusterIP) on a service port: HTTP is routed to beta's
+    //    cluster over mTLS (port 80 -> target port 8080), with A's identity proven to B.
+    let url = format!("http://{BETA_VIP}:80/{marker}-vip");
+    let what = "HTTP from A to beta's virtual address";
+    expect_beta_served(&lab, &a, &url, &format!("{marker}-vip"), what);
+
+    // 9. Opaque TCP to the virtual address: port 25 -> the banner service's target port 2525,
+    //    over mTLS to beta's endpoint.
+    let what = "the banner service at beta's virtual address";
+    expect_banner(&lab, &a, (BETA_VIP, 25), &format!("{marker}-vip"), what);
 
     lab.interrupt("tcpdump");
     let captured = std::fs::read(&pcap).expect("the capture");
@@ -316,6 +277,39 @@ fn transparent_interception_in_network_namespaces() {
         log.contains("to the proxy's own listener refused"),
         "{}",
         lab.logs()
+    );
+}
+
+/// GET `url` from `ns`: beta's app answers, with `marker` in the path it saw and alpha's
+/// verified identity as the caller (so the request crossed mTLS).
+fn expect_beta_served(lab: &Lab, ns: &str, url: &str, marker: &str, what: &str) {
+    let get = format!(
+        "import urllib.request as u, sys\n\
+         sys.stdout.write(u.urlopen('{url}', timeout=10).read().decode())"
+    );
+    let seen = expect_ok(lab, ns, &get, what);
+    assert!(seen.contains("\"service\":\"beta\""), "{seen}");
+    assert!(seen.contains(marker), "{seen}");
+    assert!(
+        seen.contains("\"caller\":\"spiffe://trellis.local/ns/default/sa/alpha\""),
+        "{what}: beta must see alpha's verified identity: {seen}\n{}",
+        lab.logs()
+    );
+}
+
+/// A conversation from `ns` with beta's banner (server-speaks-first) service at `to`.
+fn expect_banner(lab: &Lab, ns: &str, (host, port): (&str, u16), hello: &str, what: &str) {
+    let smtp = format!(
+        "import socket\n\
+         s = socket.create_connection(('{host}', {port}), timeout=10); f = s.makefile('rb')\n\
+         print(f.readline().decode().strip()); s.sendall(b'HELO {hello}\\r\\n')\n\
+         print(f.readline().decode().strip())"
+    );
+    let said = expect_ok(lab, ns, &smtp, what);
+    assert!(said.starts_with("220 beta smtp ready"), "{what}: {said}");
+    assert!(
+        said.contains(&format!("250 got HELO {hello}")),
+        "{what}: {said}"
     );
 }
 

@@ -12,14 +12,12 @@
 
 // The lab serves netns.rs too; this test uses only pod A and C.
 #[path = "netns/lab.rs"]
-#[allow(dead_code)]
 mod lab;
 
 use lab::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_trellis");
 /// Pod A's address on its link to C: where the "kubelet" in C reaches the pod.
 const A_FROM_C: &str = "10.231.1.2";
 /// The env var that makes this test binary the gRPC health server (see `grpc_health_helper`).
@@ -117,25 +115,7 @@ fn rewritten_probes_pass_strict_mtls_in_network_namespaces() {
     let mut lab = Lab::new();
     let [a, _b, c] = lab.ns.clone();
 
-    // The control plane, in C.
-    let state = lab.path("state");
-    let config = lab.path("mesh.yaml");
-    std::fs::write(&config, mesh_yaml()).expect("mesh.yaml");
-    let mut cp = lab.cmd(&c, BIN);
-    cp.args(["control-plane", "serve", "--listen", "0.0.0.0:8090"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(&state);
-    lab.spawn("control-plane", cp);
-    let listening = "import socket; socket.create_connection(('127.0.0.1', 8090), timeout=1)";
-    lab.wait_for("the control plane", Duration::from_secs(30), || {
-        lab.python(&c, listening).status.success()
-    });
-    let shared = lab.shared_dir();
-    let ca = shared.join("ca.pem");
-    std::fs::copy(state.join("ca.crt.pem"), &ca).expect("copy the CA");
-    set_mode(&ca, 0o644);
+    let cp = lab.start_control_plane(&mesh_yaml());
 
     // The pod's containers: the HTTP app and its TCP port, and the gRPC health server.
     let mut http_app = lab.cmd(&a, "python3");
@@ -151,33 +131,11 @@ fn rewritten_probes_pass_strict_mtls_in_network_namespaces() {
     lab.spawn("grpc-app", grpc_app);
 
     // The init step and the sidecar, configured as the injector configures it.
-    let mut redirect = lab.cmd(&a, BIN);
-    redirect.args(["proxy", "redirect", "--proxy-uid", "2102"]);
-    redirect.args(["--inbound-port", "4143", "--outbound-port", "4140"]);
-    redirect.args(["--skip-inbound-ports", "4191"]);
-    run(&mut redirect);
-    let token = run(Command::new(BIN)
-        .args(["control-plane", "token", "--namespace", "default"])
-        .args(["--service-account", "shop"])
-        .arg("--state-dir")
-        .arg(&state));
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
-    let mut proxy = lab.cmd_as(&a, PROXY_UID, BIN);
-    proxy
-        .args(["proxy", "--transparent", "--service", "shop"])
-        .args(["--inbound", "0.0.0.0:4143", "--outbound", "127.0.0.1:4140"])
-        .args(["--admin", "0.0.0.0:4191"])
-        .arg("--control-plane")
-        .arg(format!("https://{C_FOR_A}:8090"))
-        .arg("--control-plane-ca")
-        .arg(&ca)
-        .env("TRELLIS_TOKEN", token)
-        .env("TRELLIS_APP_PROBES", &app_probes);
+    lab.redirect(&a, &[]);
+    let mut proxy = lab.sidecar(&cp, (&a, "shop", C_FOR_A), &INJECTED, &[]);
+    proxy.env("TRELLIS_APP_PROBES", &app_probes);
     lab.spawn("proxy", proxy);
-    let ready = "import urllib.request as u; u.urlopen('http://127.0.0.1:4191/ready', timeout=1)";
-    lab.wait_for("the sidecar to be ready", Duration::from_secs(30), || {
-        lab.python(&a, ready).status.success()
-    });
+    lab.wait_ready(&a);
     let healthy =
         "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=1)";
     lab.wait_for(

@@ -22,6 +22,20 @@ use crate::token::TokenAuthority;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log filter: a level (`info`) or per-module directives
+    /// (`info,trellis_control_plane=debug`) [default: $RUST_LOG, else info].
+    #[arg(long, global = true, env = "TRELLIS_LOG")]
+    log: Option<String>,
+    /// `plain` lines (coloured only on a terminal) or `json`, one object per line.
+    #[arg(long, global = true, env = "TRELLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
 }
 
 // Parsed once per process: the size difference between the variants does not matter.
@@ -51,14 +65,18 @@ enum Command {
         /// Where the CA and the token key are kept.
         #[arg(long)]
         state_dir: PathBuf,
+        /// Where proxies connect (gRPC over TLS): discovery and certificate signing.
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: SocketAddr,
         /// A DNS name or IP of the serving certificate (repeatable).
         #[arg(long = "server-name")]
         server_names: Vec<String>,
         /// Use this CA certificate (PEM) instead of the one in the state directory.
+        /// The CA certificate (PEM) that signs workload certificates, instead of the one kept in
+        /// --state-dir (in a cluster: mounted from the trellis-ca Secret).
         #[arg(long, requires = "ca_key")]
         ca_cert: Option<PathBuf>,
+        /// The private key (PEM) of --ca-cert.
         #[arg(long, requires = "ca_cert")]
         ca_key: Option<PathBuf>,
         /// The root certificate (PEM) when --ca-cert is an intermediate (the root key stays
@@ -94,20 +112,26 @@ enum Command {
     },
     /// Print a bootstrap token for a workload.
     Token {
+        /// The control plane's --state-dir (the token key is read from it).
         #[arg(long)]
         state_dir: PathBuf,
+        /// The workload's namespace.
         #[arg(long)]
         namespace: String,
+        /// The workload's service account: its identity is
+        /// spiffe://<trust domain>/ns/<namespace>/sa/<service account>.
         #[arg(long)]
         service_account: String,
     },
     /// Validate a mesh YAML file.
     Check {
+        /// The mesh YAML file to check.
         #[arg(long)]
         config: PathBuf,
     },
     /// Print the Kubernetes install manifests (deploy/control-plane.yaml).
     Manifests {
+        /// The control plane's container image.
         #[arg(long, default_value = crate::manifests::DEFAULT_IMAGE)]
         image: String,
     },
@@ -130,6 +154,11 @@ fn admin_arg(text: &str) -> Result<AdminListen, String> {
 enum SourceKind {
     File,
     Kubernetes,
+}
+
+/// The command line, for checks of its help.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
@@ -161,14 +190,19 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
                 (SourceKind::File, Some(path)) => ConfigSource::File(path),
                 (SourceKind::File, None) => anyhow::bail!("--source file needs --config FILE"),
                 (SourceKind::Kubernetes, _) => {
-                    let certificate_lifetime = crate::config::parse_duration(&certificate_lifetime)
-                        .filter(|d| (1..=90 * 24 * 3600).contains(&d.as_secs()))
-                        .with_context(|| {
+                    let text = &certificate_lifetime;
+                    let certificate_lifetime =
+                        crate::config::parse_duration(text).with_context(|| {
                             format!(
-                                "--certificate-lifetime {certificate_lifetime:?}: not a duration \
-                                 between 1s and 90 days"
+                                "--certificate-lifetime {text:?}: not a duration such as 24h \
+                                 or 30d"
                             )
                         })?;
+                    if !(1..=90 * 24 * 3600).contains(&certificate_lifetime.as_secs()) {
+                        anyhow::bail!(
+                            "--certificate-lifetime {text:?}: must be between 1s and 90d"
+                        );
+                    }
                     ConfigSource::Kubernetes(KubernetesOptions {
                         kubeconfig,
                         mesh: MeshSettings {
@@ -201,7 +235,8 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
                 admin: admin.0,
                 ..defaults
             };
-            serve(cfg)
+            init_logging(cli.log.as_deref(), cli.log_format)?;
+            serve(cfg, cli.log_format)
         }
         Command::Token {
             state_dir,
@@ -234,16 +269,27 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
 /// A clap value parser for durations written like the config's (`500ms`, `10s`, `1m`).
 fn duration_arg(text: &str) -> Result<Duration, String> {
     crate::config::parse_duration(text)
-        .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 10s or 1m"))
+        .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 10s, 1m, 2h or 7d"))
 }
 
-fn serve(cfg: ControlPlaneConfig) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+/// Installs the log subscriber: escape codes only when stdout is a terminal (a pod's log must not
+/// carry them), JSON on request.
+fn init_logging(filter: Option<&str>, format: LogFormat) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::try_new(f).context("--log")?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Plain => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+fn serve(cfg: ControlPlaneConfig, log_format: LogFormat) -> anyhow::Result<()> {
     // Before the runtime and the listener: every descriptor opened later counts against it.
     match crate::open_files::raise_to_hard() {
         Ok((before, after)) => tracing::info!(
@@ -262,11 +308,17 @@ fn serve(cfg: ControlPlaneConfig) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         let plane = ControlPlane::bind(cfg).await?;
-        println!("listening on {}", plane.local_addr());
-        if let Some(admin) = plane.admin_addr() {
-            println!("admin on {admin}");
+        let admin = plane.admin_addr().map(|a| a.to_string());
+        let ca = plane.ca_cert_path().display().to_string();
+        tracing::info!(addr = %plane.local_addr(), admin, ca, "listening");
+        // The lines scripts (and tests) read the port from; a JSON log has it in the event.
+        if log_format == LogFormat::Plain {
+            println!("listening on {}", plane.local_addr());
+            if let Some(admin) = &admin {
+                println!("admin on {admin}");
+            }
+            println!("CA certificate: {ca}");
         }
-        println!("CA certificate: {}", plane.ca_cert_path().display());
         plane.run(stop_signal()).await?;
         Ok(())
     })

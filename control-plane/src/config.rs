@@ -3,7 +3,7 @@
 //! The serde shape (with source spans) lives in `config/raw.rs`; this file holds what the rest of
 //! the control plane consumes: plain types with defaults applied and durations as `Duration`.
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -36,6 +36,9 @@ pub struct Service {
     pub service_account: String,
     pub mtls: MtlsMode,
     pub ports: Vec<Port>,
+    /// Virtual IPs at which `ports` are reached (a Kubernetes Service's ClusterIPs), so that a
+    /// transparent sidecar recognises a connection to one as a connection to this service.
+    pub addresses: Vec<IpAddr>,
     pub endpoints: Vec<Endpoint>,
     pub policy: Policy,
     pub routes: Vec<Route>,
@@ -221,6 +224,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return None,
     };
     n.checked_mul(millis_per_unit).map(Duration::from_millis)

@@ -1,20 +1,24 @@
 //! The aggregated discovery service: one delta stream per proxy carrying every resource type.
 //! Each stream task owns its subscriptions and what the proxy holds (see `diff`), and selects on
-//! the proxy's requests and on snapshot changes, so a reload reaches every proxy without any
-//! shared per-stream state. Only changed or removed resources are sent; NACKs are logged and
-//! recorded in the status, and the rejected versions are not resent. How many streams may be
-//! open (in total, per identity) is `limits.rs`. Each task counts what it does in the shared
+//! the proxy's requests and on being woken for a new config version. What the streams share is
+//! the `Catalog` of each version (`catalog.rs`: every resource encoded once, and the names that
+//! changed) and the subscriber index (`fanout.rs`), whose hub task wakes only the streams
+//! subscribed to something that changed; each woken stream sends only those changes. Only changed or removed resources are sent; NACKs are
+//! logged and recorded in the status, and the rejected versions are not resent. The RPC itself
+//! (framing, no per-stream encode buffer) is `wire.rs`; how many streams may be open (in total,
+//! per identity) is `limits.rs`. First syncs, the large responses, are admitted `FIRST_SYNCS`
+//! at a time: a stream holds its place until the proxy has answered every response sent so far
+//! (at most `SYNC_HOLD`), so a fleet connecting at once never has more than that many full
+//! snapshots in flight. Each task counts what it does in the shared
 //! `ControlPlaneMetrics` (relaxed atomic adds only: this is the push path).
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use trellis_api::discovery::aggregated_discovery_server::AggregatedDiscovery;
-use trellis_api::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tonic::metadata::MetadataMap;
+use tonic::{Status, Streaming};
+use trellis_api::discovery::DeltaDiscoveryRequest;
 use trellis_api::type_url;
 
 use crate::authn::{grant_from_metadata, Authenticator};
@@ -22,13 +26,25 @@ use crate::metrics::ControlPlaneMetrics;
 use crate::resources::{SharedSnapshot, Snapshot};
 use crate::status::{ControlPlaneStatus, NackRecord};
 
+mod catalog;
 mod diff;
+mod fanout;
 mod limits;
-pub use diff::{diff, Delta, TypeState};
+mod wire;
+pub use catalog::{Catalog, Name, Table, TypeView};
+pub use diff::{Delta, TypeState};
+use fanout::{Fanout, Member};
 pub use limits::{StreamCaps, StreamLimits, StreamPermit, PUSHBACK_KEY};
+pub use wire::DiscoveryServer;
+use wire::{encode_response, Reply};
 
 /// Responses buffered per stream before the task waits for the proxy to read.
 const STREAM_BUFFER: usize = 16;
+
+/// Streams sending their first full answers at the same time.
+const FIRST_SYNCS: usize = 64;
+/// The longest a stream keeps its first-sync place while its proxy does not answer.
+const SYNC_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Gives every stream a distinct nonce prefix, also across instances in one process.
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
@@ -41,6 +57,11 @@ pub struct DiscoveryService {
     shutdown: watch::Receiver<bool>,
     limits: Arc<StreamLimits>,
     metrics: Arc<ControlPlaneMetrics>,
+    catalogs: Arc<Catalogs>,
+    fanout: Arc<Fanout>,
+    /// The hub task, started with the first stream (inside the runtime).
+    hub: Arc<OnceLock<()>>,
+    first_syncs: Arc<Semaphore>,
 }
 
 impl DiscoveryService {
@@ -58,6 +79,10 @@ impl DiscoveryService {
             shutdown,
             limits: StreamLimits::new(StreamCaps::default()),
             metrics: ControlPlaneMetrics::new(),
+            catalogs: Arc::default(),
+            fanout: Arc::default(),
+            hub: Arc::default(),
+            first_syncs: Arc::new(Semaphore::new(FIRST_SYNCS)),
         }
     }
 
@@ -72,56 +97,110 @@ impl DiscoveryService {
         self.limits = limits;
         self
     }
-}
 
-type Reply = Result<DeltaDiscoveryResponse, Status>;
-
-#[tonic::async_trait]
-impl AggregatedDiscovery for DiscoveryService {
-    type DeltaResourcesStream = ReceiverStream<Reply>;
-
-    async fn delta_resources(
+    /// Accepts a stream: authenticates it, takes its place under the caps and starts its task.
+    /// The receiver yields the encoded responses, then the final status.
+    async fn open(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaResourcesStream>, Status> {
-        let grant = grant_from_metadata(self.auth.as_ref(), request.metadata()).await?;
+        metadata: &MetadataMap,
+        requests: Streaming<DeltaDiscoveryRequest>,
+    ) -> Result<mpsc::Receiver<Reply>, Status> {
+        let grant = grant_from_metadata(self.auth.as_ref(), metadata).await?;
         let identity = {
             let snap = self.snapshots.borrow();
             trellis_api::spiffe_id(&snap.trust_domain, &grant.namespace, &grant.service_account)
         };
         let permit = self.limits.acquire(&identity)?;
+        self.hub.get_or_init(|| {
+            let hub = fanout::hub(
+                self.snapshots.clone(),
+                self.shutdown.clone(),
+                self.catalogs.clone(),
+                self.fanout.clone(),
+            );
+            tokio::spawn(hub);
+        });
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let id = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
         let stream = StreamTask {
-            id: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
+            id,
+            member: self.fanout.join(id),
             next_nonce: 0,
             node_id: String::new(),
-            types: HashMap::new(),
+            types: Default::default(),
             tx,
             status: self.status.clone(),
             metrics: self.metrics.clone(),
+            catalogs: self.catalogs.clone(),
+            fanout: self.fanout.clone(),
+            syncing: None,
         };
         // The node is checked inside the task: waiting for the first message here would delay the
         // response headers until the proxy sends, which some clients only do after the headers.
         let (snapshots, shutdown) = (self.snapshots.clone(), self.shutdown.clone());
+        let first_syncs = self.first_syncs.clone();
         tokio::spawn(async move {
             // Held for the task's life: the place is released however the stream ends.
             let _permit = permit;
             stream
-                .run(grant, request.into_inner(), snapshots, shutdown)
+                .run(grant, requests, snapshots, shutdown, first_syncs)
                 .await;
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(rx)
+    }
+}
+
+/// The catalog of the newest config version seen, built by the first stream to need it.
+#[derive(Default)]
+struct Catalogs {
+    current: Mutex<Option<Arc<Catalog>>>,
+}
+
+impl Catalogs {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<Arc<Catalog>>> {
+        // Building is pure; a panic inside leaves the previous catalog, which is still valid.
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest catalog built, if any.
+    fn latest(&self) -> Option<Arc<Catalog>> {
+        self.current().clone()
+    }
+
+    fn of(&self, snap: &Snapshot) -> Arc<Catalog> {
+        let mut current = self.current();
+        match current.as_ref() {
+            Some(c) if c.system_version >= snap.system_version => c.clone(),
+            previous => {
+                let next = Arc::new(Catalog::next(previous.map(|c| &**c), snap));
+                *current = Some(next.clone());
+                next
+            }
+        }
     }
 }
 
 struct StreamTask {
     id: u64,
+    /// The stream's entry in the subscriber index, and its wake-up.
+    member: Member,
     next_nonce: u64,
     node_id: String,
-    types: HashMap<String, TypeState>,
+    /// By index in `type_url::ALL`; None until the proxy's first request for the type.
+    types: [Option<TypeState>; catalog::TYPES],
     tx: mpsc::Sender<Reply>,
     status: Arc<watch::Sender<ControlPlaneStatus>>,
     metrics: Arc<ControlPlaneMetrics>,
+    catalogs: Arc<Catalogs>,
+    fanout: Arc<Fanout>,
+    /// Held from the first request until the proxy has answered every response sent so far.
+    syncing: Option<Syncing>,
+}
+
+struct Syncing {
+    _place: OwnedSemaphorePermit,
+    unanswered: usize,
+    until: tokio::time::Instant,
 }
 
 /// The proxy went away; the stream task ends.
@@ -132,8 +211,9 @@ impl StreamTask {
         mut self,
         grant: crate::token::Grant,
         mut requests: Streaming<DeltaDiscoveryRequest>,
-        mut snapshots: watch::Receiver<SharedSnapshot>,
+        snapshots: watch::Receiver<SharedSnapshot>,
         mut shutdown: watch::Receiver<bool>,
+        first_syncs: Arc<Semaphore>,
     ) {
         let first = match requests.message().await {
             Ok(Some(first)) => first,
@@ -163,10 +243,18 @@ impl StreamTask {
         self.node_id = node.id;
         tracing::info!(node_id = %self.node_id, identity = %granted, "discovery stream connected");
         let _connected = self.metrics.stream_connected();
-        let snap = snapshots.borrow().clone();
-        if self.handle(first, &snap).await.is_ok() {
-            self.serve(&mut requests, &mut snapshots, &mut shutdown)
-                .await;
+        let place = tokio::select! {
+            place = first_syncs.acquire_owned() => place,
+            _ = shutdown.changed() => return,
+        };
+        let Ok(place) = place else { return };
+        self.syncing = Some(Syncing {
+            _place: place,
+            unanswered: 0,
+            until: tokio::time::Instant::now() + SYNC_HOLD,
+        });
+        if self.handle(first, &snapshots).await.is_ok() {
+            self.serve(&mut requests, &snapshots, &mut shutdown).await;
         }
         tracing::info!(node_id = %self.node_id, "discovery stream disconnected");
     }
@@ -174,34 +262,36 @@ impl StreamTask {
     async fn serve(
         &mut self,
         requests: &mut Streaming<DeltaDiscoveryRequest>,
-        snapshots: &mut watch::Receiver<SharedSnapshot>,
+        snapshots: &watch::Receiver<SharedSnapshot>,
         shutdown: &mut watch::Receiver<bool>,
     ) {
+        let wake = self.member.notify.clone();
         loop {
             if *shutdown.borrow() {
                 return;
             }
+            let sync_until = self.syncing.as_ref().map(|s| s.until);
             let step = tokio::select! {
                 request = requests.message() => match request {
-                    Ok(Some(request)) => {
-                        let snap = snapshots.borrow().clone();
-                        self.handle(request, &snap).await
-                    }
+                    Ok(Some(request)) => self.handle(request, snapshots).await,
                     Ok(None) => Err(Closed),
                     Err(status) => {
                         tracing::debug!(node_id = %self.node_id, %status, "discovery stream error");
                         Err(Closed)
                     }
                 },
-                changed = snapshots.changed() => match changed {
-                    Ok(()) => {
-                        let snap = snapshots.borrow_and_update().clone();
-                        self.push_changes(&snap).await
-                    }
-                    Err(_) => Err(Closed),
+                () = wake.notified() => match self.catalogs.latest() {
+                    _ if self.fanout.is_closed() => Err(Closed),
+                    Some(catalog) => self.push_changes(&catalog).await,
+                    None => Ok(()),
                 },
                 // Either a stop signal or a dropped sender means the server is going away.
                 _ = shutdown.changed() => Err(Closed),
+                () = tokio::time::sleep_until(sync_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if sync_until.is_some() => {
+                    self.syncing = None;
+                    Ok(())
+                }
             };
             if step.is_err() {
                 return;
@@ -209,35 +299,62 @@ impl StreamTask {
         }
     }
 
-    async fn handle(&mut self, req: DeltaDiscoveryRequest, snap: &Snapshot) -> Result<(), Closed> {
-        let type_url = req.type_url.as_str();
-        let Some(current) = snap.of_type(type_url) else {
-            tracing::warn!(node_id = %self.node_id, type_url, "unknown type URL, ignored");
+    async fn handle(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        snapshots: &watch::Receiver<SharedSnapshot>,
+    ) -> Result<(), Closed> {
+        let Some(t) = catalog::type_index(&req.type_url) else {
+            tracing::warn!(node_id = %self.node_id, type_url = %req.type_url, "unknown type URL, ignored");
             return Ok(());
         };
         if !req.response_nonce.is_empty() {
             self.acknowledge(&req);
+            if let Some(syncing) = &mut self.syncing {
+                syncing.unanswered = syncing.unanswered.saturating_sub(1);
+                if syncing.unanswered == 0 {
+                    self.syncing = None;
+                }
+            }
         }
-        let first_for_type = !self.types.contains_key(type_url);
-        let state = self.types.entry(type_url.to_owned()).or_default();
-        if first_for_type {
-            state.known = req.initial_resource_versions.clone().into_iter().collect();
-        } else if req.resource_names_subscribe.is_empty()
-            && req.resource_names_unsubscribe.is_empty()
-        {
-            return Ok(());
-        }
-        state.update_subscription(
+        let (subscribe, unsubscribe) = (
             &req.resource_names_subscribe,
             &req.resource_names_unsubscribe,
         );
-        let delta = diff(state, current);
-        // The first response for a type is sent even when empty, so the proxy knows the type is
-        // in sync; later subscription changes answer only when there is something to say.
-        if first_for_type || !delta.is_empty() {
-            self.send(type_url, delta, snap).await?;
+        if self.types[t].is_some() && subscribe.is_empty() && unsubscribe.is_empty() {
+            // A plain ACK or NACK: nothing to answer.
+            return Ok(());
         }
-        Ok(())
+        let snap = snapshots.borrow().clone();
+        let catalog = self.catalogs.of(&snap);
+        let (view, version) = (catalog.of(t), catalog.system_version);
+        let first_for_type = self.types[t].is_none();
+        let delta = match &mut self.types[t] {
+            // The first response for a type is sent even when empty, so the proxy knows the type
+            // is in sync; later subscription changes answer only when there is something to say.
+            None => {
+                let initial = &req.initial_resource_versions;
+                let (state, delta) =
+                    TypeState::open(initial, subscribe, unsubscribe, view, version);
+                self.types[t] = Some(state);
+                delta
+            }
+            Some(state) => state.resubscribe(subscribe, unsubscribe, view, version),
+        };
+        if let Some(state) = &self.types[t] {
+            self.member
+                .subscribe(t, state.wildcard, state.subscribed_names());
+        }
+        if first_for_type || !delta.is_empty() {
+            self.send(t, delta, &catalog).await?;
+        }
+        // A version built before the index knew this subscription woke nobody here: catch up.
+        match self.catalogs.latest() {
+            Some(latest) if latest.system_version > catalog.system_version => {
+                self.push_changes(&latest).await
+            }
+            _ => Ok(()),
+        }
     }
 
     fn acknowledge(&self, req: &DeltaDiscoveryRequest) {
@@ -269,26 +386,25 @@ impl StreamTask {
     }
 
     /// One response per type with changes, in `type_url::ALL` order.
-    async fn push_changes(&mut self, snap: &Snapshot) -> Result<(), Closed> {
-        for type_url in type_url::ALL {
-            let (Some(state), Some(current)) = (self.types.get(type_url), snap.of_type(type_url))
-            else {
+    async fn push_changes(&mut self, catalog: &Catalog) -> Result<(), Closed> {
+        for t in 0..catalog::TYPES {
+            let Some(state) = &mut self.types[t] else {
                 continue;
             };
-            let delta = diff(state, current);
+            let changed = catalog.changed_since(t, state.synced);
+            let delta = state.push(catalog.of(t), changed.as_deref(), catalog.system_version);
             if !delta.is_empty() {
-                self.send(type_url, delta, snap).await?;
+                self.send(t, delta, catalog).await?;
                 // After the send: a full buffer (a slow proxy) is part of the latency.
-                self.metrics.push_done(snap.system_version, Instant::now());
+                self.metrics
+                    .push_done(catalog.system_version, Instant::now());
             }
         }
         Ok(())
     }
 
-    async fn send(&mut self, type_url: &str, delta: Delta, snap: &Snapshot) -> Result<(), Closed> {
-        if let Some(state) = self.types.get_mut(type_url) {
-            state.record_sent(&delta);
-        }
+    async fn send(&mut self, t: usize, delta: Delta, catalog: &Catalog) -> Result<(), Closed> {
+        let type_url = type_url::ALL[t];
         self.next_nonce += 1;
         let nonce = format!("{:x}-{}", self.id, self.next_nonce);
         tracing::debug!(
@@ -299,15 +415,20 @@ impl StreamTask {
             removed = delta.removed.len(),
             "sending"
         );
-        let response = DeltaDiscoveryResponse {
-            type_url: type_url.to_owned(),
-            system_version_info: snap.system_version.to_string(),
-            resources: delta.resources,
-            removed_resources: delta.removed,
-            nonce,
-        };
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        let version = catalog.system_version.to_string();
+        let reply = encode_response(type_url, &version, &delta, &nonce);
+        let failed = reply.is_err();
+        self.tx.send(reply).await.map_err(|_| Closed)?;
+        if let Some(syncing) = &mut self.syncing {
+            syncing.unanswered += 1;
+        }
+        if failed {
+            return Err(Closed);
+        }
         self.metrics.response_sent(type_url);
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

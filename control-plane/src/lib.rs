@@ -2,7 +2,7 @@
 //! into discovery resources, serves them to proxies over a delta aggregated discovery stream, and
 //! issues workload certificates from its own CA to authenticated proxies. `server::ControlPlane`
 //! ties the modules together; `cli` is the binary's edge.
-// The one exception is `open_files.rs` (getrlimit/setrlimit), allowed there function by function.
+// The open-files limit (getrlimit/setrlimit) lives in `trellis-os`, shared with the proxy.
 #![deny(unsafe_code)]
 
 pub mod accept;
@@ -17,7 +17,7 @@ pub mod identity;
 pub mod kubernetes;
 pub mod manifests;
 pub mod metrics;
-pub mod open_files;
+pub use trellis_os::open_files;
 pub mod publish;
 pub mod resources;
 pub mod server;

@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
+    Affinity, PodAffinityTerm, PodAntiAffinity, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
     SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
@@ -122,6 +125,27 @@ fn meta(namespace: Option<&str>) -> ObjectMeta {
         name: Some(NAME.to_owned()),
         namespace: namespace.map(str::to_owned),
         labels: Some(labels(true)),
+        ..Default::default()
+    }
+}
+
+/// Replicas on different nodes when the cluster has them (preferred, not required: a one-node
+/// cluster still runs both), so one node's loss never takes the whole control plane.
+fn spread_over_nodes() -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(selector()),
+                        topology_key: "kubernetes.io/hostname".to_owned(),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -325,6 +349,7 @@ fn deployment(image: &str) -> Deployment {
                 spec: Some(PodSpec {
                     service_account_name: Some(NAME.to_owned()),
                     containers: vec![container],
+                    affinity: Some(spread_over_nodes()),
                     security_context: Some(PodSecurityContext {
                         fs_group: Some(65532),
                         seccomp_profile: Some(SeccompProfile {

@@ -155,6 +155,10 @@ fn routes(config: &MeshConfig, service: &Service, cluster: &str) -> pb::RouteCon
         ports: service.ports.iter().map(|p| p.port.into()).collect(),
         routes: service.routes.iter().map(route).collect(),
         default_cluster: cluster.to_owned(),
+        addresses: service.addresses.iter().map(|ip| ip.to_string()).collect(),
+        target_ports: (service.ports.iter())
+            .map(|p| p.target_port.into())
+            .collect(),
     }
 }
 
@@ -377,6 +381,27 @@ services:
 
     fn decode<M: Message + Default>(snap: &Snapshot, type_url: &str, name: &str) -> M {
         M::decode(snap.of_type(type_url).unwrap()[name].payload.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn virtual_addresses_and_target_ports_reach_the_route_config() {
+        let snap = snapshot(
+            "\
+services:
+  - name: web
+    ports: [{port: 80, targetPort: 8080}, {port: 25, targetPort: 2525}, {port: 9000}]
+    addresses: [10.96.0.10, \"fd00::10\"]
+  - name: api
+    ports: [{port: 80}]
+",
+        );
+        let web: pb::RouteConfig = decode(&snap, type_url::ROUTES, "default/web");
+        assert_eq!(web.addresses, ["10.96.0.10", "fd00::10"]);
+        assert_eq!(web.ports, [80, 25, 9000]);
+        assert_eq!(web.target_ports, [8080, 2525, 9000]);
+        let api: pb::RouteConfig = decode(&snap, type_url::ROUTES, "default/api");
+        assert!(api.addresses.is_empty());
+        assert_eq!(api.target_ports, [80]);
     }
 
     #[test]

@@ -18,7 +18,6 @@ use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
-use trellis_api::discovery::aggregated_discovery_server::AggregatedDiscoveryServer;
 use trellis_api::identity::identity_server::IdentityServer;
 
 use crate::accept::{self, AcceptOptions, Admission};
@@ -26,7 +25,7 @@ use crate::admin::{AdminServer, AdminState, Readiness};
 use crate::authn::Authenticator;
 use crate::ca::{CaError, CaSource, CertificateAuthority};
 use crate::config::{self, ConfigError, MeshConfig};
-use crate::discovery::{DiscoveryService, StreamCaps, StreamLimits};
+use crate::discovery::{DiscoveryServer, DiscoveryService, StreamCaps, StreamLimits};
 use crate::identity::IdentityService;
 use crate::kubernetes::translate::Built;
 use crate::kubernetes::{self, KubernetesError, KubernetesOptions, KubernetesSource};
@@ -416,7 +415,7 @@ impl ControlPlane {
             .http2_keepalive_timeout(Some(self.cfg.keepalive_timeout))
             .tls_config(tls)?
             .add_service(IdentityServer::new(identity))
-            .add_service(AggregatedDiscoveryServer::new(discovery))
+            .add_service(DiscoveryServer::new(discovery))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_stop.changed().await;
             });

@@ -83,11 +83,23 @@ fn every_document_parses_as_its_type() {
                 assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 8090);
             }),
             "Deployment" => serde_json::from_value::<Deployment>(doc).map(|d| {
-                let pod = d.spec.unwrap().template.spec.unwrap();
+                let spec = d.spec.unwrap();
+                assert_eq!(spec.replicas, Some(2), "two replicas");
+                let pod = spec.template.spec.unwrap();
                 let args = pod.containers[0].args.clone().unwrap().join(" ");
                 assert!(args.starts_with("serve --source kubernetes"), "{args}");
+                // Spread over nodes: one node's loss never takes both replicas.
+                let spread = pod
+                    .affinity
+                    .and_then(|a| a.pod_anti_affinity)
+                    .and_then(|a| a.preferred_during_scheduling_ignored_during_execution);
+                let term = &spread.expect("anti-affinity")[0].pod_affinity_term;
+                assert_eq!(term.topology_key, "kubernetes.io/hostname");
             }),
-            "PodDisruptionBudget" => serde_json::from_value::<PodDisruptionBudget>(doc).map(drop),
+            "PodDisruptionBudget" => serde_json::from_value::<PodDisruptionBudget>(doc).map(|p| {
+                let spec = p.spec.unwrap();
+                assert!(spec.min_available.is_some() || spec.max_unavailable.is_some());
+            }),
             other => panic!("unexpected kind {other} in deploy/control-plane.yaml"),
         };
         parsed.unwrap_or_else(|e| panic!("{kind}: {e}"));

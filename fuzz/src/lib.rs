@@ -52,6 +52,7 @@ pub const HOSTS: &[&str] = &[
     "a b",
 ];
 pub const CLUSTERS: &[&str] = &["default/web", "default/api", "default/web-canary", ""];
+pub const VIRTUAL_IPS: &[&str] = &["10.96.0.10", "fd00::10", "10.96.0.10:80", "", "web"];
 pub const PATHS: &[&str] = &[
     "/",
     "/api",
@@ -226,6 +227,8 @@ pub struct RouteConfig {
     pub ports: Vec<Num>,
     pub routes: Vec<Route>,
     pub default_cluster: Text,
+    pub addresses: Vec<Text>,
+    pub target_ports: Vec<Num>,
 }
 
 impl RouteConfig {
@@ -235,6 +238,8 @@ impl RouteConfig {
             ports: self.ports.iter().map(|p| p.get()).collect(),
             routes: self.routes.iter().map(Route::to_pb).collect(),
             default_cluster: self.default_cluster.get(CLUSTERS),
+            addresses: self.addresses.iter().map(|a| a.get(VIRTUAL_IPS)).collect(),
+            target_ports: self.target_ports.iter().map(|p| p.get()).collect(),
         }
     }
 }

@@ -28,6 +28,7 @@ pub struct Args {
 enum Command {
     /// Serve the mutating admission webhook over HTTPS (POST /mutate, GET /healthz).
     Webhook {
+        /// Where the webhook listens (HTTPS).
         #[arg(long, default_value = "0.0.0.0:8443")]
         listen: SocketAddr,
         /// PEM certificate chain of the serving certificate.
@@ -39,14 +40,19 @@ enum Command {
         /// Injector config (YAML); defaults apply without it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Log filter: a level (`info`) or per-module directives.
         #[arg(long, env = "TRELLIS_INJECTOR_LOG", default_value = "info")]
         log: String,
+        /// `plain` lines (coloured only on a terminal) or `json`, one object per line.
+        #[arg(long, env = "TRELLIS_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
+        log_format: String,
     },
     /// Inject the sidecar into the workloads of a YAML stream and print the result.
     Inject {
         /// The manifest file, or `-` for stdin.
         #[arg(short = 'f', long = "filename")]
         file: String,
+        /// Injector config (YAML); defaults apply without it.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Override the config's nativeSidecar (false: the fallback for clusters before 1.29).
@@ -70,6 +76,7 @@ enum Command {
         /// PEM file of the CA that signed the webhook's certificate, written as caBundle.
         #[arg(long)]
         ca_bundle: Option<PathBuf>,
+        /// Injector config (YAML) to ship in the manifests; defaults apply without it.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -88,6 +95,11 @@ pub enum OnError {
 pub enum Done {
     Clean,
     DocumentsFailed,
+}
+
+/// The command line, for checks of its help.
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
 }
 
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Done> {
@@ -129,10 +141,16 @@ fn run(command: Command) -> anyhow::Result<Done> {
             tls_key,
             config,
             log,
+            log_format,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).context("--log")?)
-                .init();
+            use std::io::IsTerminal;
+            let filter = tracing_subscriber::EnvFilter::try_new(&log).context("--log")?;
+            let builder = tracing_subscriber::fmt().with_env_filter(filter);
+            // Escape codes only on a terminal: a pod's log must not carry them.
+            match log_format.as_str() {
+                "json" => builder.json().flatten_event(true).init(),
+                _ => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+            }
             let config = Arc::new(load_config(config.as_ref())?);
             let tls = server::tls_config(&tls_cert, &tls_key)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

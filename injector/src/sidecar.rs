@@ -250,9 +250,20 @@ fn env(
         value("TRELLIS_CONTROL_PLANE_CA", format!("{CA_DIR}/ca.pem")),
         value("TRELLIS_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
         value("TRELLIS_TRUST_DOMAIN", config.trust_domain.clone()),
-        value("TRELLIS_INBOUND", format!("0.0.0.0:{INBOUND_PORT}")),
-        value("TRELLIS_OUTBOUND", format!("127.0.0.1:{OUTBOUND_PORT}")),
-        value("TRELLIS_ADMIN", format!("0.0.0.0:{ADMIN_PORT}")),
+        // Both families: the init step redirects IPv6 too when the pod has it (ip6tables'
+        // REDIRECT lands on `[::1]`), and the proxy skips an IPv6 address the pod lacks.
+        value(
+            "TRELLIS_INBOUND",
+            format!("0.0.0.0:{INBOUND_PORT},[::]:{INBOUND_PORT}"),
+        ),
+        value(
+            "TRELLIS_OUTBOUND",
+            format!("127.0.0.1:{OUTBOUND_PORT},[::1]:{OUTBOUND_PORT}"),
+        ),
+        value(
+            "TRELLIS_ADMIN",
+            format!("0.0.0.0:{ADMIN_PORT},[::]:{ADMIN_PORT}"),
+        ),
         // The init step redirects the pod's traffic to the proxy, which reads the original
         // destination of each connection.
         value("TRELLIS_TRANSPARENT", "true".to_string()),

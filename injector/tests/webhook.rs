@@ -189,9 +189,9 @@ fn injected_proxy_env_and_volumes() {
         "/var/run/trellis/ca/ca.pem"
     );
     assert_eq!(get("TRELLIS_TOKEN_FILE"), "/var/run/trellis/tokens/token");
-    assert_eq!(get("TRELLIS_INBOUND"), "0.0.0.0:4143");
-    assert_eq!(get("TRELLIS_OUTBOUND"), "127.0.0.1:4140");
-    assert_eq!(get("TRELLIS_ADMIN"), "0.0.0.0:4191");
+    assert_eq!(get("TRELLIS_INBOUND"), "0.0.0.0:4143,[::]:4143");
+    assert_eq!(get("TRELLIS_OUTBOUND"), "127.0.0.1:4140,[::1]:4140");
+    assert_eq!(get("TRELLIS_ADMIN"), "0.0.0.0:4191,[::]:4191");
     assert!(get("TRELLIS_CONTROL_PLANE").starts_with("https://"));
 
     let volumes = spec.volumes.expect("volumes");

@@ -7,6 +7,10 @@
 //! - `GET /config`: the snapshot in force, with versions, as JSON; loopback callers, or anyone
 //!   with `--admin-open-diagnostics`;
 //! - `GET /stats`: resilience and authorization counters as JSON; as `/config`;
+//! - `GET /explain?authority=…&path=…`: the route, policy, endpoints and authorization a request
+//!   would meet (`explain.rs`); as `/config`;
+//! - `GET /tap?max=N&seconds=S`: a live stream of request summaries, newline-delimited JSON
+//!   (`tap.rs`); as `/config`;
 //! - `PUT /log-level` (body: a tracing filter such as `debug`): changes logging at runtime;
 //!   loopback callers only;
 //! - `POST /shutdown`: graceful drain, as SIGTERM (how a Job ends its sidecar); loopback callers
@@ -20,6 +24,7 @@ use crate::discovery::SharedStatus;
 use crate::drain::DrainWatch;
 use crate::http::Body;
 use crate::identity::IdentityInfo;
+use crate::listeners::Listener;
 use crate::proxy::LogControl;
 use crate::telemetry::metrics::MetricsCollector;
 use http::{header, Method, Request, Response, StatusCode};
@@ -27,8 +32,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+mod explain;
+pub mod tap;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -47,6 +54,8 @@ pub struct AdminState {
     pub app_probes: std::sync::Arc<crate::probes::AppProbes>,
     /// Where the app listens; the probes' default host.
     pub app_host: std::net::IpAddr,
+    /// Request summaries for `/tap` and `/explain`, fed by the telemetry layer.
+    pub tap: std::sync::Arc<tap::Tap>,
 }
 
 impl AdminState {
@@ -122,6 +131,20 @@ impl AdminState {
         serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
+    fn explain(&self, query: &str) -> (StatusCode, &'static str, String) {
+        match explain::Query::parse(query) {
+            Ok(query) => {
+                let identity = self.identity.borrow().as_ref().map(|i| i.spiffe_id.clone());
+                let mut doc = explain::explain(&self.store.load(), identity.as_deref(), &query);
+                explain::add_recent(&mut doc, &self.tap.recent(), query.recent);
+                let text = serde_json::to_string_pretty(&doc)
+                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+                (StatusCode::OK, "application/json", text)
+            }
+            Err(e) => (StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+        }
+    }
+
     fn config_json(&self) -> String {
         let snapshot = self.store.load();
         let (connected, last_nack, failures, link) = self
@@ -156,7 +179,7 @@ impl AdminState {
     }
 }
 
-pub async fn serve(listener: TcpListener, state: AdminState, drain: DrainWatch) {
+pub async fn serve(listener: Listener, state: AdminState, drain: DrainWatch) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -193,6 +216,8 @@ enum Endpoint {
     Metrics,
     Config,
     Stats,
+    Explain,
+    Tap,
     LogLevel,
     Shutdown,
 }
@@ -212,6 +237,8 @@ impl Endpoint {
             "/metrics" => Endpoint::Metrics,
             "/config" => Endpoint::Config,
             "/stats" => Endpoint::Stats,
+            "/explain" => Endpoint::Explain,
+            "/tap" => Endpoint::Tap,
             "/log-level" => Endpoint::LogLevel,
             "/shutdown" => Endpoint::Shutdown,
             _ => return None,
@@ -229,7 +256,9 @@ impl Endpoint {
     fn access(self) -> Access {
         match self {
             Endpoint::Live | Endpoint::Ready | Endpoint::Metrics => Access::Anyone,
-            Endpoint::Config | Endpoint::Stats => Access::Diagnostics,
+            Endpoint::Config | Endpoint::Stats | Endpoint::Explain | Endpoint::Tap => {
+                Access::Diagnostics
+            }
             Endpoint::LogLevel | Endpoint::Shutdown => Access::LoopbackOnly,
         }
     }
@@ -265,7 +294,8 @@ fn admit(method: &Method, path: &str, caller: Caller) -> Result<Endpoint, (Statu
     let Some(endpoint) = Endpoint::of(path) else {
         return Err((
             StatusCode::NOT_FOUND,
-            "not found: try /live, /ready, /config, /stats, /metrics, /log-level, /shutdown\n"
+            "not found: try /live, /ready, /config, /stats, /explain, /tap, /metrics, /log-level, \
+             /shutdown\n"
                 .into(),
         ));
     };
@@ -309,7 +339,10 @@ async fn app_health(
     )
 }
 
-async fn handle(state: &AdminState, req: Request<Incoming>, caller: Caller) -> Response<Body> {
+/// Admin answers are whole, except `/tap`'s stream.
+type AdminBody = http_body_util::Either<Body, tap::TapBody>;
+
+async fn handle(state: &AdminState, req: Request<Incoming>, caller: Caller) -> Response<AdminBody> {
     let probed = app_health(state, req.method(), req.uri().path()).await;
     let endpoint = match probed {
         // An app probe's answer is, like a refusal, a status and a text.
@@ -318,6 +351,23 @@ async fn handle(state: &AdminState, req: Request<Incoming>, caller: Caller) -> R
     };
     let (status, content_type, body) = match endpoint {
         Err((status, text)) => (status, "text/plain", text),
+        Ok(Endpoint::Tap) => match tap::TapQuery::parse(req.uri().query().unwrap_or_default()) {
+            Ok(query) => {
+                let own = state
+                    .identity
+                    .borrow()
+                    .as_ref()
+                    .map(|i| i.spiffe_id.clone());
+                let body = tap::watch(&state.tap, query, own.unwrap_or_default());
+                let mut rsp = Response::new(http_body_util::Either::Right(body));
+                rsp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/x-ndjson"),
+                );
+                return rsp;
+            }
+            Err(why) => (StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n")),
+        },
         Ok(Endpoint::Metrics) => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -339,8 +389,9 @@ async fn handle(state: &AdminState, req: Request<Incoming>, caller: Caller) -> R
         },
         Ok(Endpoint::Config) => (StatusCode::OK, "application/json", state.config_json()),
         Ok(Endpoint::Stats) => (StatusCode::OK, "application/json", state.stats_json()),
+        Ok(Endpoint::Explain) => state.explain(req.uri().query().unwrap_or_default()),
     };
-    let mut rsp = Response::new(Body::full(body));
+    let mut rsp = Response::new(http_body_util::Either::Left(Body::full(body)));
     *rsp.status_mut() = status;
     rsp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -448,7 +499,7 @@ mod tests {
 
     #[test]
     fn diagnostics_need_loopback_or_the_flag() {
-        for path in ["/config", "/stats"] {
+        for path in ["/config", "/stats", "/explain"] {
             let refused = admit(&Method::GET, path, caller("10.1.2.3", false));
             let (status, text) = refused.unwrap_err();
             assert_eq!(status, StatusCode::FORBIDDEN);

@@ -2,21 +2,30 @@
 //! environment (`TRELLIS_*`), which is how the injector configures a sidecar.
 
 use crate::listeners::transparent::TransparentConfig;
-use crate::listeners::Listeners;
+use crate::listeners::{ListenAddrs, Listeners};
 use crate::proxy::{run, LogControl, ProxyConfig, TelemetryConfig};
 use crate::telemetry::observe::B3Format;
 use crate::{Limits, LinkSettings};
 use anyhow::Context;
 use clap::Parser;
 use std::ffi::OsString;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
 
 #[derive(Debug, Parser)]
-#[command(name = "trellis-proxy", version, about = "The Trellis sidecar proxy")]
+#[command(
+    name = "trellis-proxy",
+    version,
+    about = "The Trellis sidecar proxy",
+    after_help = "Other commands (each with its own --help):\n  \
+                  trellis-proxy redirect     the pod's init step: install (or --cleanup) the \
+                  iptables rules that send the pod's traffic to the proxy\n  \
+                  trellis-proxy wait-ready   wait until the sidecar's /ready answers (a \
+                  postStart hook, so the app starts after its sidecar)"
+)]
 pub struct Args {
     /// Control plane URL.
     #[arg(
@@ -34,10 +43,13 @@ pub struct Args {
     /// File holding the bootstrap token (preferred over --token: it stays out of `ps`).
     #[arg(long, env = "TRELLIS_TOKEN_FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
+    /// The bootstrap token itself (`trellis control-plane token`); prefer --token-file.
     #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The SPIFFE trust domain of the mesh: peers' identities must be in it.
     #[arg(long, env = "TRELLIS_TRUST_DOMAIN", default_value = "trellis.local")]
     trust_domain: String,
+    /// The workload's namespace (part of its identity).
     #[arg(long, env = "TRELLIS_NAMESPACE", default_value = "default")]
     namespace: String,
     /// The service this workload belongs to.
@@ -46,12 +58,17 @@ pub struct Args {
     /// Defaults to the service name.
     #[arg(long, env = "TRELLIS_SERVICE_ACCOUNT")]
     service_account: Option<String>,
+    /// Where peers' mTLS connections arrive: one address or several, comma-separated
+    /// (`0.0.0.0:4143,[::]:4143` for a dual-stack pod; `[::]:4143` alone serves both families).
     #[arg(long, env = "TRELLIS_INBOUND", default_value = "127.0.0.1:4143")]
-    inbound: SocketAddr,
+    inbound: ListenAddrs,
+    /// Where the app's outbound connections arrive (`127.0.0.1:4140,[::1]:4140` when ip6tables
+    /// redirects too).
     #[arg(long, env = "TRELLIS_OUTBOUND", default_value = "127.0.0.1:4140")]
-    outbound: SocketAddr,
+    outbound: ListenAddrs,
+    /// The admin port (probes, metrics, diagnostics); comma-separated like `--inbound`.
     #[arg(long, env = "TRELLIS_ADMIN", default_value = "127.0.0.1:4191")]
-    admin: SocketAddr,
+    admin: ListenAddrs,
     /// Where the local app listens.
     #[arg(long, env = "TRELLIS_APP_HOST", default_value = "127.0.0.1")]
     app_host: IpAddr,
@@ -61,8 +78,13 @@ pub struct Args {
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "TRELLIS_DRAIN_GRACE_SECONDS", default_value_t = 5)]
     drain_grace_seconds: u64,
+    /// Log filter: a level (`info`) or per-module directives (`info,trellis_proxy=debug`);
+    /// changeable at runtime with `PUT /log-level` on the admin port.
     #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
     log: String,
+    /// `plain` lines (coloured only on a terminal) or `json`, one object per line.
+    #[arg(long, env = "TRELLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
     /// OTLP/gRPC collector for spans, e.g. http://127.0.0.1:4317 (no span export without it).
     #[arg(long, env = "TRELLIS_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
@@ -87,7 +109,8 @@ pub struct Args {
     /// connection as opaque TCP.
     #[arg(long, env = "TRELLIS_DETECT_TIMEOUT_MS", default_value_t = 1000)]
     detect_timeout_ms: u64,
-    /// Open connections per listener; more are closed at once.
+    /// Open connections per listener; more are closed at once. Never more than a quarter of the
+    /// descriptors the open-files limit leaves after a reserve (logged at start).
     #[arg(long, env = "TRELLIS_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
     max_connections: usize,
     /// Requests in flight at once, per listener; more are answered 503 at once (load shedding).
@@ -129,6 +152,10 @@ pub struct Args {
     /// admin port; the injector sets it when it rewrites the app's probes.
     #[arg(long, env = "TRELLIS_APP_PROBES", default_value = "")]
     app_probes: String,
+    /// Runtime worker threads. Default: the container's CPU limit (cgroup v2 cpu.max, cgroup v1
+    /// CFS quota), rounded up, at least 1; without a limit, the CPUs available.
+    #[arg(long, env = "TRELLIS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
 }
 
 fn trellis_limits(args: &Args) -> Limits {
@@ -144,6 +171,42 @@ fn trellis_limits(args: &Args) -> Limits {
     }
 }
 
+/// Raises the open-files limit to the hard one (logged) and returns what each of the two serving
+/// listeners may hold open at once so that a flood of connections never takes the descriptors
+/// the proxy needs to serve the ones it holds: every accepted connection may need a second
+/// descriptor (to the app, a peer or a passthrough destination), and a reserve stays for the
+/// control-plane link, the admin port, pooled connections and the runtime.
+fn connections_per_listener() -> usize {
+    use trellis_os::open_files;
+    let soft = match open_files::raise_to_hard() {
+        Ok((before, after)) => {
+            tracing::info!(
+                soft_was = before.soft,
+                soft = after.soft,
+                hard = after.hard,
+                "open-files limit (the soft limit is raised to the hard one)"
+            );
+            after.soft
+        }
+        Err(e) => {
+            tracing::warn!("cannot read or raise the open-files limit ({e}); assuming 1024");
+            1024
+        }
+    };
+    let cap = listener_share(open_files::connection_budget(soft));
+    tracing::info!(
+        connections_per_listener = cap,
+        "connection cap from the open-files limit (--max-connections lowers it further)"
+    );
+    cap
+}
+
+/// Each listener's part of the descriptors left for connections: two listeners, two descriptors
+/// per connection.
+fn listener_share(budget: usize) -> usize {
+    (budget / 4).max(1)
+}
+
 /// `trellis-proxy redirect …`: the init step (see `crate::redirect`), the same binary.
 #[derive(Debug, Parser)]
 #[command(
@@ -154,6 +217,16 @@ fn trellis_limits(args: &Args) -> Limits {
 struct RedirectCommand {
     #[command(flatten)]
     args: crate::redirect::RedirectArgs,
+}
+
+/// Every command line of the binary (run, `redirect`, `wait-ready`), for checks of their help.
+pub fn commands() -> Vec<clap::Command> {
+    use clap::CommandFactory;
+    vec![
+        Args::command(),
+        RedirectCommand::command(),
+        crate::wait_ready::WaitReady::command(),
+    ]
 }
 
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
@@ -170,7 +243,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
     // Before anything starts: a bad probe table is the injector's (or the user's) mistake.
     let app_probes = crate::probes::AppProbes::parse(&args.app_probes)
         .with_context(|| format!("--app-probes ({})", crate::probes::ENV))?;
-    let log_control = init_logging(&args.log)?;
+    let log_control = init_logging(&args.log, args.log_format)?;
     if !(0.0..=1.0).contains(&args.trace_sample_ratio) {
         anyhow::bail!(
             "--trace-sample-ratio: {} is not in [0, 1]",
@@ -219,7 +292,10 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
             },
             access_log: args.access_log.clone(),
         },
-        limits: trellis_limits(&args),
+        limits: Limits {
+            max_connections: args.max_connections.min(connections_per_listener()),
+            ..trellis_limits(&args)
+        },
         log_control: Some(log_control),
         control_plane_link: LinkSettings {
             keepalive: Duration::from_secs(args.control_plane_keepalive_seconds),
@@ -230,14 +306,24 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
         app_probes,
     };
     let transparent = transparent_config(&args)?;
+    let (workers, warnings) = crate::limits::workers::choose(args.workers.map(usize::from));
+    for warning in warnings {
+        tracing::warn!("worker count: ignoring {warning}");
+    }
+    tracing::info!(workers = workers.count, source = %workers.source, "runtime workers");
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.count)
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let mut listeners = Listeners::bind(args.inbound, args.outbound, args.admin)
-            .await
-            .context("binding listeners")?;
+        let mut listeners = Listeners::bind(
+            args.inbound.clone(),
+            args.outbound.clone(),
+            args.admin.clone(),
+        )
+        .await
+        .context("binding listeners")?;
         if let Some(transparent) = transparent {
             listeners = listeners.with_transparent(transparent);
         }
@@ -255,6 +341,16 @@ fn transparent_config(args: &Args) -> anyhow::Result<Option<TransparentConfig>> 
     if !args.transparent {
         return Ok(None);
     }
+    if !args.app_host.is_loopback() {
+        // The redirect sends the proxy's own connections to its pod's addresses to the inbound
+        // port (a service calling itself, see docs/interception.md): a connection to the app on
+        // such an address would come back to the proxy instead of reaching the app.
+        anyhow::bail!(
+            "--app-host {}: with --transparent the app must be reached on a loopback address \
+             (127.0.0.1 or ::1); apps that listen only on the pod's address are not supported",
+            args.app_host
+        );
+    }
     let opaque_ports = crate::redirect::parse_ports("--opaque-ports", &args.opaque_ports)?
         .into_iter()
         .flat_map(|r| r.first..=r.last)
@@ -265,12 +361,31 @@ fn transparent_config(args: &Args) -> anyhow::Result<Option<TransparentConfig>> 
     }))
 }
 
-/// Installs the log subscriber with a filter the admin port can replace at runtime.
-fn init_logging(filter: &str) -> anyhow::Result<LogControl> {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Installs the log subscriber (on stdout) with a filter the admin port can replace at runtime.
+/// Escape codes only when stdout is a terminal: a pod's log file or `kubectl logs` must not
+/// carry them.
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<LogControl> {
+    use std::io::IsTerminal;
     let (filter, handle) = reload::Layer::new(EnvFilter::try_new(filter).context("--log")?);
+    let plain = (format == LogFormat::Plain)
+        .then(|| tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()));
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+    });
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer())
+        .with(plain)
+        .with(json)
         .init();
     Ok(LogControl(Arc::new(move |new: &str| {
         let parsed = EnvFilter::try_new(new).map_err(|e| e.to_string())?;
@@ -299,6 +414,16 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_listener_gets_a_quarter_of_the_descriptors_for_connections() {
+        use trellis_os::open_files::connection_budget;
+        // 1,024 descriptors: 960 after the reserve, 240 per listener, so 480 accepted
+        // connections and their 480 onward connections fit.
+        assert_eq!(listener_share(connection_budget(1024)), 240);
+        assert_eq!(listener_share(connection_budget(256)), 48);
+        assert_eq!(listener_share(0), 1);
+    }
 
     #[test]
     fn a_bad_probe_table_names_the_variable_and_the_json_path() {

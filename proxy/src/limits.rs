@@ -19,6 +19,8 @@
 //! subtract per request on the connection's own counter, and one on the count of active
 //! connections when a connection goes from zero slots to one and back.
 
+pub mod workers;
+
 use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

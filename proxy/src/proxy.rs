@@ -172,11 +172,13 @@ pub async fn run(
         open_diagnostics: config.admin_open_diagnostics,
         app_probes: Arc::new(config.app_probes.clone()),
         app_host: config.app_host,
+        tap: telemetry.tap.clone(),
     };
 
     let own_ports = [&listeners.inbound, &listeners.outbound, &listeners.admin]
         .iter()
-        .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+        .flat_map(|l| l.local_addrs())
+        .map(|a| a.port())
         .collect();
     let opaque = Arc::new(crate::listeners::opaque::InboundOpaque {
         app_host: config.app_host,
@@ -305,5 +307,6 @@ fn telemetry(config: &ProxyConfig) -> Result<Telemetry, StartError> {
         sample_ratio: t.sample_ratio.clamp(0.0, 1.0),
         b3: t.b3,
         access_log,
+        tap: Arc::default(),
     })
 }

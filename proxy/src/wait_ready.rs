@@ -18,6 +18,7 @@ pub struct WaitReady {
     /// The proxy's admin address.
     #[arg(long, default_value = "127.0.0.1:4191")]
     pub admin: SocketAddr,
+    /// Give up (exit 1) after this long.
     #[arg(long, default_value_t = 120)]
     pub timeout_seconds: u64,
 }

@@ -61,6 +61,7 @@ pub struct ChaosStats {
 /// A running relay; stopped (listener and every connection) on drop.
 pub struct ChaosRelay {
     pub addr: SocketAddr,
+    targets: Arc<Vec<Target>>,
     pub stats: Arc<ChaosStats>,
     /// Reset chance per chunk, in millionths; 0 relays faithfully.
     reset_per_million: Arc<AtomicU64>,
@@ -82,20 +83,41 @@ impl ChaosRelay {
         seed: u64,
         reset_chance: f64,
     ) -> std::io::Result<ChaosRelay> {
+        ChaosRelay::balance(&[target], seed, reset_chance).await
+    }
+
+    /// Like `start`, in front of several targets, as a Kubernetes Service in front of replicas:
+    /// each new connection goes to the next target in turn that accepts it (a stopped one refuses
+    /// and is skipped).
+    pub async fn balance(
+        targets: &[SocketAddr],
+        seed: u64,
+        reset_chance: f64,
+    ) -> std::io::Result<ChaosRelay> {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(ChaosStats::default());
         let reset_per_million = Arc::new(AtomicU64::new(0));
         let (freezes, frozen) = tokio::sync::watch::channel(0);
+        let targets: Arc<Vec<Target>> = Arc::new(
+            (targets.iter())
+                .map(|&addr| Target {
+                    addr,
+                    connections: AtomicU64::new(0),
+                })
+                .collect(),
+        );
         let relay = ChaosRelay {
             addr,
+            targets: targets.clone(),
             stats: stats.clone(),
             reset_per_million: reset_per_million.clone(),
             freezes,
             task: tokio::spawn(accept_loop(
                 listener,
                 Shared {
-                    target,
+                    targets,
+                    next: Arc::new(AtomicU64::new(0)),
                     seed,
                     stats,
                     reset_per_million,
@@ -129,12 +151,25 @@ impl ChaosRelay {
     pub fn connections(&self) -> u64 {
         self.stats.connections.load(Ordering::Relaxed)
     }
+
+    /// Connections relayed to target `index` (of `balance`) so far.
+    pub fn connections_to(&self, index: usize) -> u64 {
+        (self.targets.get(index)).map_or(0, |t| t.connections.load(Ordering::Relaxed))
+    }
+}
+
+/// One upstream of a relay and how many connections went to it.
+struct Target {
+    addr: SocketAddr,
+    connections: AtomicU64,
 }
 
 /// What every connection of one relay shares.
 #[derive(Clone)]
 struct Shared {
-    target: SocketAddr,
+    targets: Arc<Vec<Target>>,
+    /// The target the next connection tries first.
+    next: Arc<AtomicU64>,
     seed: u64,
     stats: Arc<ChaosStats>,
     reset_per_million: Arc<AtomicU64>,
@@ -171,7 +206,7 @@ async fn relay(mut client: TcpStream, mut rng: SplitMix64, mut shared: Shared) {
         stats.resets.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let Ok(mut server) = TcpStream::connect(shared.target).await else {
+    let Some(mut server) = connect_next(&shared).await else {
         reset(&client);
         return;
     };
@@ -216,6 +251,20 @@ async fn relay(mut client: TcpStream, mut rng: SplitMix64, mut shared: Shared) {
             return;
         }
     }
+}
+
+/// A connection to the first target, in turn from the next one, that accepts it.
+async fn connect_next(shared: &Shared) -> Option<TcpStream> {
+    let n = shared.targets.len();
+    let first = shared.next.fetch_add(1, Ordering::Relaxed) as usize;
+    for i in 0..n {
+        let target = &shared.targets[(first + i) % n];
+        if let Ok(stream) = TcpStream::connect(target.addr).await {
+            target.connections.fetch_add(1, Ordering::Relaxed);
+            return Some(stream);
+        }
+    }
+    None
 }
 
 /// What woke a relayed connection.

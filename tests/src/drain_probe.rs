@@ -42,6 +42,14 @@ impl RawHttp1 {
         })
     }
 
+    /// Over a connection already open.
+    pub fn over(stream: TcpStream) -> RawHttp1 {
+        RawHttp1 {
+            stream,
+            buffered: BytesMut::new(),
+        }
+    }
+
     pub async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         Ok(self.stream.write_all(bytes).await?)
     }

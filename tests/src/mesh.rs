@@ -121,9 +121,21 @@ pub struct MeshBuilder {
     limits: trellis_proxy::Limits,
     link: trellis_proxy::LinkSettings,
     relay_control_plane: bool,
+    /// Control planes serving the mesh (0 and 1 mean one).
+    control_plane_replicas: usize,
 }
 
 impl MeshBuilder {
+    /// `n` control planes serve the same mesh (the same YAML, the same state directory: the CA
+    /// and the token key, as replicas share the mounted Secret), behind one address: a relay
+    /// that gives each new connection to the next replica that accepts it, as a Kubernetes
+    /// Service does. `Mesh::stop_control_plane_replica` kills one.
+    pub fn control_plane_replicas(mut self, n: usize) -> Self {
+        self.control_plane_replicas = n;
+        self.relay_control_plane = true;
+        self
+    }
+
     /// Sidecars reach the control plane through a `ChaosRelay` (see `Mesh::control_plane_relay`),
     /// which can reset or silently freeze their connections.
     pub fn control_plane_relay(mut self) -> Self {
@@ -187,6 +199,7 @@ impl MeshBuilder {
             limits: self.limits.clone(),
             link: self.link,
             relay: None,
+            replicas: Vec::new(),
             mesh_yaml: self.mesh_yaml.clone(),
             _dir: dir,
         };
@@ -205,9 +218,16 @@ impl MeshBuilder {
                 .push((s.name.clone(), cp.issue_token(NAMESPACE, &s.name)));
         }
         mesh.control_plane = Some(ControlPlaneHandle::spawn(cp));
+        for _ in 1..self.control_plane_replicas {
+            let mut replica = ControlPlaneConfig::new(&mesh.config_path, &mesh.state_dir);
+            replica.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            let cp = ControlPlane::bind(replica).await?;
+            mesh.replicas.push(ControlPlaneHandle::spawn(cp));
+        }
         if self.relay_control_plane {
-            let relay = ChaosRelay::start(mesh.control_plane_addr(), 1, 0.0).await?;
-            mesh.relay = Some(relay);
+            let mut targets = vec![mesh.control_plane_addr()];
+            targets.extend(mesh.replicas.iter().map(|r| r.addr));
+            mesh.relay = Some(ChaosRelay::balance(&targets, 1, 0.0).await?);
         }
         for i in 0..mesh.workloads.len() {
             mesh.start_proxy(i).await?;
@@ -270,6 +290,8 @@ pub struct Mesh {
     link: trellis_proxy::LinkSettings,
     /// Between the sidecars and the control plane, when the builder asked for it.
     relay: Option<ChaosRelay>,
+    /// The control planes after the first (`MeshBuilder::control_plane_replicas`).
+    replicas: Vec<ControlPlaneHandle>,
     /// Top-level YAML lines written before `services:`; change and `write_config` to apply.
     pub mesh_yaml: String,
     _dir: tempfile::TempDir,
@@ -347,6 +369,32 @@ impl Mesh {
             Some(relay) => format!("https://{}", relay.addr),
             None => format!("https://{}", self.control_plane_addr()),
         }
+    }
+
+    /// Stops control-plane replica `index` (0: the first, as `stop_control_plane`) and waits
+    /// until it has stopped: its listener and its streams are closed.
+    pub async fn stop_control_plane_replica(&mut self, index: usize) {
+        let handle = match index {
+            0 => self.control_plane.as_mut(),
+            i => self.replicas.get_mut(i - 1),
+        };
+        if let Some(cp) = handle {
+            if let Some(stop) = cp.stop.take() {
+                let _ = stop.send(());
+                let _ = (&mut cp.task).await;
+            }
+        }
+    }
+
+    /// What control-plane replica `index` reports (0: the first, as `control_plane_status`).
+    pub fn control_plane_replica_status(&self, index: usize) -> ControlPlaneStatus {
+        let handle = match index {
+            0 => self.control_plane.as_ref(),
+            i => self.replicas.get(i - 1),
+        };
+        handle
+            .map(|c| c.status.borrow().clone())
+            .unwrap_or_default()
     }
 
     /// Stops the control plane; sidecars keep serving with what they hold.

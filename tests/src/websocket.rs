@@ -329,12 +329,17 @@ impl WsApp {
         if !hello_yaml.is_empty() {
             hello = hello.yaml(hello_yaml);
         }
-        let mut mesh = Mesh::builder()
+        let mesh = Mesh::builder()
             .service(crate::Service::http1("client"))
             .service(hello)
             .start()
             .await
             .expect("mesh starts");
+        WsApp::behind(mesh).await
+    }
+
+    /// Puts a `WsApp` in place of the app of `mesh`'s `hello` workload.
+    pub async fn behind(mut mesh: Mesh) -> (Mesh, WsApp) {
         let index = (mesh.workloads.iter())
             .position(|w| w.service == "hello")
             .expect("a hello workload");

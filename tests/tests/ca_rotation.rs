@@ -13,7 +13,7 @@ use trellis_tests::{Mesh, Service};
 
 async fn roots_everywhere(mesh: &Mesh, want: &str) -> bool {
     for i in 0..mesh.workloads.len() {
-        if mesh.config_doc(i).await["config"]["trust"]["roots_der"] != want {
+        if mesh.config_doc(i).await["config"]["trust"]["rootsDer"] != want {
             return false;
         }
     }

@@ -57,9 +57,10 @@ async fn accepted(mesh: &Mesh, index: usize) -> u64 {
 async fn not_after(mesh: &Mesh, index: usize) -> i64 {
     let (_, body) = mesh.admin_get(index, "/config").await.expect("config");
     let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
-    doc["identity"]["not_after_unix"]
-        .as_i64()
-        .expect("not_after_unix")
+    doc["identity"]["notAfter"]
+        .as_str()
+        .and_then(trellis_proxy::identity::parse_rfc3339)
+        .expect("notAfter")
 }
 
 fn unix_now() -> f64 {

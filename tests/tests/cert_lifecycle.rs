@@ -18,7 +18,7 @@ async fn certificate(mesh: &Mesh, index: usize) -> Option<(String, i64)> {
     let id = &doc["identity"];
     Some((
         id["serial"].as_str()?.to_string(),
-        id["not_after_unix"].as_i64()?,
+        trellis_proxy::identity::parse_rfc3339(id["notAfter"].as_str()?)?,
     ))
 }
 

@@ -48,8 +48,9 @@ async fn a_silent_control_plane_connection_is_replaced_within_30s_and_certificat
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let first_expiry = before["identity"]["not_after_unix"]
-        .as_i64()
+    let first_expiry = before["identity"]["notAfter"]
+        .as_str()
+        .and_then(trellis_proxy::identity::parse_rfc3339)
         .unwrap_or_default();
     assert!(!first_serial.is_empty() && first_expiry > 0, "{before}");
     assert!(!holds_cluster(&before, "marker"));

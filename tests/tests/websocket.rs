@@ -409,3 +409,47 @@ async fn an_upgrade_to_an_h2c_app_is_refused_clearly() {
     let why = hs.answer.header("trellis-error").unwrap_or_default();
     assert!(why.contains("h2c"), "{why}");
 }
+
+/// A WebSocket keeps its place in the listener's connection cap for as long as it is open (the
+/// socket leaves the HTTP server at the 101, its place goes with it): a client cannot open more
+/// tunnels than `--max-connections`, and closing one lets the next in.
+#[tokio::test]
+async fn websockets_count_against_the_connection_cap_while_open() {
+    let limits = trellis_proxy::Limits {
+        max_connections: 3,
+        ..Default::default()
+    };
+    let mesh = Mesh::builder()
+        .limits(limits)
+        .service(Service::http1("client"))
+        .service(Service::http1("hello"))
+        .start()
+        .await
+        .expect("mesh starts");
+    let (mesh, _app) = WsApp::behind(mesh).await;
+    let outbound = mesh.workload("client").outbound;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let hs = connect(outbound, "hello", "/", "websocket", &[]).await;
+        open.push(
+            hs.and_then(|h| h.conn)
+                .unwrap_or_else(|| panic!("websocket {i}")),
+        );
+    }
+    let fourth = connect(outbound, "hello", "/", "websocket", &[]).await;
+    assert!(
+        fourth.is_none(),
+        "a fourth connection is over the cap of 3 while three tunnels are open"
+    );
+    for ws in &mut open {
+        assert!(ws.send(&Frame::text("still here")).await);
+        assert_eq!(ws.recv().await, Some(Frame::text("still here")));
+    }
+    drop(open.pop());
+    let freed = trellis_tests::mesh::wait_until(Duration::from_secs(5), || async {
+        let hs = connect(outbound, "hello", "/", "websocket", &[]).await;
+        hs.is_some_and(|h| h.conn.is_some())
+    })
+    .await;
+    assert!(freed.is_ok(), "a closed tunnel frees its place");
+}

@@ -213,6 +213,38 @@ impl Lane {
         })
     }
 
+    /// Sends one request and waits for the whole answer, which must succeed: the sequential
+    /// client of `trellis-bench instructions`. A closed connection is reopened first.
+    pub async fn send_one(&mut self) -> anyhow::Result<()> {
+        if self.is_closed() {
+            self.sender = open(&self.config).await?;
+        }
+        let req = request(&self.config)?;
+        let protocol = self.config.protocol;
+        let timeout = self.config.request_timeout;
+        let outcome = match &mut self.sender {
+            Sender::H1(sender) => {
+                sender.ready().await?;
+                tokio::time::timeout(
+                    timeout,
+                    checked_exchange(sender.send_request(req), protocol),
+                )
+                .await
+            }
+            Sender::H2(sender) => {
+                sender.ready().await?;
+                tokio::time::timeout(
+                    timeout,
+                    checked_exchange(sender.send_request(req), protocol),
+                )
+                .await
+            }
+        }
+        .context("timed out")??;
+        anyhow::ensure!(outcome == Outcome::Ok, "the request was shed");
+        Ok(())
+    }
+
     fn is_closed(&self) -> bool {
         match &self.sender {
             Sender::H1(s) => s.is_closed(),

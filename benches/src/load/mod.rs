@@ -15,7 +15,7 @@ mod pacer;
 mod record;
 mod saturate;
 
-pub use client::{is_shed, Protocol, Target};
+pub use client::{is_shed, Lane, Protocol, Target};
 pub use record::{LoadResult, Percentiles};
 pub use saturate::{saturate, SaturationConfig, SaturationResult};
 

@@ -19,8 +19,8 @@ pub fn render(r: &Report, plots: &[String]) -> String {
     );
     let _ = writeln!(
         s,
-        "Machine: {} CPUs ({}), Linux {}. Each scenario: {} s measured after {} s warm-up, {} rounds interleaved, {} connections, {} B response bodies, open-loop constant rate, latency from the intended send time.\n",
-        m.cpus, m.cpu_model, m.kernel, st.duration_s, st.warmup_s, st.rounds, st.connections, st.payload_bytes
+        "Machine: {} CPUs ({}), Linux {}. Each scenario: {} s measured after {} s warm-up, {} rounds interleaved, {} connections, {} B response bodies, open-loop constant rate, latency from the intended send time. Trellis sidecars: {} runtime worker(s) each.\n",
+        m.cpus, m.cpu_model, m.kernel, st.duration_s, st.warmup_s, st.rounds, st.connections, st.payload_bytes, st.trellis_workers
     );
     let noisy: Vec<String> = r
         .scenarios

@@ -51,6 +51,8 @@ pub struct Settings {
     pub rounds: usize,
     pub connections: usize,
     pub payload_bytes: usize,
+    /// Runtime workers of each Trellis sidecar.
+    pub trellis_workers: usize,
 }
 
 /// Latency added over the direct path, µs (negative when within noise below it).

@@ -128,6 +128,7 @@ fn markdown_says_units_and_verdicts() {
         rounds: 2,
         connections: 16,
         payload_bytes: 1024,
+        trellis_workers: 1,
     };
     let r = Report::new(
         settings,

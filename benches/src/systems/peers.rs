@@ -87,10 +87,10 @@ pub async fn start_all(
         }
     };
     let n = procs.len();
-    let r = start_nginx(work, procs).await;
+    let r = start_nginx(work, procs, &Under::default()).await;
     attempt("nginx", n, procs, r);
     let n = procs.len();
-    let r = start_haproxy(work, procs).await;
+    let r = start_haproxy(work, procs, &Under::default()).await;
     attempt("haproxy", n, procs, r);
     let pingora = pingora
         .map(Path::to_path_buf)
@@ -102,6 +102,73 @@ pub async fn start_all(
         let n = procs.len();
         let r = start_template(t, i, work, procs).await;
         attempt(&t.name, n, procs, r);
+    }
+    (running, notes)
+}
+
+/// How a peer is run: normally (two workers, as in the latency suite), or single-process and
+/// single-threaded under a wrapper command such as valgrind (`trellis-bench instructions`).
+#[derive(Debug, Clone, Default)]
+pub struct Under {
+    /// Program first, then its flags; the peer's own command line follows.
+    pub wrapper: Vec<OsString>,
+}
+
+impl Under {
+    fn spawn(
+        &self,
+        name: &str,
+        bin: &Path,
+        args: Vec<OsString>,
+        log: &Path,
+    ) -> anyhow::Result<Process> {
+        match self.wrapper.split_first() {
+            None => Process::spawn(name, bin, &args, log),
+            Some((program, flags)) => {
+                let mut all = flags.to_vec();
+                all.push(bin.into());
+                all.extend(args);
+                Process::spawn(name, Path::new(program), &all, log)
+            }
+        }
+    }
+
+    fn wrapped(&self) -> bool {
+        !self.wrapper.is_empty()
+    }
+
+    fn wait(&self) -> Duration {
+        if self.wrapped() {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(10)
+        }
+    }
+}
+
+/// nginx and haproxy (one hop and mesh path) under `under`; the notes say what was skipped.
+pub async fn start_under(
+    work: &Path,
+    under: &Under,
+    procs: &mut Vec<Process>,
+) -> (Vec<Running>, Vec<String>) {
+    let mut running = Vec::new();
+    let mut notes = Vec::new();
+    let n = procs.len();
+    match start_nginx(work, procs, under).await {
+        Ok(mut r) => running.append(&mut r),
+        Err(e) => {
+            procs.truncate(n);
+            notes.push(format!("nginx skipped: {e:#}"));
+        }
+    }
+    let n = procs.len();
+    match start_haproxy(work, procs, under).await {
+        Ok(mut r) => running.append(&mut r),
+        Err(e) => {
+            procs.truncate(n);
+            notes.push(format!("haproxy skipped: {e:#}"));
+        }
     }
     (running, notes)
 }
@@ -126,24 +193,42 @@ fn pki(work: &Path, dir: &str, host: u8) -> anyhow::Result<PeerPki> {
     certs::peer_pki(&work.join(dir), addr::at(host, 0).ip())
 }
 
-async fn start_nginx(work: &Path, procs: &mut Vec<Process>) -> anyhow::Result<Vec<Running>> {
+async fn start_nginx(
+    work: &Path,
+    procs: &mut Vec<Process>,
+    under: &Under,
+) -> anyhow::Result<Vec<Running>> {
     let bin = which("nginx").context("nginx is not installed (benches/setup.sh installs it)")?;
     let dir = work.join("nginx");
     let pki = pki(work, "nginx/pki", NGINX_B)?;
     let upstream = addr::UPSTREAM_H1;
+    // Under a wrapper, one process: valgrind would otherwise follow the master's forks.
+    let processes = if under.wrapped() {
+        "master_process off;\n"
+    } else {
+        "worker_processes 2;\n"
+    };
     let common = |prefix: &Path| {
         let p = prefix.display();
         format!(
-            "worker_processes 2;\ndaemon off;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
+            "{processes}daemon off;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
              events {{ worker_connections 8192; }}\n"
         )
+    };
+    // Under a wrapper (instruction counting), connections are never recycled: nginx's default of
+    // 1,000 requests per keep-alive connection would put a TLS handshake between A and B into
+    // a measured window, and Trellis's mesh connection is never recycled either.
+    let keepalive = if under.wrapped() {
+        "keepalive_requests 1000000;\n"
+    } else {
+        ""
     };
     let http_common = |prefix: &Path| {
         let p = prefix.display();
         format!(
-            "access_log off;\nclient_body_temp_path {p}/tmp-body;\nproxy_temp_path {p}/tmp-proxy;\n\
+            "{keepalive}access_log off;\nclient_body_temp_path {p}/tmp-body;\nproxy_temp_path {p}/tmp-proxy;\n\
              fastcgi_temp_path {p}/tmp-fcgi;\nuwsgi_temp_path {p}/tmp-uwsgi;\nscgi_temp_path {p}/tmp-scgi;\n\
-             upstream app {{ server {upstream}; keepalive 64; }}\n"
+             upstream app {{ server {upstream}; keepalive 64; {keepalive}}}\n"
         )
     };
     let pass = "proxy_http_version 1.1; proxy_set_header Connection \"\";";
@@ -151,7 +236,7 @@ async fn start_nginx(work: &Path, procs: &mut Vec<Process>) -> anyhow::Result<Ve
     std::fs::create_dir_all(&dir_a)?;
     std::fs::create_dir_all(&dir_b)?;
     let conf_a = format!(
-        "{}http {{\n{}upstream peer {{ server {peer}; keepalive 64; }}\n\
+        "{}http {{\n{}upstream peer {{ server {peer}; keepalive 64; {keepalive}}}\n\
          server {{ listen {one}; location / {{ proxy_pass http://app; {pass} }} }}\n\
          server {{ listen {mesh}; location / {{ proxy_pass https://peer; {pass}\n\
            proxy_ssl_certificate {cc}; proxy_ssl_certificate_key {ck};\n\
@@ -190,29 +275,23 @@ async fn start_nginx(work: &Path, procs: &mut Vec<Process>) -> anyhow::Result<Ve
             "-e".into(),
             d.join("error.log").into(),
         ];
-        let p = Process::spawn(name, &bin, &args, &d.join("stdout.log"))?;
+        let p = under.spawn(name, &bin, args, &d.join("stdout.log"))?;
         pids.push(p.pid().context("no pid")?);
         procs.push(p);
     }
-    wait_port(
-        "nginx",
-        addr::at(NGINX_A, ONE_HOP_PORT),
-        Duration::from_secs(10),
-    )
-    .await?;
-    wait_port(
-        "nginx",
-        addr::at(NGINX_B, TLS_PORT),
-        Duration::from_secs(10),
-    )
-    .await?;
+    wait_port("nginx", addr::at(NGINX_A, ONE_HOP_PORT), under.wait()).await?;
+    wait_port("nginx", addr::at(NGINX_B, TLS_PORT), under.wait()).await?;
     Ok(vec![
         one_hop("nginx", addr::at(NGINX_A, ONE_HOP_PORT), pids[0]),
         mesh("nginx", addr::at(NGINX_A, MESH_PORT), pids[0], pids[1]),
     ])
 }
 
-async fn start_haproxy(work: &Path, procs: &mut Vec<Process>) -> anyhow::Result<Vec<Running>> {
+async fn start_haproxy(
+    work: &Path,
+    procs: &mut Vec<Process>,
+    under: &Under,
+) -> anyhow::Result<Vec<Running>> {
     let bin =
         which("haproxy").context("haproxy is not installed (benches/setup.sh installs it)")?;
     let dir = work.join("haproxy");
@@ -233,8 +312,11 @@ async fn start_haproxy(work: &Path, procs: &mut Vec<Process>) -> anyhow::Result<
         &pki.server_key,
         &dir.join("pki/server-combined.pem"),
     )?;
-    let common = "global\n  nbthread 2\n  maxconn 4096\n\
-                  defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n";
+    let threads = if under.wrapped() { 1 } else { 2 };
+    let common = format!(
+        "global\n  nbthread {threads}\n  maxconn 4096\n\
+                  defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n"
+    );
     let conf_a = format!(
         "{common}frontend onehop\n  bind {one}\n  default_backend app\n\
          backend app\n  server app {up}\n\
@@ -263,22 +345,12 @@ async fn start_haproxy(work: &Path, procs: &mut Vec<Process>) -> anyhow::Result<
         let path = dir.join(file);
         std::fs::write(&path, conf)?;
         let args: Vec<OsString> = vec!["-db".into(), "-f".into(), path.into()];
-        let p = Process::spawn(name, &bin, &args, &dir.join(format!("{file}.log")))?;
+        let p = under.spawn(name, &bin, args, &dir.join(format!("{file}.log")))?;
         pids.push(p.pid().context("no pid")?);
         procs.push(p);
     }
-    wait_port(
-        "haproxy",
-        addr::at(HAPROXY_A, ONE_HOP_PORT),
-        Duration::from_secs(10),
-    )
-    .await?;
-    wait_port(
-        "haproxy",
-        addr::at(HAPROXY_B, TLS_PORT),
-        Duration::from_secs(10),
-    )
-    .await?;
+    wait_port("haproxy", addr::at(HAPROXY_A, ONE_HOP_PORT), under.wait()).await?;
+    wait_port("haproxy", addr::at(HAPROXY_B, TLS_PORT), under.wait()).await?;
     Ok(vec![
         one_hop("haproxy", addr::at(HAPROXY_A, ONE_HOP_PORT), pids[0]),
         mesh("haproxy", addr::at(HAPROXY_A, MESH_PORT), pids[0], pids[1]),

@@ -134,21 +134,53 @@ pub fn admin_addr(pod: u8) -> std::net::SocketAddr {
     addr::at(pod, ADMIN)
 }
 
+/// The sidecars' runtime workers unless told otherwise: one, as a sidecar with a one-CPU limit
+/// gets by default, and because two workers on this 2-core machine compete with the generator
+/// and the other sidecar for the same cores.
+pub const DEFAULT_WORKERS: usize = 1;
+
+/// How the sidecars are started.
+#[derive(Debug, Clone)]
+pub struct Sidecars {
+    /// `--workers` of every sidecar.
+    pub workers: usize,
+    /// More flags for every sidecar (e.g. `--max-in-flight-requests`).
+    pub flags: Vec<OsString>,
+    /// Start the traced pair (127.0.0.71/72) too.
+    pub traced: bool,
+    /// A command the untraced pair runs under (program first, e.g. valgrind and its flags).
+    pub wrapper: Vec<OsString>,
+    /// How long a sidecar may take to become ready (much longer under valgrind).
+    pub ready_timeout: Duration,
+}
+
+impl Default for Sidecars {
+    fn default() -> Self {
+        Sidecars {
+            workers: DEFAULT_WORKERS,
+            flags: Vec::new(),
+            traced: true,
+            wrapper: Vec::new(),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Starts the control plane and both sidecars; waits until both are ready.
 pub async fn start(
     binary: &Path,
     work: &Path,
     procs: &mut Vec<Process>,
 ) -> anyhow::Result<Vec<Running>> {
-    start_with(binary, work, procs, &[]).await
+    start_with(binary, work, procs, &Sidecars::default()).await
 }
 
-/// The same, with extra command-line flags for every sidecar (e.g. `--max-in-flight-requests`).
+/// The same, with the sidecars started as `opts` says.
 pub async fn start_with(
     binary: &Path,
     work: &Path,
     procs: &mut Vec<Process>,
-    sidecar_flags: &[OsString],
+    opts: &Sidecars,
 ) -> anyhow::Result<Vec<Running>> {
     let state = work.join("trellis-state");
     std::fs::create_dir_all(&state)?;
@@ -202,9 +234,11 @@ pub async fn start_with(
     )
     .await?;
     let ca_cert = state.join("ca.crt.pem");
-    super::otlp_sink::start(addr::OTLP_SINK)
-        .await
-        .context("starting the OTLP sink")?;
+    if opts.traced {
+        super::otlp_sink::start(addr::OTLP_SINK)
+            .await
+            .context("starting the OTLP sink")?;
+    }
     let untraced = ["--trace-sample-ratio".to_string(), "0".to_string()];
     let traced = [
         "--trace-sample-ratio".to_string(),
@@ -213,12 +247,14 @@ pub async fn start_with(
         format!("http://{}", addr::OTLP_SINK),
     ];
     let upstream_host = addr::at(addr::SERVER_POD, 0).ip().to_string();
-    let pods = [
+    let mut pods = vec![
         ("loadgen", addr::CLIENT_POD, &untraced[..]),
         ("bench", addr::SERVER_POD, &untraced[..]),
-        ("loadgen-traced", addr::TRACED_CLIENT_POD, &traced[..]),
-        ("bench-traced", addr::TRACED_SERVER_POD, &traced[..]),
     ];
+    if opts.traced {
+        pods.push(("loadgen-traced", addr::TRACED_CLIENT_POD, &traced[..]));
+        pods.push(("bench-traced", addr::TRACED_SERVER_POD, &traced[..]));
+    }
     let mut measured = Vec::new();
     let mut measured_traced = Vec::new();
     for ((service, pod, extra), token) in pods.into_iter().zip(&tokens) {
@@ -255,9 +291,18 @@ pub async fn start_with(
             "warn".into(),
         ];
         args.extend(extra.iter().map(OsString::from));
-        args.extend(sidecar_flags.iter().cloned());
+        args.extend(["--workers".into(), opts.workers.to_string().into()]);
+        args.extend(opts.flags.iter().cloned());
         let name = format!("sidecar {service}");
-        let p = Process::spawn(&name, binary, &args, &log)?;
+        let p = match opts.wrapper.split_first() {
+            Some((program, wrapper)) if !service.ends_with("-traced") => {
+                let mut wrapped = wrapper.to_vec();
+                wrapped.push(binary.into());
+                wrapped.extend(args);
+                Process::spawn(&name, Path::new(program), &wrapped, &log)?
+            }
+            _ => Process::spawn(&name, binary, &args, &log)?,
+        };
         let pid = p.pid().context("sidecar has no pid")?;
         if service.ends_with("-traced") {
             measured_traced.push((name, pid));
@@ -266,22 +311,24 @@ pub async fn start_with(
         }
         procs.push(p);
     }
-    for pod in [addr::TRACED_CLIENT_POD, addr::TRACED_SERVER_POD] {
-        wait_ready(addr::at(pod, ADMIN), procs).await?;
+    if opts.traced {
+        for pod in [addr::TRACED_CLIENT_POD, addr::TRACED_SERVER_POD] {
+            wait_ready(addr::at(pod, ADMIN), procs, opts.ready_timeout).await?;
+        }
     }
     for pod in [addr::CLIENT_POD, addr::SERVER_POD] {
-        wait_ready(addr::at(pod, ADMIN), procs).await?;
+        wait_ready(addr::at(pod, ADMIN), procs, opts.ready_timeout).await?;
     }
-    let mut systems = vec![
-        Running {
-            system: "trellis".into(),
-            path: PathKind::Mesh,
-            protocols: vec![Protocol::Http1, Protocol::H2c, Protocol::Grpc],
-            measured: measured.clone(),
-            target: Box::new(|p| Target::plain(addr::at(addr::CLIENT_POD, OUTBOUND), authority(p))),
-        },
+    let mut systems = vec![Running {
+        system: "trellis".into(),
+        path: PathKind::Mesh,
+        protocols: vec![Protocol::Http1, Protocol::H2c, Protocol::Grpc],
+        measured: measured.clone(),
+        target: Box::new(|p| Target::plain(addr::at(addr::CLIENT_POD, OUTBOUND), authority(p))),
+    }];
+    if opts.traced {
         // The same path with every request traced: both sidecars make, batch and export spans.
-        Running {
+        systems.push(Running {
             system: "trellis-traced".into(),
             path: PathKind::Mesh,
             protocols: vec![Protocol::Http1, Protocol::H2c, Protocol::Grpc],
@@ -292,8 +339,8 @@ pub async fn start_with(
                     traced_authority(p),
                 )
             }),
-        },
-    ];
+        });
+    }
     match one_hop_tls(&state) {
         Ok(tls) => systems.push(Running {
             system: "trellis".into(),
@@ -314,7 +361,11 @@ pub async fn start_with(
     Ok(systems)
 }
 
-async fn wait_ready(admin: std::net::SocketAddr, procs: &mut [Process]) -> anyhow::Result<()> {
+async fn wait_ready(
+    admin: std::net::SocketAddr,
+    procs: &mut [Process],
+    limit: Duration,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         if let Ok((200, _)) = super::http_get(admin, "localhost", "/ready").await {
@@ -323,9 +374,12 @@ async fn wait_ready(admin: std::net::SocketAddr, procs: &mut [Process]) -> anyho
         for p in procs.iter_mut() {
             p.check_alive()?;
         }
-        if start.elapsed() > Duration::from_secs(30) {
+        if start.elapsed() > limit {
             let why = super::http_get(admin, "localhost", "/ready").await;
-            bail!("sidecar with admin {admin} not ready within 30 s: {why:?}");
+            bail!(
+                "sidecar with admin {admin} not ready within {} s: {why:?}",
+                limit.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

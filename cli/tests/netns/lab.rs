@@ -14,6 +14,9 @@
 //! own; C also plays "the world outside the mesh". Every address is private and exists only
 //! inside these namespaces.
 
+// Each test binary uses a different part of the lab.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -202,6 +205,121 @@ impl Lab {
         set_mode(self.dir.path(), 0o755);
         set_mode(&dir, 0o755);
         dir
+    }
+}
+
+/// The `trellis` binary the lab runs for every role.
+pub const BIN: &str = env!("CARGO_BIN_EXE_trellis");
+
+/// A control plane started by `Lab::start_control_plane`.
+pub struct ControlPlane {
+    pub state: PathBuf,
+    /// Its CA certificate, readable by the proxy's uid.
+    pub ca: PathBuf,
+}
+
+/// How a sidecar listens: the values of `--inbound`, `--outbound` and `--admin`.
+pub struct Listen<'a> {
+    pub inbound: &'a str,
+    pub outbound: &'a str,
+    pub admin: &'a str,
+}
+
+/// As the injector configures a pod's sidecar.
+pub const INJECTED: Listen<'static> = Listen {
+    inbound: "0.0.0.0:4143,[::]:4143",
+    outbound: "127.0.0.1:4140,[::1]:4140",
+    admin: "0.0.0.0:4191,[::]:4191",
+};
+
+impl Lab {
+    /// Starts the control plane in C (`ns[2]`) on port 8090 with `yaml` as its mesh config and
+    /// waits until it accepts connections.
+    pub fn start_control_plane(&mut self, yaml: &str) -> ControlPlane {
+        let c = self.ns[2].clone();
+        let state = self.path("state");
+        let config = self.path("mesh.yaml");
+        std::fs::write(&config, yaml).expect("mesh.yaml");
+        let mut cp = self.cmd(&c, BIN);
+        cp.args(["control-plane", "serve", "--listen", "0.0.0.0:8090"])
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state);
+        self.spawn("control-plane", cp);
+        let probe = "import socket; socket.create_connection(('127.0.0.1', 8090), timeout=1)";
+        self.wait_for("the control plane", Duration::from_secs(30), || {
+            self.python(&c, probe).status.success()
+        });
+        let ca = self.shared_dir().join("ca.pem");
+        std::fs::copy(state.join("ca.crt.pem"), &ca).expect("copy the CA");
+        set_mode(&ca, 0o644);
+        ControlPlane { state, ca }
+    }
+
+    /// The pod's init step in `ns`, as the injector runs it, plus `extra` flags.
+    pub fn redirect(&self, ns: &str, extra: &[&str]) {
+        let mut redirect = self.cmd(ns, BIN);
+        redirect.args(["proxy", "redirect", "--proxy-uid", &PROXY_UID.to_string()]);
+        redirect.args(["--inbound-port", "4143", "--outbound-port", "4140"]);
+        redirect.args(["--skip-inbound-ports", "4191"]);
+        run(redirect.args(extra));
+    }
+
+    /// The sidecar of service `name` in `ns` (transparent mode, as uid `PROXY_UID`), reaching the
+    /// control plane at `control_plane` (an address of C), to spawn. `extra` adds flags.
+    pub fn sidecar(
+        &self,
+        cp: &ControlPlane,
+        (ns, name, control_plane): (&str, &str, &str),
+        listen: &Listen,
+        extra: &[&str],
+    ) -> Command {
+        let token = run(Command::new(BIN)
+            .args(["control-plane", "token", "--namespace", "default"])
+            .args(["--service-account", name])
+            .arg("--state-dir")
+            .arg(&cp.state));
+        let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+        let mut proxy = self.cmd_as(ns, PROXY_UID, BIN);
+        proxy
+            .args(["proxy", "--transparent", "--service", name])
+            .args(["--inbound", listen.inbound, "--outbound", listen.outbound])
+            .args(["--admin", listen.admin, "--log", "info,trellis_proxy=debug"])
+            .arg("--control-plane")
+            .arg(format!("https://{control_plane}:8090"))
+            .arg("--control-plane-ca")
+            .arg(&cp.ca)
+            .args(extra)
+            .env("TRELLIS_TOKEN", token);
+        proxy
+    }
+
+    /// Waits until the sidecar in `ns` answers `/ready` on its admin port.
+    pub fn wait_ready(&self, ns: &str) {
+        let ready =
+            "import urllib.request as u; u.urlopen('http://127.0.0.1:4191/ready', timeout=1)";
+        self.wait_for("the sidecar to be ready", Duration::from_secs(30), || {
+            self.python(ns, ready).status.success()
+        });
+    }
+
+    /// Routes `cidr` out of the end `end` of a link, in `ns` (a node's route for its service
+    /// range: the addresses exist nowhere, only the sidecar knows them).
+    pub fn add_route(&self, ns: &str, end: &str, cidr: &str) {
+        self.ip(ns, &["route", "add", cidr, "dev", &self.veth(end)]);
+    }
+
+    /// Adds an address to the end `end` (see `veth`) of a link, in `ns`. IPv6 addresses skip
+    /// duplicate address detection, which would keep them unusable for a second or two.
+    pub fn add_address(&self, ns: &str, end: &str, cidr: &str) {
+        let mut args = vec!["addr", "add", cidr, "dev"];
+        let veth = self.veth(end);
+        args.push(&veth);
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        self.ip(ns, &args);
     }
 }
 

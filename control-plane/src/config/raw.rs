@@ -4,7 +4,7 @@
 //! The traffic-policy blocks live in `raw/policy.rs` (per service) and `raw/route.rs` (routes);
 //! the checks they share (ranges, sizes, header names, regexes) are at the end of this file.
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -69,6 +69,8 @@ struct RawService {
     #[serde(default)]
     ports: Vec<RawPort>,
     #[serde(default)]
+    addresses: Vec<S<String>>,
+    #[serde(default)]
     endpoints: Vec<RawEndpoint>,
     policy: Option<RawPolicy>,
     #[serde(default)]
@@ -119,11 +121,24 @@ impl RawMesh {
             .collect();
         // Remembers the index that first used each (namespace, name) to name it in the error.
         let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        // A virtual address names one service: two claiming it would make a connection to it
+        // ambiguous. Remembers where each was first given, for the error.
+        let mut claimed: HashMap<IpAddr, String> = HashMap::new();
         let mut services = Vec::with_capacity(self.services.len());
         for (i, raw) in self.services.into_iter().enumerate() {
             let at = format!("services[{i}]");
             let name_span = Spanned::new((), raw.name.referenced, raw.name.defined);
+            let address_spans: Vec<S<()>> = (raw.addresses.iter())
+                .map(|a| Spanned::new((), a.referenced, a.defined))
+                .collect();
             let service = raw.validate(&at, &known)?;
+            for (j, (ip, span)) in service.addresses.iter().zip(&address_spans).enumerate() {
+                let path = format!("{at}.addresses[{j}]");
+                if let Some(first) = claimed.get(ip) {
+                    return fail(span, path, format!("{ip} is already {first}"));
+                }
+                claimed.insert(*ip, path);
+            }
             let key = (service.namespace.clone(), service.name.clone());
             if let Some(first) = seen.get(&key) {
                 return fail(
@@ -174,6 +189,9 @@ impl RawService {
         let ports = (self.ports.iter().enumerate())
             .map(|(i, p)| p.validate(&format!("{at}.ports[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        let addresses = (self.addresses.iter().enumerate())
+            .map(|(i, a)| virtual_address(a, &format!("{at}.addresses[{i}]")))
+            .collect::<Result<_, _>>()?;
         let endpoints = (self.endpoints.iter().enumerate())
             .map(|(i, e)| e.validate(&format!("{at}.endpoints[{i}]")))
             .collect::<Result<_, _>>()?;
@@ -197,6 +215,7 @@ impl RawService {
             service_account,
             mtls,
             ports,
+            addresses,
             endpoints,
             policy,
             routes,
@@ -260,6 +279,29 @@ impl RawEndpoint {
     }
 }
 
+/// A service's virtual address: an IP without a port (the service's ports apply), which must be
+/// one a connection can be addressed to.
+fn virtual_address(v: &S<String>, path: &str) -> Result<IpAddr, FieldError> {
+    let Ok(ip) = v.value.parse::<IpAddr>() else {
+        return fail(
+            v,
+            path,
+            format!(
+                "{:?} is not an IP address (v4 or v6, without a port)",
+                v.value
+            ),
+        );
+    };
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        return fail(
+            v,
+            path,
+            format!("{ip} cannot be a service address (unspecified, multicast or loopback)"),
+        );
+    }
+    Ok(ip)
+}
+
 /// A service's `mtls` (the mesh file's and a TrafficPolicy's).
 fn mtls_mode(v: &S<String>, path: &str) -> Result<MtlsMode, FieldError> {
     match v.value.as_str() {
@@ -283,7 +325,10 @@ fn duration(v: &S<String>, path: &str) -> Result<Duration, FieldError> {
         None => fail(
             v,
             path,
-            format!("{:?} is not a duration like 500ms, 10s, 5m or 24h", v.value),
+            format!(
+                "{:?} is not a duration like 500ms, 10s, 5m, 24h or 7d",
+                v.value
+            ),
         ),
     }
 }

@@ -203,6 +203,49 @@ fn other_field_rules() {
 }
 
 #[test]
+fn virtual_addresses_parse_and_bad_ones_name_field_and_value() {
+    let with = |addresses: &str| {
+        GOOD.replace(
+            "        targetPort: 8081\n",
+            &format!("        targetPort: 8081\n    addresses: {addresses}\n"),
+        )
+    };
+    let mesh = parse("mesh.yaml", &with("[10.96.0.10, \"fd00::10\"]")).unwrap();
+    let ips: Vec<std::net::IpAddr> =
+        vec!["10.96.0.10".parse().unwrap(), "fd00::10".parse().unwrap()];
+    assert_eq!(mesh.services[0].addresses, ips);
+    assert!(mesh.services[1].addresses.is_empty(), "optional");
+
+    assert_eq!(
+        err(&with("[10.96.0.10, 10.96.0.300]")),
+        "mesh.yaml:8:29: services[0].addresses[1]: \"10.96.0.300\" is not an IP address (v4 or \
+         v6, without a port)"
+    );
+    assert_eq!(
+        err(&with("[\"10.96.0.10:80\"]")),
+        "mesh.yaml:8:17: services[0].addresses[0]: \"10.96.0.10:80\" is not an IP address (v4 \
+         or v6, without a port)"
+    );
+    assert!(
+        err(&with("[127.0.0.1]")).starts_with(
+            "mesh.yaml:8:17: services[0].addresses[0]: 127.0.0.1 cannot be a service address"
+        ),
+        "{}",
+        err(&with("[127.0.0.1]"))
+    );
+    // One address, two services: a connection to it could not tell which is meant.
+    let text = with("[10.96.0.10]").replace(
+        "        protocol: h2c\n",
+        "        protocol: h2c\n    addresses: [10.96.0.11, 10.96.0.10]\n",
+    );
+    assert_eq!(
+        err(&text),
+        "mesh.yaml:26:29: services[1].addresses[1]: 10.96.0.10 is already \
+         services[0].addresses[0]"
+    );
+}
+
+#[test]
 fn syntax_error_has_position() {
     let e = err("services: [\n  - name: a\n");
     assert!(e.starts_with("mesh.yaml:"), "{e}");
@@ -218,7 +261,8 @@ fn durations() {
     assert_eq!(parse_duration("3m"), Some(Duration::from_secs(180)));
     assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86400)));
     assert_eq!(parse_duration("10"), None);
-    assert_eq!(parse_duration("1d"), None);
+    assert_eq!(parse_duration("91d"), Some(Duration::from_secs(91 * 86400)));
+    assert_eq!(parse_duration("1w"), None);
     assert_eq!(parse_duration("s"), None);
 }
 

@@ -973,6 +973,7 @@ mod tests {
                 target_port: 8080,
                 protocol: Protocol::Http1,
             }],
+            addresses: vec![],
             endpoints: vec![],
             policy: Policy::default(),
             routes: vec![],

@@ -12,7 +12,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KubeService, ServicePort};
+use k8s_openapi::api::core::v1::{
+    Namespace, Pod, Service as KubeService, ServicePort, ServiceSpec,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -228,11 +230,29 @@ fn service(
         service_account,
         mtls: MtlsMode::Strict,
         ports,
+        addresses: cluster_ips(spec),
         endpoints,
         policy: Policy::default(),
         routes: Vec::new(),
         authorization: None,
     })
+}
+
+/// The Service's virtual IPs: `clusterIPs` (one per IP family), else the older `clusterIP`.
+/// A headless Service ("None") has none, and one not yet allocated (empty) none yet; its
+/// callers then reach the pods' own IPs, which are endpoints.
+fn cluster_ips(spec: &ServiceSpec) -> Vec<IpAddr> {
+    let listed = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.as_slice(),
+        _ => spec.cluster_ip.as_slice(),
+    };
+    let mut out: Vec<IpAddr> = Vec::with_capacity(listed.len());
+    for ip in listed.iter().filter_map(|ip| ip.parse::<IpAddr>().ok()) {
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
 }
 
 /// A Service port: `targetPort` as the EndpointSlices resolved it (named ports too), else as
@@ -510,6 +530,43 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn cluster_ips_become_virtual_addresses_and_headless_services_have_none() {
+        let addresses = |spec: serde_json::Value| {
+            let mut state = state(vec![]);
+            let svc: KubeService = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "shop"}, "spec": spec
+            }))
+            .unwrap();
+            state.services = vec![Arc::new(svc)];
+            let built = build(&state, &MeshSettings::default());
+            built.mesh.services[0].addresses.clone()
+        };
+        let ports = serde_json::json!([{"name": "http", "port": 80, "targetPort": 8080}]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Dual stack: every family's address, in the Service's order.
+        assert_eq!(
+            addresses(
+                serde_json::json!({"ports": ports, "clusterIP": "10.96.0.10",
+                                        "clusterIPs": ["10.96.0.10", "fd00::10"]})
+            ),
+            [ip("10.96.0.10"), ip("fd00::10")]
+        );
+        // Only the older single field (objects from before clusterIPs).
+        assert_eq!(
+            addresses(serde_json::json!({"ports": ports, "clusterIP": "10.96.0.11"})),
+            [ip("10.96.0.11")]
+        );
+        // Headless, and not yet allocated.
+        assert!(
+            addresses(serde_json::json!({"ports": ports, "clusterIP": "None",
+                                             "clusterIPs": ["None"]}))
+            .is_empty()
+        );
+        assert!(addresses(serde_json::json!({"ports": ports, "clusterIP": ""})).is_empty());
+        assert!(addresses(serde_json::json!({"ports": ports})).is_empty());
     }
 
     fn policy(generation: i64, spec: serde_json::Value) -> serde_json::Value {

@@ -11,7 +11,7 @@ use super::routes::{
 use super::{AppPort, AppProtocol, InboundPolicy, MtlsMode};
 use http::{HeaderName, HeaderValue, Method};
 use prost::Message;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use trellis_api::config as pb;
 use trellis_api::discovery::Resource;
@@ -33,6 +33,10 @@ pub struct RouteConfig {
     pub ports: Vec<u16>,
     pub routes: Vec<RouteSpec>,
     pub default_cluster: String,
+    /// The service's virtual IPs (ClusterIPs).
+    pub addresses: Vec<IpAddr>,
+    /// The target port behind each of `ports`, at the same index (always as long as `ports`).
+    pub target_ports: Vec<u16>,
 }
 
 /// A route as decoded; `build` adds the runtime parts (split counter, stats).
@@ -143,6 +147,24 @@ fn decode_routes(msg: pb::RouteConfig) -> Result<RouteConfig, String> {
         .enumerate()
         .map(|(i, p)| port(*p, &format!("ports[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
+    let target_ports = match msg.target_ports.len() {
+        0 => ports.clone(),
+        n if n == ports.len() => (msg.target_ports.iter().enumerate())
+            .map(|(i, p)| port(*p, &format!("target_ports[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?,
+        n => {
+            return Err(format!(
+                "target_ports: {n} given for {} ports (one per port, or none)",
+                ports.len()
+            ))
+        }
+    };
+    let addresses = (msg.addresses.iter().enumerate())
+        .map(|(i, a)| {
+            a.parse::<IpAddr>()
+                .map_err(|_| format!("addresses[{i}]: {a:?} is not an IP address"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let routes = msg
         .routes
         .into_iter()
@@ -154,6 +176,8 @@ fn decode_routes(msg: pb::RouteConfig) -> Result<RouteConfig, String> {
         ports,
         routes,
         default_cluster: msg.default_cluster,
+        addresses,
+        target_ports,
     })
 }
 
@@ -463,6 +487,62 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    fn routes(addresses: &[&str], ports: &[u32], target_ports: &[u32]) -> pb::RouteConfig {
+        pb::RouteConfig {
+            hosts: vec!["web".into()],
+            ports: ports.to_vec(),
+            default_cluster: "default/web".into(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            target_ports: target_ports.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn decode_routes_err(msg: &pb::RouteConfig) -> String {
+        match decode(type_url::ROUTES, &resource("default/web", msg)) {
+            Err(e) => e.reason,
+            Ok(d) => panic!("accepted {d:?}"),
+        }
+    }
+
+    #[test]
+    fn virtual_addresses_and_target_ports_decode() {
+        let msg = routes(&["10.96.0.10", "fd00::10"], &[80, 25], &[8080, 2525]);
+        match decode(type_url::ROUTES, &resource("default/web", &msg)) {
+            Ok(Decoded::Routes(rc)) => {
+                let ips: Vec<IpAddr> =
+                    vec!["10.96.0.10".parse().unwrap(), "fd00::10".parse().unwrap()];
+                assert_eq!(rc.addresses, ips);
+                assert_eq!(rc.target_ports, [8080, 2525]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Without target ports (an older control plane), each port is its own target.
+        match decode(
+            type_url::ROUTES,
+            &resource("default/web", &routes(&[], &[80], &[])),
+        ) {
+            Ok(Decoded::Routes(rc)) => assert_eq!(rc.target_ports, [80]),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_virtual_addresses_and_target_ports_are_rejected_with_field() {
+        assert_eq!(
+            decode_routes_err(&routes(&["10.96.0.10", "10.96.0.10:80"], &[80], &[])),
+            "addresses[1]: \"10.96.0.10:80\" is not an IP address"
+        );
+        assert_eq!(
+            decode_routes_err(&routes(&[], &[80, 25], &[8080])),
+            "target_ports: 1 given for 2 ports (one per port, or none)"
+        );
+        assert_eq!(
+            decode_routes_err(&routes(&[], &[80], &[70000])),
+            "target_ports[0]: 70000 is not a port (1-65535)"
+        );
     }
 
     #[test]

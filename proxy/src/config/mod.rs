@@ -4,12 +4,14 @@
 //! state (connections, load and outlier tracking, breaker counters, stats) lives in `Arc`s that
 //! the next snapshot inherits by name, so updates neither close connections nor reset counters.
 
+mod addresses;
 mod build;
 mod decode;
 pub mod policy;
 pub mod routes;
 
-pub use build::{build_snapshot, ResourceCache};
+pub use addresses::{AddressIndex, VirtualMatch, VirtualService};
+pub use build::{build_snapshot, Changes, ResourceCache};
 pub use decode::{decode, DecodeError, Decoded};
 pub use policy::{
     BreakerLimits, ClusterPolicy, HashKey, LbPolicy, OutlierConfig, RetryOn, RetryPolicy,
@@ -46,6 +48,10 @@ pub struct MeshSnapshot {
     pub routes_by_host: HashMap<String, Arc<RouteTable>>,
     pub routes: BTreeMap<String, Arc<RouteTable>>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// Endpoints, pods and virtual addresses by address, for transparent mode; built from
+    /// `clusters` and the route configs (`/config` shows the virtual addresses).
+    #[serde(rename = "virtualAddresses")]
+    pub addresses: AddressIndex,
     pub trust: Option<TrustBundle>,
     /// Versions accepted per type URL and resource name.
     pub versions: BTreeMap<String, BTreeMap<String, String>>,
@@ -96,6 +102,7 @@ impl InboundPolicy {
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AppPort {
     pub port: u16,
     pub target_port: u16,
@@ -146,13 +153,16 @@ pub struct EndpointState {
 
 fn ser_ejected<S: serde::Serializer>(state: &Arc<EndpointState>, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeStruct;
-    let mut st = s.serialize_struct("EndpointState", 2)?;
+    let mut st = s.serialize_struct("EndpointState", 3)?;
     st.serialize_field("ejected", &state.outlier.is_ejected())?;
+    let left = state.outlier.ejected_for().map(human_duration);
+    st.serialize_field("ejectedFor", &left)?;
     st.serialize_field("outstanding", &state.load.outstanding())?;
     st.end()
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TrustBundle {
     pub trust_domain: String,
     #[serde(serialize_with = "count_roots")]
@@ -163,9 +173,72 @@ fn count_roots<S: serde::Serializer>(roots: &[Vec<u8>], s: S) -> Result<S::Ok, S
     s.serialize_str(&format!("{} root(s)", roots.len()))
 }
 
+/// A duration as people write it in the mesh YAML: `5s`, `250ms`, `1m30s`; `0s` for zero. Used by
+/// `/config` and in logs, where `{"secs":5,"nanos":0}` or `5.000s` would make readers convert.
+pub fn human_duration(d: std::time::Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    let secs = d.as_secs();
+    let parts = [
+        (secs / 3600, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+        (u64::from(d.subsec_millis()), "ms"),
+        (u64::from(d.subsec_micros() % 1000), "us"),
+        (u64::from(d.subsec_nanos() % 1000), "ns"),
+    ];
+    let mut out = String::new();
+    for (n, unit) in parts {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
+}
+
+pub(crate) fn ser_duration<S: serde::Serializer>(
+    d: &std::time::Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&human_duration(*d))
+}
+
+pub(crate) fn ser_opt_duration<S: serde::Serializer>(
+    d: &Option<std::time::Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&human_duration(*d)),
+        None => s.serialize_none(),
+    }
+}
+
 pub(crate) fn ser_display<S: serde::Serializer, T: std::fmt::Display>(
     v: &T,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.serialize_str(&v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_in_the_mesh_yaml() {
+        let ms = Duration::from_millis;
+        for (d, want) in [
+            (Duration::ZERO, "0s"),
+            (ms(250), "250ms"),
+            (ms(5000), "5s"),
+            (ms(90_000), "1m30s"),
+            (ms(3_600_000 + 1500), "1h1s500ms"),
+            (Duration::from_micros(1500), "1ms500us"),
+            (Duration::from_nanos(7), "7ns"),
+        ] {
+            assert_eq!(human_duration(d), want, "{d:?}");
+        }
+    }
 }

@@ -27,8 +27,11 @@ pub enum HashKey {
 pub struct ClusterPolicy {
     pub lb: LbPolicy,
     pub hash: Option<HashKey>,
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub connect_timeout: Duration,
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub request_timeout: Duration,
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub idle_timeout: Duration,
     pub retry: RetryPolicy,
     pub breaker: BreakerLimits,
@@ -97,8 +100,11 @@ pub struct RetryPolicy {
     /// Total attempts including the first.
     pub max_attempts: u32,
     pub retry_on: RetryOn,
+    #[serde(serialize_with = "crate::config::ser_opt_duration")]
     pub per_try_timeout: Option<Duration>,
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub backoff_base: Duration,
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub backoff_max: Duration,
     pub budget_ratio: f64,
     pub budget_min_per_second: u32,
@@ -152,7 +158,9 @@ pub struct OutlierConfig {
     pub consecutive_5xx: u32,
     /// 502/503/504 and connect failures; 0 disables.
     pub consecutive_gateway_errors: u32,
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub base_ejection: Duration,
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub max_ejection: Duration,
     pub max_ejection_percent: u32,
 }

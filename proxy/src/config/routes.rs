@@ -38,6 +38,7 @@ pub struct RouteRule {
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
     pub backends: Vec<Backend>,
+    #[serde(serialize_with = "crate::config::ser_opt_duration")]
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub fault: Option<Fault>,
@@ -160,9 +161,27 @@ impl HeaderMatch {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Fault {
+    #[serde(serialize_with = "ser_fault_delay")]
     pub delay: Option<(Duration, u32)>,
     /// (status, per-mille)
+    #[serde(serialize_with = "ser_fault_abort")]
     pub abort: Option<(u16, u32)>,
+}
+
+fn ser_fault_delay<S: serde::Serializer>(
+    v: &Option<(Duration, u32)>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let v = v.map(|(d, per_mille)| {
+        serde_json::json!({ "duration": crate::config::human_duration(d), "perMille": per_mille })
+    });
+    v.serialize(s)
+}
+
+fn ser_fault_abort<S: serde::Serializer>(v: &Option<(u16, u32)>, s: S) -> Result<S::Ok, S::Error> {
+    let v =
+        v.map(|(status, per_mille)| serde_json::json!({ "status": status, "perMille": per_mille }));
+    v.serialize(s)
 }
 
 /// Compiles a regex that must match the whole value.

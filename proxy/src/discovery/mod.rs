@@ -168,20 +168,29 @@ impl DiscoveryClient {
         };
         match stage(cache, &rsp) {
             Ok(staged) => {
+                let changes = crate::config::Changes::between(cache.get(&rsp.type_url), &staged);
                 cache.insert(rsp.type_url.clone(), staged);
                 let snapshot = build_snapshot(cache, &self.store.load(), &self.connector);
                 if let Some(trust) = &snapshot.trust {
                     self.tls.trust.set_roots(&trust.roots_der);
                 }
                 self.store.store(Arc::new(snapshot));
-                tracing::debug!(type_url = %rsp.type_url, nonce = %rsp.nonce, "accepted");
+                let kind = rsp.type_url.rsplit('.').next().unwrap_or_default();
+                match changes.is_empty() {
+                    true => {
+                        tracing::debug!(type_url = %rsp.type_url, nonce = %rsp.nonce, "accepted")
+                    }
+                    false => {
+                        tracing::info!(type_url = %rsp.type_url, "config applied: {kind} {changes}")
+                    }
+                }
                 self.set_status(|s| {
                     s.received.insert(rsp.type_url.clone());
                     s.responses.entry(rsp.type_url.clone()).or_default().0 += 1;
                 });
             }
             Err(reason) => {
-                tracing::warn!(type_url = %rsp.type_url, nonce = %rsp.nonce, %reason, "rejected update (NACK); keeping the previous config");
+                tracing::warn!(type_url = %rsp.type_url, nonce = %rsp.nonce, %reason, "rejected update (NACK): the control plane sent config this sidecar cannot use; fix the mesh config it names (the control plane's /status lists NACKs). Keeping the previous config");
                 self.set_status(|s| {
                     s.last_nack = Some(reason.clone());
                     s.responses.entry(rsp.type_url.clone()).or_default().1 += 1;

@@ -11,6 +11,7 @@ use crate::config::{AppPort, AppProtocol};
 use crate::errors::ProxyError;
 use crate::transport::MeshConnection;
 use arc_swap::ArcSwap;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -24,6 +25,9 @@ pub struct AppClient {
     host: IpAddr,
     http1: Client<AppConnector, Body>,
     h2c: Arc<ArcSwap<HashMap<u16, Arc<MeshConnection>>>>,
+    /// `host:port` of each app port asked for so far: formatting the address and parsing the
+    /// result for every request cost ~3,000 instructions (callgrind); an app has few ports.
+    authorities: Arc<ArcSwap<HashMap<u16, Authority>>>,
 }
 
 impl AppClient {
@@ -38,6 +42,7 @@ impl AppClient {
             host,
             http1,
             h2c: Arc::default(),
+            authorities: Arc::default(),
         }
     }
 
@@ -60,13 +65,13 @@ impl AppClient {
                         req.headers_mut().insert(header::HOST, v);
                     }
                 }
-                let path = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
-                let uri: Uri = format!("http://{}{path}", SocketAddr::new(self.host, port))
-                    .parse()
+                let path = (req.uri().path_and_query().cloned())
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                let uri = Uri::builder()
+                    .scheme(Scheme::HTTP)
+                    .authority(self.authority(port).map_err(|e| app_err(&e))?)
+                    .path_and_query(path)
+                    .build()
                     .map_err(|e| app_err(&e))?;
                 *req.uri_mut() = uri;
                 *req.version_mut() = Version::HTTP_11;
@@ -74,10 +79,13 @@ impl AppClient {
             }
             AppProtocol::H2c => {
                 *req.version_mut() = Version::HTTP_2;
-                let mut sender = self
-                    .h2c_connection(port)
-                    .sender(Duration::from_secs(1))
-                    .await?;
+                let conn = self.h2c_connection(port);
+                let mut sender = match conn.live() {
+                    Some(sender) => sender,
+                    // Boxed: connecting is a large future that only the first request needs
+                    // (`forward::connection` says why it matters).
+                    None => Box::pin(conn.sender(Duration::from_secs(1))).await?,
+                };
                 sender.send_request(req).await.map_err(|e| app_err(&e))?
             }
         };
@@ -113,6 +121,20 @@ impl AppClient {
         Ok(sender)
     }
 
+    /// The app's `host:port` for `port`, made once per port.
+    fn authority(&self, port: u16) -> Result<Authority, http::uri::InvalidUri> {
+        if let Some(a) = self.authorities.load().get(&port) {
+            return Ok(a.clone());
+        }
+        let made: Authority = SocketAddr::new(self.host, port).to_string().parse()?;
+        self.authorities.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(port, made.clone());
+            map
+        });
+        Ok(made)
+    }
+
     /// The app's address for `port`.
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.host, port)
@@ -134,5 +156,33 @@ impl AppClient {
             map
         });
         created.unwrap_or_else(|| Arc::new(MeshConnection::plain(addr)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_authority_is_made_once_per_port_for_either_address_family() {
+        let v4 = AppClient::new(IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(
+            v4.authority(8080).map(|a| a.to_string()).ok(),
+            Some("127.0.0.1:8080".into())
+        );
+        assert_eq!(
+            v4.authority(8080).map(|a| a.to_string()).ok(),
+            Some("127.0.0.1:8080".into())
+        );
+        assert_eq!(
+            v4.authority(9090).map(|a| a.to_string()).ok(),
+            Some("127.0.0.1:9090".into())
+        );
+        assert_eq!(v4.authorities.load().len(), 2);
+        let v6 = AppClient::new(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+        assert_eq!(
+            v6.authority(80).map(|a| a.to_string()).ok(),
+            Some("[::1]:80".into())
+        );
     }
 }

@@ -132,6 +132,18 @@ async fn connection(
     if let Some(live) = endpoint.state.conn.live() {
         return Ok(live);
     }
+    // Opening a connection (TCP, TLS, HTTP/2 handshake under a timeout) is a large future;
+    // inline, it would make every request's future that large, and every request pays for
+    // moving it into its box (callgrind: ~9,000 instructions of memcpy per request). Boxed, only
+    // the requests that open a connection pay.
+    Box::pin(open_connection(cluster, endpoint)).await
+}
+
+/// `connection`'s cold path: a new connection, if the breaker allows it.
+async fn open_connection(
+    cluster: &Arc<Cluster>,
+    endpoint: &Endpoint,
+) -> Result<SendRequest<Body>, ProxyError> {
     let _pending = breaker::acquire(cluster, Limit::Pending)?;
     let max = cluster.policy.breaker.max_connections;
     let open = cluster

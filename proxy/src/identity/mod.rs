@@ -20,9 +20,12 @@ use trellis_api::identity::{identity_client::IdentityClient, CertifyRequest};
 
 /// What the admin port shows about the current certificate.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct IdentityInfo {
     pub spiffe_id: String,
     pub serial: String,
+    /// Shown as `notAfter` only: one form of a time, the one people read.
+    #[serde(skip)]
     pub not_after_unix: i64,
     /// `not_after_unix` as RFC 3339 (UTC).
     pub not_after: String,
@@ -227,6 +230,30 @@ pub fn rfc3339(unix: i64) -> String {
     )
 }
 
+/// The inverse of [`rfc3339`], for readers of `/config` (the CLI, tests): `YYYY-MM-DDTHH:MM:SSZ`
+/// only, the one form this process writes.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, m, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Civil date to days since 1970-01-01 (H. Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
 /// Retry n's step is this times 2^n (so the first retry waits 200–400 ms).
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// No wait is longer: a control plane that returns is found within this long.
@@ -279,6 +306,28 @@ mod tests {
         assert_eq!(rfc3339(1_795_929_779), "2026-11-29T05:22:59Z");
         assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn rfc3339_parses_back_what_it_writes() {
+        for t in [
+            0,
+            951_782_400,
+            1_795_929_779,
+            4_107_542_399,
+            -1,
+            1_709_164_800,
+        ] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{t}");
+        }
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-12-02 10:00:00Z",
+            "2026-12-02T10:00:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]

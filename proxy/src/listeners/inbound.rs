@@ -17,6 +17,7 @@
 //! so in-flight requests finish, closed after `EXPIRY_GRACE`; an opaque stream is cut at once.
 //! The client then reconnects and must present a current certificate.
 
+use super::Listener;
 use super::{serve_connection, HttpServer};
 use crate::authz::{AuthzLayer, AuthzStats, Peer};
 use crate::config::{AppPort, AppProtocol, MtlsMode, SnapshotStore};
@@ -27,6 +28,7 @@ use crate::http::app::AppClient;
 use crate::http::headers::CLIENT_ID;
 use crate::http::synthetic::Audience;
 use crate::http::{rescue::RescueLayer, Body};
+use crate::limits::Slot;
 use crate::resilience::shed::ShedLayer;
 use crate::telemetry::io::Counted;
 use crate::telemetry::metrics::{tls_failure_reason, Direction};
@@ -42,7 +44,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tower::ServiceBuilder;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,7 +63,7 @@ pub struct Inbound {
     pub transparent: bool,
 }
 
-pub async fn serve(listener: TcpListener, inbound: Inbound, drain: DrainWatch, limits: Limits) {
+pub async fn serve(listener: Listener, inbound: Inbound, drain: DrainWatch, limits: Limits) {
     let server = HttpServer::new(&limits);
     let connections = (inbound.telemetry.metrics)
         .connections(Direction::Inbound)
@@ -84,16 +86,21 @@ pub async fn serve(listener: TcpListener, inbound: Inbound, drain: DrainWatch, l
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = connection(stream, peer, inbound.clone(), drain.clone(), server.clone());
-        tokio::spawn(async move {
-            conn.await;
-            drop(permit);
-        });
+        let conn = connection(
+            (stream, permit),
+            peer,
+            inbound.clone(),
+            drain.clone(),
+            server.clone(),
+        );
+        tokio::spawn(conn);
     }
 }
 
+/// One accepted connection, holding its `place` in the listener's budget until it ends (into a
+/// WebSocket upgrade too).
 async fn connection(
-    stream: TcpStream,
+    (stream, place): (TcpStream, Slot),
     addr: SocketAddr,
     inbound: Inbound,
     drain: DrainWatch,
@@ -134,7 +141,7 @@ async fn connection(
             }
             _ => {
                 let peer = Peer::unauthenticated();
-                serve_http(stream, peer, inbound, drain, target, server).await
+                serve_http(stream, place, peer, inbound, drain, target, server).await
             }
         },
         (_, true) => {
@@ -157,7 +164,7 @@ async fn connection(
                     }
                 } else {
                     let server = server.for_mesh_peer();
-                    serve_http(tls, peer, inbound, drain, target, server).await
+                    serve_http(tls, place, peer, inbound, drain, target, server).await
                 }
             };
             tokio::select! {
@@ -213,6 +220,7 @@ async fn handshake(
 
 async fn serve_http<IO>(
     io: IO,
+    place: Slot,
     peer: Peer,
     inbound: Inbound,
     drain: DrainWatch,
@@ -255,7 +263,7 @@ async fn serve_http<IO>(
             store: inbound.store,
             app: inbound.app,
         });
-    serve_connection(io, service, drain, server).await;
+    serve_connection(io, place, service, drain, server).await;
 }
 
 /// Replaces any `trellis-client-id` from the network with the proven identity, if there is one.
@@ -308,7 +316,9 @@ impl tower::Service<Request<Body>> for ToApp {
                 port: port.unwrap_or(80),
             })?;
             if let Some(asked) = crate::http::upgrade::inbound_asked(&req)? {
-                return upgrade_to_app(&app, app_port, req, asked).await;
+                // Boxed: the upgrade's future is large and rare; inline it would be copied
+                // with every request's future (`http::forward::connection` says more).
+                return Box::pin(upgrade_to_app(&app, app_port, req, asked)).await;
             }
             app.send(app_port, req).await
         })

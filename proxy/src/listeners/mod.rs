@@ -4,14 +4,16 @@
 //! classifies each connection by its original destination (`original_dst`, the crate's only
 //! `unsafe`), and `opaque` carries non-HTTP streams. What a client may cost is bounded here:
 //! open connections per listener (a `limits::Budget` each accept loop takes a slot of for the
-//! connection's whole life, opaque TCP included), `HttpServer` (hyper's head, header-list,
+//! connection's whole life, opaque TCP and WebSocket tunnels included: `held`), `HttpServer` (hyper's head, header-list,
 //! stream and reset limits from `Limits`), the HTTP/1 guard (`h1_scan`, `h1_guard`: ambiguous
 //! framing refused, broken or stalled bodies answered as the client's fault and never ended
 //! upstream, an invalid HTTP/2 preface answered with GOAWAY) and `request_guard`
 //! (answers for those findings; closes connections whose client abandons most requests).
 
+pub mod bind;
 pub mod h1_guard;
 pub mod h1_scan;
+pub mod held;
 pub mod inbound;
 pub mod opaque;
 #[allow(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod transparent;
 
 use crate::drain::DrainWatch;
 use crate::http::Body;
+use crate::limits::Slot;
 use crate::Limits;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,26 +34,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+
+pub use bind::{ListenAddrs, Listener};
 
 pub struct Listeners {
-    pub inbound: TcpListener,
-    pub outbound: TcpListener,
-    pub admin: TcpListener,
+    pub inbound: Listener,
+    pub outbound: Listener,
+    pub admin: Listener,
     /// Transparent mode (connections arrive through the iptables redirect); `None`: explicit.
     pub transparent: Option<transparent::TransparentConfig>,
 }
 
 impl Listeners {
+    /// Each role on one address or several (`ListenAddrs`, see `bind`).
     pub async fn bind(
-        inbound: SocketAddr,
-        outbound: SocketAddr,
-        admin: SocketAddr,
+        inbound: impl Into<ListenAddrs>,
+        outbound: impl Into<ListenAddrs>,
+        admin: impl Into<ListenAddrs>,
     ) -> std::io::Result<Self> {
         Ok(Listeners {
-            inbound: TcpListener::bind(inbound).await?,
-            outbound: TcpListener::bind(outbound).await?,
-            admin: TcpListener::bind(admin).await?,
+            inbound: Listener::bind(&inbound.into()).await?,
+            outbound: Listener::bind(&outbound.into()).await?,
+            admin: Listener::bind(&admin.into()).await?,
             transparent: None,
         })
     }
@@ -164,9 +169,15 @@ pub fn mesh_peer_pending_accept_resets(limits: &Limits) -> usize {
 
 /// Serves one connection until it ends; on drain, lets in-flight requests finish (HTTP/2 GOAWAY,
 /// HTTP/1.1 `Connection: close`) and then returns. Requests pass the connection's guards
-/// (`h1_guard` under hyper, `request_guard` above it) first.
-pub async fn serve_connection<IO, S>(io: IO, service: S, drain: DrainWatch, server: HttpServer)
-where
+/// (`h1_guard` under hyper, `request_guard` above it) first. `place` is the connection's place in
+/// its listener's budget: it stays with the socket, into a WebSocket upgrade too (`held`).
+pub async fn serve_connection<IO, S>(
+    io: IO,
+    place: Slot,
+    service: S,
+    drain: DrainWatch,
+    server: HttpServer,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<http::Request<Incoming>, Response = http::Response<Body>, Error = Infallible>
         + Clone
@@ -174,6 +185,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let io = held::Held::new(io, place);
     let (io, findings) = h1_guard::GuardedIo::new(io, server.max_head, server.body_idle);
     let service = request_guard::Guarded::new(service, findings.clone());
     // While draining, HTTP/1 responses say `Connection: close` (see `crate::drain`).

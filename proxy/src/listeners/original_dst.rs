@@ -9,9 +9,19 @@ use tokio::net::TcpStream;
 
 /// The original destination of an accepted connection. For a connection that was not redirected
 /// this is its own local address (conntrack still knows it); without conntrack it is an error.
+///
+/// The family is the connection's, not the listening socket's: an IPv4 connection accepted by a
+/// dual-stack `[::]` socket has an IPv4-mapped local address, and conntrack holds it as IPv4
+/// (asking `SOL_IPV6` for it fails with `ENOENT`).
 pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
-    let ipv6 = stream.local_addr()?.is_ipv6();
+    let local = stream.local_addr()?;
+    let ipv6 = local.ip().to_canonical().is_ipv6();
     imp::original_dst(stream, ipv6)
+}
+
+/// The accepted connection's own address in its own family (see `original_dst`).
+pub fn local_addr(stream: &TcpStream) -> io::Result<SocketAddr> {
+    stream.local_addr().map(super::bind::canonical)
 }
 
 #[cfg(target_os = "linux")]

@@ -7,6 +7,7 @@
 //! The stack from routing down is built once; rescue and shed are put on top per connection,
 //! since the shed layer stands for one client connection's share of the in-flight budget.
 
+use super::Listener;
 use super::{serve_connection, HttpServer};
 use crate::config::SnapshotStore;
 use crate::drain::DrainWatch;
@@ -21,11 +22,10 @@ use crate::telemetry::observe::{ObserveLayer, Telemetry};
 use crate::Limits;
 use hyper::body::Incoming;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     store: SnapshotStore,
     telemetry: Arc<Telemetry>,
     drain: DrainWatch,
@@ -63,24 +63,18 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 if let Some(ctx) = &transparent {
                     let conn = super::transparent::outbound(
-                        stream,
+                        (stream, permit),
                         ctx.clone(),
                         service,
                         drain.clone(),
                         server.clone(),
                     );
-                    tokio::spawn(async move {
-                        conn.await;
-                        drop(permit);
-                    });
+                    tokio::spawn(conn);
                     continue;
                 }
                 let stream = Counted::new(stream, metrics.clone(), Direction::Outbound);
-                let conn = serve_connection(stream, service, drain.clone(), server.clone());
-                tokio::spawn(async move {
-                    conn.await;
-                    drop(permit);
-                });
+                let conn = serve_connection(stream, permit, service, drain.clone(), server.clone());
+                tokio::spawn(conn);
             }
             Err(e) => {
                 // Usually EMFILE: back off briefly rather than spin.

@@ -4,23 +4,28 @@
 //!
 //! - outbound: refuse a connection whose original destination is the outbound listener itself
 //!   (that would be a loop); otherwise detect the protocol (`crate::detect`, skipped for ports
-//!   configured as opaque). To a mesh destination (an endpoint address of some cluster) HTTP
-//!   goes through the outbound HTTP stack, routed by Host or, failing that, by the destination's
-//!   cluster; TLS and opaque TCP go over mTLS to that endpoint (`opaque::to_mesh`), as does
-//!   anything to another port of a meshed pod (an endpoint's IP). Anything to a destination
-//!   outside the mesh passes through as plain TCP.
+//!   configured as opaque). To a mesh destination (an endpoint address of some cluster, or a
+//!   service's virtual address such as a ClusterIP on one of its ports) HTTP goes through the
+//!   outbound HTTP stack, routed by Host or, failing that, by the destination's cluster; TLS and
+//!   opaque TCP go over mTLS to that endpoint, or to one the service's balancer picks, at the
+//!   target port behind the service port (`opaque::to_mesh`), as does anything to another port
+//!   of a meshed pod (an endpoint's IP). Anything to a destination outside the mesh passes
+//!   through as plain TCP.
 //! - inbound: the app port is the original destination's port (`TargetPort`), unless the peer
 //!   addressed the inbound listener directly; a plaintext client (permissive or disabled mTLS)
 //!   that does not speak HTTP is carried to the app as opaque TCP.
 
 use super::opaque;
-use super::original_dst::original_dst;
+use super::original_dst::{local_addr, original_dst};
 use super::{serve_connection, HttpServer};
-use crate::config::{AppPort, AppProtocol, Endpoint, InboundPolicy, MeshSnapshot, SnapshotStore};
+use crate::config::{
+    AppPort, AppProtocol, Endpoint, InboundPolicy, MeshSnapshot, SnapshotStore, VirtualMatch,
+};
 use crate::detect::{peek_protocol, Protocol};
 use crate::drain::DrainWatch;
 use crate::http::route::DestinationCluster;
 use crate::http::Body;
+use crate::limits::Slot;
 use crate::telemetry::io::Counted;
 use crate::telemetry::metrics::{Direction, ProxyMetrics};
 use crate::tls::TlsContext;
@@ -62,6 +67,17 @@ pub enum Destination {
         cluster: String,
         endpoint: Arc<Endpoint>,
     },
+    /// A service's virtual address (a Kubernetes ClusterIP) on one of the service's ports. The
+    /// app resolved the service's name to it, so the connection is for the service, not for
+    /// one of its endpoints: the service's cluster chooses which endpoint serves it.
+    Service {
+        /// `<namespace>/<service>`, for logs.
+        service: String,
+        /// The service's default cluster.
+        cluster: String,
+        /// The port the service's workloads listen on behind the port the app addressed.
+        target_port: u16,
+    },
     /// Another port of a meshed pod (an endpoint's IP): opaque TCP over mTLS to that endpoint,
     /// whatever the protocol, since no service names the port.
     MeshPod { endpoint: Arc<Endpoint> },
@@ -69,24 +85,39 @@ pub enum Destination {
     Outside,
 }
 
-/// Finds the mesh endpoint with address `dst`, else one with its IP.
+/// What `dst` is, by the snapshot's address index: an endpoint's address, else a service's
+/// virtual address and port, else an endpoint's IP, else outside the mesh.
 pub fn classify(snapshot: &MeshSnapshot, dst: SocketAddr) -> Destination {
-    let mut same_pod = None;
-    for (name, cluster) in &snapshot.clusters {
-        for endpoint in &cluster.endpoints {
-            if endpoint.addr == dst {
-                return Destination::Mesh {
-                    cluster: name.clone(),
-                    endpoint: endpoint.clone(),
-                };
-            }
-            if endpoint.addr.ip() == dst.ip() && same_pod.is_none() {
-                same_pod = Some(endpoint.clone());
+    let index = &snapshot.addresses;
+    if let Some((cluster, endpoint)) = index.endpoint(dst) {
+        return Destination::Mesh {
+            cluster: cluster.to_owned(),
+            endpoint: endpoint.clone(),
+        };
+    }
+    match index.service(dst) {
+        Some(VirtualMatch::Port {
+            service,
+            target_port,
+        }) => {
+            return Destination::Service {
+                service: service.name.clone(),
+                cluster: service.cluster.clone(),
+                target_port,
             }
         }
+        Some(VirtualMatch::NoSuchPort) => {
+            // Kubernetes would refuse it too (no Service port there); passing it through keeps
+            // that answer the network's.
+            tracing::debug!(%dst, "outbound: a service's virtual address on a port it does not have; passed through");
+            return Destination::Outside;
+        }
+        None => {}
     }
-    match same_pod {
-        Some(endpoint) => Destination::MeshPod { endpoint },
+    match index.pod(dst.ip()) {
+        Some(endpoint) => Destination::MeshPod {
+            endpoint: endpoint.clone(),
+        },
         None => Destination::Outside,
     }
 }
@@ -105,9 +136,10 @@ pub struct Outbound {
     pub metrics: Arc<ProxyMetrics>,
 }
 
-/// Serves one redirected outbound connection; `http` is the outbound HTTP stack.
+/// Serves one redirected outbound connection, holding its `place` in the listener's budget until
+/// it ends (into a WebSocket upgrade too); `http` is the outbound HTTP stack.
 pub async fn outbound<S>(
-    stream: TcpStream,
+    (stream, place): (TcpStream, Slot),
     ctx: Outbound,
     http: S,
     drain: DrainWatch,
@@ -119,7 +151,7 @@ pub async fn outbound<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let (dst, local) = match (original_dst(&stream), stream.local_addr()) {
+    let (dst, local) = match (original_dst(&stream), local_addr(&stream)) {
         (Ok(dst), Ok(local)) => (dst, local),
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "outbound: no original destination; connection refused");
@@ -141,7 +173,10 @@ pub async fn outbound<S>(
     };
     tracing::debug!(%dst, ?protocol, mesh = !matches!(destination, Destination::Outside), "outbound connection");
     let result = match (destination, protocol) {
-        (Destination::Mesh { cluster, .. }, Protocol::Http1 | Protocol::Http2) => {
+        (
+            Destination::Mesh { cluster, .. } | Destination::Service { cluster, .. },
+            Protocol::Http1 | Protocol::Http2,
+        ) => {
             let http =
                 tower::ServiceExt::map_request(http, move |mut req: http::Request<Incoming>| {
                     req.extensions_mut()
@@ -149,9 +184,17 @@ pub async fn outbound<S>(
                     req
                 });
             let stream = Counted::new(stream, ctx.metrics.clone(), Direction::Outbound);
-            serve_connection(stream, http, drain, server).await;
+            serve_connection(stream, place, http, drain, server).await;
             Ok(())
         }
+        (
+            Destination::Service {
+                service,
+                cluster,
+                target_port,
+            },
+            _,
+        ) => to_service(stream, dst, (&service, &cluster), target_port, &ctx, drain).await,
         (Destination::Mesh { endpoint, .. } | Destination::MeshPod { endpoint }, _)
             if !endpoint.plaintext =>
         {
@@ -173,12 +216,51 @@ pub async fn outbound<S>(
     }
 }
 
+/// Opaque TCP (or the app's own TLS) to a service's virtual address: over mTLS to one endpoint
+/// of the service's cluster, picked by the cluster's balancer (which skips ejected endpoints),
+/// for the target port behind the port the app addressed. An endpoint with mTLS disabled gets
+/// plain TCP at that port of its pod.
+async fn to_service(
+    stream: TcpStream,
+    dst: SocketAddr,
+    (service, cluster): (&str, &str),
+    target_port: u16,
+    ctx: &Outbound,
+    drain: DrainWatch,
+) -> Result<(), opaque::OpaqueError> {
+    let endpoint = {
+        let snapshot = ctx.store.load();
+        (snapshot.clusters.get(cluster))
+            .and_then(|c| crate::balance::pick(c, &http::HeaderMap::new(), None))
+            .cloned()
+    };
+    let Some(endpoint) = endpoint else {
+        tracing::info!(%dst, service, "outbound: the service has no endpoints; connection closed");
+        return Ok(());
+    };
+    tracing::debug!(%dst, service, endpoint = %endpoint.addr, target_port, "outbound: to a service");
+    if endpoint.plaintext {
+        let pod = SocketAddr::new(endpoint.addr.ip(), target_port);
+        return opaque::passthrough(stream, pod, drain).await;
+    }
+    opaque::to_mesh(
+        stream,
+        endpoint.addr,
+        &endpoint.identity,
+        target_port,
+        &ctx.tls,
+        drain,
+        &ctx.metrics,
+    )
+    .await
+}
+
 /// The app port for an inbound connection in transparent mode: the original destination's port,
 /// or `None` when the peer addressed the inbound listener directly (the authority's port then
 /// chooses, as in explicit mode).
 pub fn inbound_target_port(stream: &TcpStream) -> std::io::Result<Option<TargetPort>> {
     let dst = original_dst(stream)?;
-    let local = stream.local_addr()?;
+    let local = local_addr(stream)?;
     Ok((!addressed_to_listener(dst, local)).then_some(TargetPort(dst.port())))
 }
 

@@ -21,8 +21,11 @@ pub struct RedirectArgs {
     /// The uid the proxy runs as; its traffic is never captured.
     #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = 2102)]
     pub proxy_uid: u32,
+    /// The proxy's inbound port: where the pod's incoming TCP (and the proxy's calls to its own
+    /// pod) are sent.
     #[arg(long, env = "TRELLIS_INBOUND_PORT", default_value_t = 4143)]
     pub inbound_port: u16,
+    /// The proxy's outbound port: where the app's outgoing TCP is sent.
     #[arg(long, env = "TRELLIS_OUTBOUND_PORT", default_value_t = 4140)]
     pub outbound_port: u16,
     /// Comma-separated ports or ranges (`8000-8100`) whose inbound traffic is not captured.

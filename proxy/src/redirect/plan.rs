@@ -144,18 +144,59 @@ pub fn inbound_rules(spec: &RedirectSpec) -> Vec<Args> {
     rules
 }
 
+/// The loopback block of a family: connections to it are never the pod calling itself through
+/// a service (the proxy reaches the app there).
+fn loopback(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "127.0.0.0/8",
+        Family::V6 => "::1/128",
+    }
+}
+
+/// The self-call rules, first in `TRELLIS_OUTBOUND`: the proxy's own connection to one of its
+/// pod's addresses (a service calling itself, or the balancer picking this replica) is sent to
+/// its own inbound port, so it is served like a peer's (TLS terminated, identity and policy
+/// checked) instead of landing on the app with a ClientHello. Local traffic never passes
+/// `PREROUTING`, so without this the inbound redirect would not see it. Loopback destinations
+/// (the proxy's connections to the app), the proxy's own ports and the skipped inbound ports
+/// go through unchanged, which is also why no loop is possible.
+fn self_call_rules(spec: &RedirectSpec, family: Family) -> Vec<Args> {
+    let uid = spec.proxy_uid.to_string();
+    let own = |tail: &[&str]| {
+        let mut rule = args(&["-o", "lo", "!", "-d", loopback(family)]);
+        rule.extend(args(&["-m", "owner", "--uid-owner", &uid, "-p", "tcp"]));
+        rule.extend(args(tail));
+        rule
+    };
+    let mut rules: Vec<Args> = [spec.inbound_port, spec.outbound_port]
+        .iter()
+        .map(|p| own(&["--dport", &p.to_string(), "-j", "RETURN"]))
+        .collect();
+    rules.extend(
+        (spec.skip_inbound_ports.iter()).map(|p| own(&["--dport", &p.to_string(), "-j", "RETURN"])),
+    );
+    rules.push(own(&[
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &spec.inbound_port.to_string(),
+    ]));
+    rules
+}
+
 /// The rules of `TRELLIS_OUTBOUND` for one family, in order.
 pub fn outbound_rules(spec: &RedirectSpec, family: Family) -> Vec<Args> {
-    // The proxy's own connections (to peers, to the app, passthrough) are never captured: this
-    // is what makes a redirect loop impossible.
-    let mut rules = vec![args(&[
+    let mut rules = self_call_rules(spec, family);
+    // Otherwise the proxy's own connections (to peers, to the app, passthrough) are never
+    // captured: this is what makes a redirect loop impossible.
+    rules.push(args(&[
         "-m",
         "owner",
         "--uid-owner",
         &spec.proxy_uid.to_string(),
         "-j",
         "RETURN",
-    ])];
+    ]));
     // Loopback destinations, including the pod's own addresses (routed through `lo`).
     rules.push(args(&["-o", "lo", "-j", "RETURN"]));
     let cidrs = spec

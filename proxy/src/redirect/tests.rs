@@ -120,8 +120,27 @@ fn inbound_excludes_own_and_skipped_ports_before_redirecting() {
 }
 
 #[test]
+fn outbound_sends_the_proxys_own_pod_calls_to_its_inbound_port_first() {
+    let v4 = outbound_rules(&spec(), Family::V4);
+    let own = |tail: &[&str]| {
+        let mut r = s(&["-o", "lo", "!", "-d", "127.0.0.0/8", "-m", "owner"]);
+        r.extend(s(&["--uid-owner", "2102", "-p", "tcp"]));
+        r.extend(s(tail));
+        r
+    };
+    assert_eq!(v4[0], own(&["--dport", "4143", "-j", "RETURN"]));
+    assert_eq!(v4[1], own(&["--dport", "4140", "-j", "RETURN"]));
+    assert_eq!(v4[2], own(&["--dport", "4191", "-j", "RETURN"]));
+    assert_eq!(v4[3], own(&["--dport", "9000:9010", "-j", "RETURN"]));
+    assert_eq!(v4[4], own(&["-j", "REDIRECT", "--to-ports", "4143"]));
+    let v6 = outbound_rules(&spec(), Family::V6);
+    assert_eq!(v6[4][4], "::1/128", "{:?}", v6[4]);
+}
+
+#[test]
 fn outbound_excludes_proxy_uid_first_then_loopback_cidrs_ports() {
     let v4 = outbound_rules(&spec(), Family::V4);
+    let v4 = &v4[5..];
     assert_eq!(
         v4[0],
         s(&["-m", "owner", "--uid-owner", "2102", "-j", "RETURN"])
@@ -172,7 +191,7 @@ fn install_is_idempotent_and_leaves_other_rules_alone() {
     let mut changed = spec();
     changed.skip_outbound_ports.clear();
     run(&install(&changed, &families), &mut t).unwrap();
-    assert_eq!(t.chains(Family::V4)["TRELLIS_OUTBOUND"].len(), 4);
+    assert_eq!(t.chains(Family::V4)["TRELLIS_OUTBOUND"].len(), 4 + 5);
     assert_eq!(t.chains(Family::V4)["OUTPUT"].len(), 2);
 }
 

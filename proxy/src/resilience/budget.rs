@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 const BUCKETS: usize = 10;
+/// Seconds the budget looks back over.
+pub const WINDOW_SECS: u64 = BUCKETS as u64;
 
 #[derive(Debug)]
 pub struct RetryBudget {
@@ -58,6 +60,11 @@ impl RetryBudget {
             }
         }
         (req, ret)
+    }
+
+    /// (original requests, retries) in the window now; read by `/explain`.
+    pub fn window(&self) -> (u64, u64) {
+        self.window_sums(self.now_secs())
     }
 
     /// Records an original request (not a retry).

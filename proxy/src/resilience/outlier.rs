@@ -111,10 +111,18 @@ impl OutlierState {
         self.consecutive_5xx.store(0, Ordering::Relaxed);
         self.consecutive_gateway.store(0, Ordering::Relaxed);
         stats.ejections.inc();
+        // Found by identity rather than passed in so the hot path's signature stays as it is;
+        // this runs only on an ejection.
+        let endpoint = cluster
+            .iter()
+            .find(|e| std::ptr::eq(&e.state.outlier, self))
+            .map(|e| e.addr.to_string())
+            .unwrap_or_else(|| "unknown".into());
         tracing::info!(
+            %endpoint,
             ejection = n,
-            ?duration,
-            "endpoint ejected by outlier detection"
+            duration = %crate::config::human_duration(duration),
+            "endpoint {endpoint} ejected by outlier detection"
         );
         true
     }

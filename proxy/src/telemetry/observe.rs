@@ -38,6 +38,8 @@ pub struct Telemetry {
     pub sample_ratio: f64,
     pub b3: Option<B3Format>,
     pub access_log: Option<AccessLog>,
+    /// Summaries for the admin `/tap`, built only while it is attached.
+    pub tap: Arc<crate::admin::tap::Tap>,
 }
 
 #[derive(Clone)]
@@ -166,19 +168,24 @@ where
         let layer = self.layer.clone();
         let t = layer.telemetry.clone();
         let ids = propagate(&t, req.headers_mut());
-        let request_id = match req.headers().get(&REQUEST_ID) {
-            Some(v) => v.clone(),
+        let request_id = match req.headers_mut().get_mut(&REQUEST_ID) {
+            Some(v) => {
+                trace_context::never_indexed(v);
+                v.clone()
+            }
             None => {
                 let mut hex = String::with_capacity(32);
                 trace_context::push_hex(&mut hex, &random_id::<16>());
-                let v =
+                let mut v =
                     HeaderValue::from_str(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"));
+                trace_context::never_indexed(&mut v);
                 req.headers_mut().insert(&REQUEST_ID, v.clone());
                 v
             }
         };
         let target = req.extensions().get::<Target>().cloned();
-        let wants_detail = (ids.sampled && t.spans.is_some()) || t.access_log.is_some();
+        let tapped = t.tap.attached();
+        let wants_detail = (ids.sampled && t.spans.is_some()) || t.access_log.is_some() || tapped;
         let detail = wants_detail.then(|| RequestDetail::of(&req));
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -233,6 +240,9 @@ where
                 }
                 if let Some(log) = &t.access_log {
                     log.write(&finished.log_line(layer.direction, &detail));
+                }
+                if tapped {
+                    t.tap.publish(finished.log_line(layer.direction, &detail));
                 }
             }
             result

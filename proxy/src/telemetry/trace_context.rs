@@ -116,9 +116,21 @@ pub fn format_traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> 
     write_hex(&mut out[36..52], span_id);
     out[52] = b'-';
     write_hex(&mut out[53..55], &[flags & PROPAGATED_FLAGS]);
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
+    let mut value = HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00")
-    })
+    });
+    never_indexed(&mut value);
+    value
+}
+
+/// Marks a value that is new on every request (trace and span ids, request ids) for HPACK's
+/// never-indexed literal form. Indexed, each one would be added to the HTTP/2 connection's
+/// dynamic table on both sides, evict entries that do repeat, and be compared against the
+/// earlier requests' ids already there before the next one is added (callgrind: about 50 value
+/// comparisons and a table insertion per request). `sensitive` changes nothing else but
+/// `Debug`, which prints `Sensitive` for the value.
+pub fn never_indexed(value: &mut HeaderValue) {
+    value.set_sensitive(true);
 }
 
 /// The `tracestate` to send on, from every `tracestate` field received: the valid members, in
@@ -299,7 +311,8 @@ pub fn inject_b3(
             v.push('-');
             v.push_str(p);
         }
-        if let Ok(v) = HeaderValue::from_str(&v) {
+        if let Ok(mut v) = HeaderValue::from_str(&v) {
+            never_indexed(&mut v);
             headers.insert(&B3, v);
         }
     } else {
@@ -308,12 +321,14 @@ pub fn inject_b3(
             (&B3_SPAN_ID, span),
             (&B3_SAMPLED, flag.to_string()),
         ] {
-            if let Ok(v) = HeaderValue::from_str(&value) {
+            if let Ok(mut v) = HeaderValue::from_str(&value) {
+                never_indexed(&mut v);
                 headers.insert(name, v);
             }
         }
         match parent_hex.and_then(|p| HeaderValue::from_str(&p).ok()) {
-            Some(p) => {
+            Some(mut p) => {
+                never_indexed(&mut p);
                 headers.insert(&B3_PARENT_SPAN_ID, p);
             }
             None => {

@@ -1,11 +1,22 @@
 use super::*;
 use crate::balance::tests_support::cluster;
-use crate::config::LbPolicy;
+use crate::config::{AddressIndex, LbPolicy, VirtualService};
 
+/// Cluster "hello" with endpoints 127.0.0.1:1000 and :1001; its service has the virtual
+/// addresses 10.96.0.10 and fd00::10 with ports 80 -> 8080 and 25 -> 2525.
 fn snapshot() -> MeshSnapshot {
     let mut s = MeshSnapshot::default();
     s.clusters
         .insert("hello".into(), cluster(LbPolicy::RoundRobin, &[1, 1]));
+    s.addresses = AddressIndex::new(
+        &s.clusters,
+        [VirtualService {
+            name: "default/hello".into(),
+            cluster: "hello".into(),
+            addresses: vec!["10.96.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
+            ports: vec![(80, 8080), (25, 2525)],
+        }],
+    );
     s
 }
 
@@ -29,6 +40,161 @@ fn endpoint_addresses_are_mesh_destinations() {
             Destination::Outside
         ));
     }
+}
+
+#[test]
+fn a_virtual_address_on_a_service_port_is_the_service() {
+    let s = snapshot();
+    for (dst, target) in [
+        ("10.96.0.10:80", 8080),
+        ("[fd00::10]:80", 8080),
+        ("10.96.0.10:25", 2525),
+    ] {
+        match classify(&s, dst.parse().unwrap()) {
+            Destination::Service {
+                service,
+                cluster,
+                target_port,
+            } => {
+                assert_eq!(service, "default/hello", "{dst}");
+                assert_eq!(cluster, "hello", "{dst}");
+                assert_eq!(target_port, target, "{dst}");
+            }
+            other => panic!("{dst}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_virtual_address_on_another_port_passes_through() {
+    let s = snapshot();
+    // 8080 is a target port, not a service port: nothing listens there on a ClusterIP.
+    for dst in ["10.96.0.10:8080", "[fd00::10]:443", "10.96.0.11:80"] {
+        assert!(
+            matches!(classify(&s, dst.parse().unwrap()), Destination::Outside),
+            "{dst}"
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_from_the_protocol_knows_its_virtual_addresses() {
+    use crate::config::{build_snapshot, decode, ResourceCache};
+    use prost::Message;
+    use trellis_api::{config as pb, discovery::Resource, type_url};
+    let resource = |payload: Vec<u8>| Resource {
+        name: "default/web".into(),
+        version: "1".into(),
+        payload,
+    };
+    let routes = pb::RouteConfig {
+        hosts: vec!["web".into()],
+        ports: vec![80, 25],
+        target_ports: vec![8080, 2525],
+        addresses: vec!["10.96.0.10".into()],
+        default_cluster: "default/web".into(),
+        ..Default::default()
+    };
+    let endpoints = pb::Endpoints {
+        cluster: "default/web".into(),
+        endpoints: vec![pb::Endpoint {
+            address: "10.1.0.5:4143".into(),
+            identity: "spiffe://trellis.local/ns/default/sa/web".into(),
+            weight: 1,
+            plaintext: false,
+        }],
+    };
+    let mut cache = ResourceCache::new();
+    for (t, payload) in [
+        (type_url::ROUTES, routes.encode_to_vec()),
+        (type_url::ENDPOINTS, endpoints.encode_to_vec()),
+    ] {
+        let decoded = decode(t, &resource(payload)).expect("valid");
+        cache
+            .entry(t.to_string())
+            .or_default()
+            .insert("default/web".into(), ("1".into(), decoded));
+    }
+    let connector = crate::transport::MeshConnector::for_tests();
+    let s = build_snapshot(&cache, &MeshSnapshot::default(), &connector);
+    assert!(matches!(
+        classify(&s, "10.96.0.10:25".parse().unwrap()),
+        Destination::Service { ref cluster, target_port: 2525, .. } if cluster == "default/web"
+    ));
+    // The endpoint itself is still an endpoint, and its pod a meshed pod.
+    assert!(matches!(
+        classify(&s, "10.1.0.5:4143".parse().unwrap()),
+        Destination::Mesh { .. }
+    ));
+    assert!(matches!(
+        classify(&s, "10.1.0.5:9999".parse().unwrap()),
+        Destination::MeshPod { .. }
+    ));
+}
+
+#[tokio::test]
+async fn opaque_tcp_to_a_service_reaches_an_endpoint_at_the_target_port() {
+    // A plaintext (mTLS disabled) endpoint, so that no certificates are needed: the bytes go to
+    // the picked endpoint's pod at the target port, not to the virtual address.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_port = app.local_addr().unwrap().port();
+    let mut s = MeshSnapshot::default();
+    let endpoint = Arc::new(Endpoint {
+        addr: "127.0.0.1:4143".parse().unwrap(),
+        identity: String::new(),
+        weight: 1,
+        plaintext: true,
+        state: cluster(LbPolicy::RoundRobin, &[1]).endpoints[0]
+            .state
+            .clone(),
+    });
+    s.clusters.insert(
+        "default/web".into(),
+        Arc::new(crate::config::Cluster {
+            name: "default/web".into(),
+            policy: Default::default(),
+            endpoints: vec![endpoint],
+            state: Arc::default(),
+            ring: None,
+        }),
+    );
+    let ctx = Outbound {
+        config: Arc::default(),
+        store: Arc::new(arc_swap::ArcSwap::from_pointee(s)),
+        tls: TlsContext::default(),
+        metrics: Arc::new(ProxyMetrics::new("test".into())),
+    };
+    let (pair, accepted) = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (client, l.accept().await.unwrap().0)
+    };
+    let (_drain, watch) = crate::drain::channel();
+    let dst: SocketAddr = "10.96.0.10:25".parse().unwrap();
+    let carried = tokio::spawn(async move {
+        to_service(
+            accepted,
+            dst,
+            ("default/web", "default/web"),
+            target_port,
+            &ctx,
+            watch,
+        )
+        .await
+    });
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut client = pair;
+    client.write_all(b"HELO\r\n").await.unwrap();
+    let (mut server, _) = tokio::time::timeout(Duration::from_secs(5), app.accept())
+        .await
+        .expect("the endpoint's target port is connected to")
+        .unwrap();
+    let mut got = [0u8; 6];
+    server.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"HELO\r\n");
+    drop(server);
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(5), carried).await;
 }
 
 #[test]
@@ -97,4 +263,10 @@ fn a_host_without_routes_is_routed_by_the_destination_cluster() {
     let target = resolve(&store, &by_ip).expect("routed by destination");
     assert_eq!(target.rule.name, "hello");
     assert_eq!(target.cluster.endpoints.len(), 2);
+    // A Host naming a service wins over the connection's destination (a ClusterIP's service).
+    let mut named = request("hello");
+    named
+        .extensions_mut()
+        .insert(DestinationCluster("elsewhere".into()));
+    assert_eq!(resolve(&store, &named).expect("by Host").rule.name, "hello");
 }

@@ -9,6 +9,7 @@ fn telemetry(ratio: f64, b3: Option<B3Format>) -> Telemetry {
         sample_ratio: ratio,
         b3,
         access_log: None,
+        tap: Arc::default(),
     }
 }
 

@@ -478,3 +478,17 @@ fn random_ids_are_non_zero_and_distinct() {
     assert_ne!(a, [0; 16]);
     assert_ne!(a, b);
 }
+
+#[test]
+fn per_request_ids_are_sent_never_indexed() {
+    // HPACK must not add a value that is new on every request to the connection's table.
+    assert!(format_traceparent(&[1; 16], &[2; 8], FLAG_SAMPLED).is_sensitive());
+    let mut h = HeaderMap::new();
+    inject_b3(&mut h, &[1; 16], &[2; 8], Some(&[3; 8]), true, true);
+    assert!(h.get(&B3).is_some_and(|v| v.is_sensitive()));
+    let mut h = HeaderMap::new();
+    inject_b3(&mut h, &[1; 16], &[2; 8], Some(&[3; 8]), true, false);
+    for name in [&B3_TRACE_ID, &B3_SPAN_ID, &B3_SAMPLED, &B3_PARENT_SPAN_ID] {
+        assert!(h.get(name).is_some_and(|v| v.is_sensitive()), "{name}");
+    }
+}

@@ -1,7 +1,8 @@
 //! The open-files limit (RLIMIT_NOFILE): raising the soft limit to the hard one at start, and the
-//! connection budget derived from it. At the common default soft limit of 1,024 a fleet's
-//! connections take every descriptor and the reloader can no longer open the mesh YAML, so the
-//! control plane asks for all it may have and keeps a reserve that connections never get.
+//! connection budget derived from it. At the common default soft limit of 1,024 a flood of
+//! connections takes every descriptor: the control plane's reloader can no longer open the mesh
+//! YAML, a sidecar can no longer reach the app, its peers or the control plane. So each binary
+//! asks for all it may have and keeps a reserve that accepted connections never get.
 //! This is the crate's only `unsafe`: two libc calls that have no std wrapper.
 use std::io;
 

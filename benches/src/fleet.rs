@@ -1,0 +1,494 @@
+//! `trellis-bench fleet`: the control plane under a fleet of simulated sidecars (issue #14). The
+//! control plane runs as its own process (`trellis control-plane serve`, so its memory and CPU are
+//! read from /proc), serving a mesh of `services` services; `proxies` simulated sidecars (`sim`)
+//! speak the real discovery protocol over TLS with bootstrap tokens, sharing `connections` HTTP/2
+//! connections. Measured:
+//! - control-plane RSS before any proxy and once all are in sync: KiB per proxy;
+//! - time from opening the first stream to the last proxy holding every type;
+//! - push rounds: one endpoint of one service changes in the mesh file; latency from the control
+//!   plane's publication (the timestamp of its `config version N applied` log line, same clock)
+//!   to each proxy receiving the change and ACKing it: p50, p99, max; control-plane CPU per round
+//!   (parse, build, fan-out, ACKs; idle CPU subtracted), and per proxy;
+//! - errors: streams that failed, proxies that missed a push.
+//!
+//! Every process started is a `Process`, killed on drop: on success, on error, and on Ctrl-C
+//! (the caller races the run against the signal, so the future and its processes are dropped).
+
+mod sim;
+
+use crate::procstat;
+use crate::systems::{self, trellis, Process};
+use anyhow::{bail, Context};
+use serde::Serialize;
+use sim::{Recorder, SimProxy};
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use trellis_api::discovery::Node;
+use trellis_api::type_url;
+
+const TRUST_DOMAIN: &str = "trellis.local";
+const NAMESPACE: &str = "default";
+const CONTROL_PLANE: SocketAddr = systems::addr::at(80, 18290);
+
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub proxies: usize,
+    pub services: usize,
+    /// HTTP/2 connections the simulated proxies share (a real sidecar has its own).
+    pub connections: usize,
+    pub pushes: usize,
+    pub trellis: Option<PathBuf>,
+    /// Where `fleet.json`, `fleet.md`, the mesh file, state and the log go.
+    pub out: PathBuf,
+}
+
+impl FleetConfig {
+    pub fn new(proxies: usize, services: usize, out: PathBuf) -> FleetConfig {
+        FleetConfig {
+            proxies,
+            services,
+            connections: proxies.div_ceil(100).max(1),
+            pushes: 5,
+            trellis: None,
+            out,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    pub proxies: usize,
+    pub services: usize,
+    pub connections: usize,
+    pub rss_idle_kib: u64,
+    pub rss_synced_kib: u64,
+    pub kib_per_proxy: f64,
+    pub sync_all_s: f64,
+    pub synced: usize,
+    /// Payload bytes the fleet received to get in sync, per proxy.
+    pub sync_payload_kib_per_proxy: f64,
+    pub pushes: usize,
+    pub push_p50_ms: f64,
+    pub push_p99_ms: f64,
+    pub push_max_ms: f64,
+    /// Resources per proxy per push (1 when only the changed endpoint set is sent).
+    pub resources_per_push: f64,
+    pub cpu_per_push_ms: f64,
+    pub cpu_per_push_per_proxy_us: f64,
+    pub failed_streams: usize,
+    pub missed_pushes: usize,
+    pub first_error: Option<String>,
+    pub load_average: String,
+}
+
+/// Endpoint addresses of service `k`; `round` > 0 moves the first one (a one-endpoint change).
+fn endpoints(k: usize, round: usize) -> [String; 2] {
+    let (a, b) = (k / 250, k % 250);
+    let first = if round == 0 {
+        format!("10.{a}.{b}.1:4143")
+    } else {
+        format!("10.{}.{}.{}:4143", 100 + a, b, round % 250 + 2)
+    };
+    [first, format!("10.{a}.{b}.2:4143")]
+}
+
+fn service_name(k: usize) -> String {
+    format!("svc-{k:04}")
+}
+
+/// The mesh: `services` services, two endpoints each. Push round `r` moves the first endpoint of
+/// service `7r mod services`, on top of the earlier rounds' moves, so each round changes exactly
+/// one resource.
+pub fn mesh_yaml(services: usize, round: usize) -> String {
+    let mut y = format!("trustDomain: {TRUST_DOMAIN}\nservices:\n");
+    for k in 0..services {
+        let moved = (1..=round)
+            .rev()
+            .find(|r| (r * 7) % services == k)
+            .unwrap_or(0);
+        let [e1, e2] = endpoints(k, moved);
+        let _ = write!(
+            y,
+            "  - name: {}\n    ports: [{{port: 80, targetPort: 8080, protocol: http1}}]\n    \
+             endpoints: [{{address: \"{e1}\"}}, {{address: \"{e2}\"}}]\n",
+            service_name(k)
+        );
+    }
+    y
+}
+
+/// Replaces the file in one rename, so the control plane never reads it half-written.
+fn write_mesh(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+async fn token(binary: &Path, state: &Path, service_account: &str) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(binary)
+        .args(["control-plane", "token", "--namespace", NAMESPACE])
+        .args(["--service-account", service_account])
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .await
+        .context("running `trellis control-plane token`")?;
+    if !out.status.success() {
+        bail!(
+            "`trellis control-plane token` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Unix microseconds of a `tracing` fmt timestamp such as `2026-12-02T09:40:01.123456Z`.
+pub fn parse_log_time(stamp: &str) -> Option<u64> {
+    let num = |s: &str| s.parse::<u32>().ok();
+    let (date, rest) = stamp.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-');
+    let (y, m, day) = (d.next()?, d.next()?, d.next()?);
+    let (hms, frac) = rest.split_once('.').unwrap_or((rest, "0"));
+    let mut t = hms.split(':');
+    let (h, min, s) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
+    let digits = frac.len().min(9);
+    let frac_ns = num(frac.get(..digits)?)? * 10u32.pow(9 - digits as u32);
+    let date = time::Date::from_calendar_date(
+        y.parse().ok()?,
+        time::Month::try_from(u8::try_from(num(m)?).ok()?).ok()?,
+        u8::try_from(num(day)?).ok()?,
+    )
+    .ok()?;
+    let clock = time::Time::from_hms_nano(
+        u8::try_from(h).ok()?,
+        u8::try_from(min).ok()?,
+        u8::try_from(s).ok()?,
+        frac_ns,
+    )
+    .ok()?;
+    let nanos = time::PrimitiveDateTime::new(date, clock)
+        .assume_utc()
+        .unix_timestamp_nanos();
+    u64::try_from(nanos / 1000).ok()
+}
+
+/// When the control plane logged that it published `version`, from its log.
+pub fn published_at(log: &str, version: u64) -> Option<u64> {
+    let needle = format!("config version {version} applied");
+    let line = log.lines().rev().find(|l| l.contains(&needle))?;
+    parse_log_time(without_colours(line).split_whitespace().next()?)
+}
+
+/// The text without ANSI colour sequences (`ESC [ … m`), which wrap the timestamp when the
+/// control plane logs in colour.
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Waits until `done()` or `limit`, failing early if the control plane exits.
+async fn wait_for(
+    cp: &mut Process,
+    limit: Duration,
+    done: impl Fn() -> bool,
+) -> anyhow::Result<bool> {
+    let start = Instant::now();
+    while !done() {
+        cp.check_alive()?;
+        if start.elapsed() > limit {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(true)
+}
+
+fn cpu_of(pid: u32) -> Duration {
+    procstat::sample(pid).map(|s| s.cpu).unwrap_or_default()
+}
+
+fn rss_of(pid: u32) -> u64 {
+    procstat::sample(pid).map(|s| s.rss_kib).unwrap_or(0)
+}
+
+pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
+    anyhow::ensure!(
+        cfg.proxies > 0 && cfg.services > 0,
+        "--proxies and --services > 0"
+    );
+    let work = cfg.out.join("work");
+    let state = work.join("state");
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    let binary = trellis::find_binary(cfg.trellis.as_deref())?;
+    let mesh = work.join("mesh.yaml");
+    write_mesh(&mesh, &mesh_yaml(cfg.services, 0))?;
+    let log = work.join("control-plane.log");
+
+    // One token per identity in use; `token` also creates the key the control plane loads.
+    let identities = cfg.proxies.min(cfg.services);
+    let mut tokens: Vec<Arc<str>> = Vec::with_capacity(identities);
+    for k in 0..identities {
+        tokens.push(token(&binary, &state, &service_name(k)).await?.into());
+    }
+    let args: Vec<OsString> = [
+        "control-plane",
+        "serve",
+        "--admin",
+        "off",
+        "--config-settle-ms",
+        "0",
+        "--listen",
+        &CONTROL_PLANE.to_string(),
+        "--max-streams",
+        &(cfg.proxies + 1000).to_string(),
+        "--max-streams-per-identity",
+        &cfg.proxies.to_string(),
+    ]
+    .iter()
+    .map(OsString::from)
+    .chain(["--config".into(), mesh.clone().into_os_string()])
+    .chain(["--state-dir".into(), state.clone().into_os_string()])
+    .collect();
+    let mut cp = Process::spawn("control plane", &binary, &args, &log)?;
+    let pid = cp.pid().context("the control plane has no pid")?;
+    systems::wait_port("the control plane", CONTROL_PLANE, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle_kib = rss_of(pid);
+
+    let ca = std::fs::read_to_string(state.join("ca.crt.pem")).context("reading the CA")?;
+    let link = trellis_proxy::control_plane::LinkSettings {
+        rpc_timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let url = format!("https://{CONTROL_PLANE}");
+    let channels = (0..cfg.connections.max(1))
+        .map(|_| trellis_proxy::control_plane::channel(&url, &ca, "localhost", link))
+        .collect::<Result<Vec<_>, _>>()
+        .context("building the channels")?;
+
+    let rec = Recorder::new(cfg.proxies);
+    let started = sim::unix_micros();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..cfg.proxies {
+        let service = service_name(i % cfg.services);
+        let node = Node {
+            id: format!("fleet-{i}"),
+            service: service.clone(),
+            namespace: NAMESPACE.into(),
+            identity: trellis_api::spiffe_id(TRUST_DOMAIN, NAMESPACE, &service),
+            proxy_version: "fleet-bench".into(),
+        };
+        let proxy = SimProxy {
+            index: i,
+            subscriptions: subscriptions(&node),
+            node,
+            token: tokens[i % identities].clone(),
+        };
+        let channel = channels[i % channels.len()].clone();
+        tasks.spawn(sim::run(proxy, channel, rec.clone()));
+    }
+    let sync_limit = Duration::from_secs(60) + Duration::from_millis(20 * cfg.proxies as u64);
+    let live = || cfg.proxies - rec.failed.load(Ordering::Relaxed);
+    wait_for(&mut cp, sync_limit, || {
+        rec.synced.load(Ordering::Relaxed) >= live()
+    })
+    .await?;
+    let synced = rec.synced.load(Ordering::Relaxed);
+    let last_sync = (rec.synced_at.iter())
+        .map(|s| s.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(started);
+    let sync_payload = rec.payload_bytes.load(Ordering::Relaxed);
+    // Let the allocator and the streams settle, then read memory and the idle CPU rate.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_synced_kib = rss_of(pid);
+    let idle_start = (Instant::now(), cpu_of(pid));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rate = cpu_of(pid).saturating_sub(idle_start.1).as_secs_f64()
+        / idle_start.0.elapsed().as_secs_f64();
+
+    let mut latencies_us = Vec::new();
+    let (mut cpu_total, mut missed, mut resources, mut rounds) = (0.0, 0usize, 0u64, 0usize);
+    for round in 1..=cfg.pushes {
+        let version = 1 + round as u64;
+        rec.await_version(version);
+        let before = (Instant::now(), cpu_of(pid));
+        write_mesh(&mesh, &mesh_yaml(cfg.services, round))?;
+        let target = live();
+        let limit = Duration::from_secs(60);
+        wait_for(&mut cp, limit, || {
+            rec.pushed.load(Ordering::Relaxed) >= target
+        })
+        .await?;
+        // The ACKs of the last proxies are still in flight: they are part of the push's cost.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cpu = cpu_of(pid).saturating_sub(before.1).as_secs_f64()
+            - idle_rate * before.0.elapsed().as_secs_f64();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let Some(published) = published_at(&text, version) else {
+            bail!("no `config version {version} applied` in {}", log.display());
+        };
+        let pushed = rec.pushed.load(Ordering::Relaxed);
+        missed += target.saturating_sub(pushed);
+        resources += rec.pushed_resources.load(Ordering::Relaxed);
+        for stamp in &rec.pushed_at {
+            let at = stamp.load(Ordering::Relaxed);
+            if at != 0 {
+                latencies_us.push(at.saturating_sub(published));
+            }
+        }
+        cpu_total += cpu.max(0.0);
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tasks.abort_all();
+    drop(cp);
+    latencies_us.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let pushes_received = latencies_us.len().max(1) as f64;
+    let cpu_per_push = cpu_total / rounds.max(1) as f64;
+    let first_error = rec.first_error.lock().ok().and_then(|e| e.clone());
+    Ok(FleetReport {
+        proxies: cfg.proxies,
+        services: cfg.services,
+        connections: channels.len(),
+        rss_idle_kib,
+        rss_synced_kib,
+        kib_per_proxy: rss_synced_kib.saturating_sub(rss_idle_kib) as f64 / cfg.proxies as f64,
+        sync_all_s: last_sync.saturating_sub(started) as f64 / 1e6,
+        synced,
+        sync_payload_kib_per_proxy: sync_payload as f64 / 1024.0 / cfg.proxies as f64,
+        pushes: rounds,
+        push_p50_ms: ms(percentile(&latencies_us, 50.0)),
+        push_p99_ms: ms(percentile(&latencies_us, 99.0)),
+        push_max_ms: ms(latencies_us.last().copied().unwrap_or(0)),
+        resources_per_push: resources as f64 / pushes_received,
+        cpu_per_push_ms: cpu_per_push * 1000.0,
+        cpu_per_push_per_proxy_us: cpu_per_push * 1e6 / live().max(1) as f64,
+        failed_streams: rec.failed.load(Ordering::Relaxed),
+        missed_pushes: missed,
+        first_error,
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+    })
+}
+
+/// What a sidecar subscribes to: its own inbound config and the trust bundle by name, the rest
+/// with the wildcard (the proxy's default).
+fn subscriptions(node: &Node) -> [Vec<String>; 5] {
+    type_url::ALL.map(|t| match t {
+        type_url::INBOUND => vec![format!("{}/{}", node.namespace, node.service)],
+        type_url::TRUST_BUNDLE => vec!["default".to_owned()],
+        _ => vec![trellis_api::WILDCARD.to_owned()],
+    })
+}
+
+pub const TABLE_HEADER: &str = "| proxies | services | connections | RSS idle → synced (MiB) | KiB per proxy | sync all (s) | push p50 / p99 / max (ms) | resources per push | CPU per push (ms) | CPU per push per proxy (µs) | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+
+/// One row of the table in docs/benchmarks.md.
+pub fn table_row(r: &FleetReport) -> String {
+    format!(
+        "| {} | {} | {} | {:.1} → {:.1} | {:.1} | {:.2} | {:.0} / {:.0} / {:.0} | {:.2} | {:.1} | {:.2} | {} |\n",
+        r.proxies,
+        r.services,
+        r.connections,
+        r.rss_idle_kib as f64 / 1024.0,
+        r.rss_synced_kib as f64 / 1024.0,
+        r.kib_per_proxy,
+        r.sync_all_s,
+        r.push_p50_ms,
+        r.push_p99_ms,
+        r.push_max_ms,
+        r.resources_per_push,
+        r.cpu_per_push_ms,
+        r.cpu_per_push_per_proxy_us,
+        r.failed_streams + r.missed_pushes,
+    )
+}
+
+pub fn markdown(r: &FleetReport) -> String {
+    let mut md = String::from(TABLE_HEADER);
+    md.push_str(&table_row(r));
+    let _ = writeln!(
+        md,
+        "\n{} of {} proxies in sync; {} push rounds; {:.1} KiB of payload per proxy to sync; \
+         load average at the end: {}.",
+        r.synced, r.proxies, r.pushes, r.sync_payload_kib_per_proxy, r.load_average
+    );
+    if let Some(e) = &r.first_error {
+        let _ = writeln!(md, "First error: {e}");
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_timestamps_parse_to_unix_micros() {
+        assert_eq!(
+            parse_log_time("1970-01-01T00:00:01.000002Z"),
+            Some(1_000_002)
+        );
+        assert_eq!(
+            parse_log_time("2026-12-02T09:40:01.123456789Z"),
+            Some(1_796_204_401_123_456)
+        );
+        assert_eq!(parse_log_time("not a time"), None);
+        let log = "2026-12-02T09:40:01.5Z  INFO trellis_control_plane::publish: config version 3 \
+                   applied\n\x1b[2m2026-12-02T09:40:02.000001Z\x1b[0m INFO x: config version 4 applied\n";
+        assert_eq!(published_at(log, 3), Some(1_796_204_401_500_000));
+        assert_eq!(published_at(log, 4), Some(1_796_204_402_000_001));
+        assert_eq!(published_at(log, 5), None);
+    }
+
+    #[test]
+    fn each_round_moves_one_endpoint_of_one_service() {
+        let changed = |a: &str, b: &str| {
+            (a.lines().zip(b.lines()))
+                .filter(|(x, y)| x != y)
+                .map(|(_, y)| y.to_owned())
+                .collect::<Vec<_>>()
+        };
+        let rounds: Vec<String> = (0..4).map(|r| mesh_yaml(10, r)).collect();
+        for r in 1..4 {
+            let diff = changed(&rounds[r - 1], &rounds[r]);
+            assert_eq!(diff.len(), 1, "round {r}: {diff:?}");
+            assert!(
+                diff[0].contains(&format!("10.100.{}.", (r * 7) % 10)),
+                "{diff:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn percentiles_take_the_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&[], 99.0), 0);
+    }
+}

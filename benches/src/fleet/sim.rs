@@ -1,0 +1,152 @@
+//! One simulated sidecar: the discovery stream exactly as `proxy/src/discovery` opens it (node on
+//! the first request, one request per type in `type_url::ALL` order, bearer token, ACK per
+//! nonce), without decoding payloads. What each one saw goes into the shared `Recorder` as
+//! unix-microsecond stamps in atomics, so ten thousand of them record without a lock.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use trellis_api::discovery::aggregated_discovery_client::AggregatedDiscoveryClient;
+use trellis_api::discovery::{DeltaDiscoveryRequest, Node};
+use trellis_api::type_url;
+
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// What every simulated proxy saw; indexed by proxy.
+pub struct Recorder {
+    /// When each proxy had received every type once (0: not yet).
+    pub synced_at: Vec<AtomicU64>,
+    pub synced: AtomicUsize,
+    /// The system version the current push round waits for (0: none).
+    pub awaiting: AtomicU64,
+    /// When each proxy last received a response of `awaiting` (0: not yet).
+    pub pushed_at: Vec<AtomicU64>,
+    pub pushed: AtomicUsize,
+    /// Resources carried by the responses of `awaiting`, over all proxies.
+    pub pushed_resources: AtomicU64,
+    /// Bytes of resource payload received over the whole run.
+    pub payload_bytes: AtomicU64,
+    /// Streams that failed; they are not retried (reconnect storms are another scenario).
+    pub failed: AtomicUsize,
+    pub first_error: Mutex<Option<String>>,
+}
+
+impl Recorder {
+    pub fn new(proxies: usize) -> Arc<Recorder> {
+        let stamps = || (0..proxies).map(|_| AtomicU64::new(0)).collect();
+        Arc::new(Recorder {
+            synced_at: stamps(),
+            synced: AtomicUsize::new(0),
+            awaiting: AtomicU64::new(0),
+            pushed_at: stamps(),
+            pushed: AtomicUsize::new(0),
+            pushed_resources: AtomicU64::new(0),
+            payload_bytes: AtomicU64::new(0),
+            failed: AtomicUsize::new(0),
+            first_error: Mutex::new(None),
+        })
+    }
+
+    /// Starts waiting for `version`: clears the previous round's stamps.
+    pub fn await_version(&self, version: u64) {
+        for stamp in &self.pushed_at {
+            stamp.store(0, Ordering::Relaxed);
+        }
+        self.pushed.store(0, Ordering::Relaxed);
+        self.pushed_resources.store(0, Ordering::Relaxed);
+        self.awaiting.store(version, Ordering::Release);
+    }
+
+    fn fail(&self, error: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_error.lock() {
+            first.get_or_insert(error);
+        }
+    }
+}
+
+/// Who one simulated proxy is and what it subscribes to.
+pub struct SimProxy {
+    pub index: usize,
+    pub node: Node,
+    pub token: Arc<str>,
+    /// Names per type in `type_url::ALL` order.
+    pub subscriptions: [Vec<String>; 5],
+}
+
+/// Runs one proxy's stream until it fails or the control plane closes it.
+pub async fn run(proxy: SimProxy, channel: Channel, rec: Arc<Recorder>) {
+    if let Err(status) = stream(&proxy, channel, &rec).await {
+        rec.fail(format!(
+            "proxy {}: {} {}",
+            proxy.node.id,
+            status.code(),
+            status.message()
+        ));
+    }
+}
+
+async fn stream(proxy: &SimProxy, channel: Channel, rec: &Recorder) -> Result<(), tonic::Status> {
+    let (tx, rx) = mpsc::channel(8);
+    for (i, (t, names)) in type_url::ALL.iter().zip(&proxy.subscriptions).enumerate() {
+        let first = DeltaDiscoveryRequest {
+            node: (i == 0).then(|| proxy.node.clone()),
+            type_url: (*t).to_owned(),
+            resource_names_subscribe: names.clone(),
+            ..Default::default()
+        };
+        // Room for 8 and 5 are sent: cannot fail while `rx` lives.
+        let _ = tx.send(first).await;
+    }
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let bearer = format!("Bearer {}", proxy.token)
+        .parse()
+        .map_err(|_| tonic::Status::unauthenticated("token is not valid metadata"))?;
+    request
+        .metadata_mut()
+        .insert(trellis_api::AUTHORIZATION, bearer);
+    let mut client = AggregatedDiscoveryClient::new(channel);
+    let mut responses = client.delta_resources(request).await?.into_inner();
+    let mut seen = [false; 5];
+    while let Some(rsp) = responses.message().await? {
+        let now = unix_micros();
+        let payload: usize = rsp.resources.iter().map(|r| r.payload.len()).sum();
+        rec.payload_bytes
+            .fetch_add(payload as u64, Ordering::Relaxed);
+        if let Some(t) = type_url::ALL.iter().position(|t| *t == rsp.type_url) {
+            if !seen[t] {
+                seen[t] = true;
+                if seen.iter().all(|s| *s) {
+                    rec.synced_at[proxy.index].store(now, Ordering::Relaxed);
+                    rec.synced.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let awaiting = rec.awaiting.load(Ordering::Acquire);
+        if awaiting != 0 && rsp.system_version_info.parse() == Ok(awaiting) {
+            rec.pushed_resources
+                .fetch_add(rsp.resources.len() as u64, Ordering::Relaxed);
+            let before = rec.pushed_at[proxy.index].swap(now, Ordering::Relaxed);
+            if before == 0 {
+                rec.pushed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let ack = DeltaDiscoveryRequest {
+            type_url: rsp.type_url,
+            response_nonce: rsp.nonce,
+            ..Default::default()
+        };
+        if tx.send(ack).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
