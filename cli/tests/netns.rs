@@ -44,17 +44,6 @@ services:
     )
 }
 
-const BANNER_SERVER: &str = r#"
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', 2525)); s.listen(8)
-while True:
-    c, a = s.accept()
-    c.sendall(b'220 beta smtp ready\r\n')
-    line = c.makefile('rb').readline()
-    c.sendall(b'250 got ' + line); c.close()
-"#;
-
 const TLS_SERVER: &str = r#"
 import socket, ssl, sys
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[1], sys.argv[2])
@@ -109,7 +98,7 @@ fn transparent_interception_in_network_namespaces() {
         lab.spawn(&format!("{name}-app"), app);
     }
     let mut banner = lab.cmd(&b, "python3");
-    banner.args(["-u", "-c", BANNER_SERVER]);
+    banner.args(["-u", "-c", &banner_server("beta smtp ready")]);
     lab.spawn("beta-banner", banner);
     let mut tls_app = lab.cmd(&b, "python3");
     tls_app.args(["-u", "-c", TLS_SERVER]).arg(&cert).arg(&key);

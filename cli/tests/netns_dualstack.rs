@@ -49,18 +49,6 @@ services:
     )
 }
 
-/// A server-speaks-first TCP service (SMTP-like) in pod A.
-const BANNER_SERVER: &str = r#"
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', 2525)); s.listen(8)
-while True:
-    c, a = s.accept()
-    c.sendall(b'220 alpha ready\r\n')
-    line = c.makefile('rb').readline()
-    c.sendall(b'250 got ' + line); c.close()
-"#;
-
 /// Python: GET `url` with `Host: host` and print the answer (the sample app's JSON), or the
 /// status and the proxy's reason for an error status.
 fn get(url: &str, host: &str) -> String {
@@ -100,7 +88,7 @@ fn dual_stack_pods_and_self_calls_in_network_namespaces() {
         lab.redirect(ns, &["--ipv6", "on"]);
     }
     let mut banner = lab.cmd(&a, "python3");
-    banner.args(["-u", "-c", BANNER_SERVER]);
+    banner.args(["-u", "-c", &banner_server("alpha ready")]);
     lab.spawn("alpha-banner", banner);
     let dual_stack = Listen {
         inbound: "[::]:4143",

@@ -208,6 +208,22 @@ impl Lab {
     }
 }
 
+/// Python for a server-speaks-first TCP service (SMTP-like) on port 2525: it greets with
+/// `220 <greeting>`, reads one line and answers `250 got <line>`.
+pub fn banner_server(greeting: &str) -> String {
+    format!(
+        "import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 2525)); s.listen(8)
+while True:
+    c, a = s.accept()
+    c.sendall(b'220 {greeting}\\r\\n')
+    line = c.makefile('rb').readline()
+    c.sendall(b'250 got ' + line); c.close()
+"
+    )
+}
+
 /// The `trellis` binary the lab runs for every role.
 pub const BIN: &str = env!("CARGO_BIN_EXE_trellis");
 
