@@ -56,6 +56,8 @@ pub struct ChaosStats {
     pub bytes: AtomicU64,
     /// Connections that were open when a freeze came and went silent.
     pub frozen: AtomicU64,
+    /// Of those, the ones their client gave up on (closed its end).
+    pub frozen_closed: AtomicU64,
 }
 
 /// A running relay; stopped (listener and every connection) on drop.
@@ -144,6 +146,11 @@ impl ChaosRelay {
         self.stats.frozen.load(Ordering::Relaxed)
     }
 
+    /// Frozen connections whose client has since closed them.
+    pub fn frozen_closed(&self) -> u64 {
+        self.stats.frozen_closed.load(Ordering::Relaxed)
+    }
+
     pub fn resets(&self) -> u64 {
         self.stats.resets.load(Ordering::Relaxed)
     }
@@ -226,7 +233,13 @@ async fn relay(mut client: TcpStream, mut rng: SplitMix64, mut shared: Shared) {
             Step::Read(read, from_client) => (read, from_client),
             Step::Freeze => {
                 stats.frozen.fetch_add(1, Ordering::Relaxed);
-                // Both sockets stay open and silent until the relay is dropped.
+                // Nothing passes either way and the server never hears from the client again.
+                // What the client sends is swallowed, as a black hole's kernel would ACK it, so
+                // that its close can be seen: the client gave up on the connection.
+                let mut sink = vec![0u8; 16 * 1024];
+                while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+                stats.frozen_closed.fetch_add(1, Ordering::Relaxed);
+                // The server's socket stays open until the relay is dropped.
                 return std::future::pending().await;
             }
         };

@@ -74,10 +74,18 @@ impl Load {
 
 /// One outstanding request on an endpoint, counted until the guard drops (at the end of the
 /// response body).
+///
+/// A request sent that never got its response head (the caller gave up, a timeout fired, the
+/// stream failed) is a latency sample too, of the time it waited: otherwise an endpoint behind a
+/// silent connection, whose requests are all abandoned, keeps the estimate of its last good
+/// answer, looks like the fastest endpoint and gets every request until the connection's
+/// keepalive gives up on it (as tower's PeakEwma, the sample is taken when the handle drops).
 #[derive(Debug)]
 pub struct LoadGuard {
     endpoint: Arc<EndpointState>,
     started: Instant,
+    /// Sent, and no response head yet.
+    awaiting_head: bool,
 }
 
 impl LoadGuard {
@@ -86,6 +94,7 @@ impl LoadGuard {
         LoadGuard {
             endpoint: endpoint.clone(),
             started: Instant::now(),
+            awaiting_head: false,
         }
     }
 
@@ -93,10 +102,12 @@ impl LoadGuard {
     /// connection (a TLS handshake) does not count as the endpoint's latency.
     pub fn sent(&mut self) {
         self.started = Instant::now();
+        self.awaiting_head = true;
     }
 
     /// Response headers arrived: the latency sample.
-    pub fn headers_received(&self) {
+    pub fn headers_received(&mut self) {
+        self.awaiting_head = false;
         self.endpoint
             .load
             .observe(self.started.elapsed().as_nanos() as f64);
@@ -105,6 +116,11 @@ impl LoadGuard {
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
+        if self.awaiting_head {
+            self.endpoint
+                .load
+                .observe(self.started.elapsed().as_nanos() as f64);
+        }
         self.endpoint
             .load
             .outstanding
