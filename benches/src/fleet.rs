@@ -129,24 +129,6 @@ fn write_mesh(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
-async fn token(binary: &Path, state: &Path, service_account: &str) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new(binary)
-        .args(["control-plane", "token", "--namespace", NAMESPACE])
-        .args(["--service-account", service_account])
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .await
-        .context("running `trellis control-plane token`")?;
-    if !out.status.success() {
-        bail!(
-            "`trellis control-plane token` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 /// Unix microseconds of a `tracing` fmt timestamp such as `2026-12-02T09:40:01.123456Z`.
 pub fn parse_log_time(stamp: &str) -> Option<u64> {
     let num = |s: &str| s.parse::<u32>().ok();
@@ -249,7 +231,11 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
     let identities = cfg.proxies.min(cfg.services);
     let mut tokens: Vec<Arc<str>> = Vec::with_capacity(identities);
     for k in 0..identities {
-        tokens.push(token(&binary, &state, &service_name(k)).await?.into());
+        tokens.push(
+            trellis::token(&binary, &state, &service_name(k))
+                .await?
+                .into(),
+        );
     }
     let args: Vec<OsString> = [
         "control-plane",

@@ -190,27 +190,7 @@ pub async fn start_with(
     // Tokens first: `token` creates the token key the control plane then loads.
     let mut tokens = Vec::new();
     for service in ["loadgen", "bench", "loadgen-traced", "bench-traced"] {
-        let out = tokio::process::Command::new(binary)
-            .args([
-                "control-plane",
-                "token",
-                "--namespace",
-                NAMESPACE,
-                "--service-account",
-                service,
-            ])
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .await
-            .context("running `trellis control-plane token`")?;
-        if !out.status.success() {
-            bail!(
-                "`trellis control-plane token` failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        tokens.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        tokens.push(token(binary, &state, service).await?);
     }
     procs.push(Process::spawn(
         "trellis control plane",
@@ -408,4 +388,24 @@ fn one_hop_tls(state: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
 
 fn trellis_api_id(service_account: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{service_account}")
+}
+
+/// A bootstrap token for `service_account` from `trellis control-plane token` (which creates the
+/// token key in `state` if there is none yet).
+pub async fn token(binary: &Path, state: &Path, service_account: &str) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(binary)
+        .args(["control-plane", "token", "--namespace", NAMESPACE])
+        .args(["--service-account", service_account])
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .await
+        .context("running `trellis control-plane token`")?;
+    if !out.status.success() {
+        bail!(
+            "`trellis control-plane token` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
