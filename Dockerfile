@@ -11,9 +11,10 @@
 # The binaries are statically linked against glibc (`-C target-feature=+crt-static`; the musl
 # target is not needed) and run on `scratch`: cli/tests/static_binary.rs builds the proxy the
 # same way and runs it in an empty chroot. `--target` matters: with it RUSTFLAGS apply only to the
-# binaries, not to build scripts and proc macros, which stay dynamic host programs. The release
-# profile's line tables are stripped (symbols stay, so backtraces name functions): 16, 25 and
-# 12 MB instead of 71, 113 and 61 MB for the proxy, control plane and injector.
+# binaries, not to build scripts and proc macros, which stay dynamic host programs. The `dist`
+# profile (release with fat LTO and one codegen unit: Cargo.toml) makes the binaries smaller and
+# the sidecar's idle memory lower (docs/benchmarks.md, Footprint). Line tables are stripped;
+# symbols stay, so backtraces name functions.
 
 # The toolchain the workspace is built and tested with. Not the workspace's `rust-version`
 # (1.85): kube 5 and serde-saphyr need 1.89.
@@ -23,11 +24,11 @@ COPY . .
 ENV RUSTFLAGS="-C target-feature=+crt-static"
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --target x86_64-unknown-linux-gnu \
+    cargo build --profile dist --locked --target x86_64-unknown-linux-gnu \
       -p trellis-proxy -p trellis-control-plane -p trellis-injector \
     && mkdir /out \
     && for bin in trellis-proxy trellis-control-plane trellis-injector; do \
-         cp "target/x86_64-unknown-linux-gnu/release/$bin" /out/ || exit 1; \
+         cp "target/x86_64-unknown-linux-gnu/dist/$bin" /out/ || exit 1; \
        done \
     && strip --strip-debug /out/*
 

@@ -9,12 +9,19 @@
 //!   plane's publication (the timestamp of its `config version N applied` log line, same clock)
 //!   to each proxy receiving the change and ACKing it: p50, p99, max; control-plane CPU per round
 //!   (parse, build, fan-out, ACKs; idle CPU subtracted), and per proxy;
-//! - errors: streams that failed, proxies that missed a push.
+//! - errors: streams that failed, proxies that missed a push;
+//! - with `on_demand` = K, each proxy subscribes by name, as a sidecar in on-demand mode does, to
+//!   the routes, cluster and endpoints of K services (the next K after its own), instead of `*`:
+//!   memory per proxy then follows K, not the mesh; a push reaches only the changed service's
+//!   subscribers, and those are the receivers expected;
+//! - with `storm`, a reconnect storm after the pushes (`storm.rs`): the control plane killed and
+//!   restarted under the fleet, time until every proxy is back in sync.
 //!
 //! Every process started is a `Process`, killed on drop: on success, on error, and on Ctrl-C
 //! (the caller races the run against the signal, so the future and its processes are dropped).
 
 mod sim;
+mod storm;
 
 use crate::procstat;
 use crate::systems::{self, trellis, Process};
@@ -42,6 +49,10 @@ pub struct FleetConfig {
     /// HTTP/2 connections the simulated proxies share (a real sidecar has its own).
     pub connections: usize,
     pub pushes: usize,
+    /// Restart the control plane under the synced fleet at the end (the reconnect storm).
+    pub storm: bool,
+    /// On-demand subscriptions: each proxy names K services instead of the wildcard.
+    pub on_demand: Option<usize>,
     pub trellis: Option<PathBuf>,
     /// Where `fleet.json`, `fleet.md`, the mesh file, state and the log go.
     pub out: PathBuf,
@@ -54,6 +65,8 @@ impl FleetConfig {
             services,
             connections: proxies.div_ceil(100).max(1),
             pushes: 5,
+            storm: false,
+            on_demand: None,
             trellis: None,
             out,
         }
@@ -64,6 +77,8 @@ impl FleetConfig {
 pub struct FleetReport {
     pub proxies: usize,
     pub services: usize,
+    /// Services each proxy subscribes to by name (`None`: the wildcard).
+    pub on_demand: Option<usize>,
     pub connections: usize,
     pub rss_idle_kib: u64,
     pub rss_synced_kib: u64,
@@ -73,6 +88,10 @@ pub struct FleetReport {
     /// Payload bytes the fleet received to get in sync, per proxy.
     pub sync_payload_kib_per_proxy: f64,
     pub pushes: usize,
+    /// Per push round on average: the proxies subscribed to the changed service (the receivers
+    /// expected; every proxy with the wildcard), and the proxies the push reached.
+    pub push_expected: f64,
+    pub push_reached: f64,
     pub push_p50_ms: f64,
     pub push_p99_ms: f64,
     pub push_max_ms: f64,
@@ -84,6 +103,7 @@ pub struct FleetReport {
     pub missed_pushes: usize,
     pub first_error: Option<String>,
     pub load_average: String,
+    pub storm: Option<storm::StormReport>,
 }
 
 /// Endpoint addresses of service `k`; `round` > 0 moves the first one (a one-endpoint change).
@@ -256,7 +276,8 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
     .chain(["--config".into(), mesh.clone().into_os_string()])
     .chain(["--state-dir".into(), state.clone().into_os_string()])
     .collect();
-    let mut cp = Process::spawn("control plane", &binary, &args, &log)?;
+    let spawn = || Process::spawn("control plane", &binary, &args, &log);
+    let mut cp = spawn()?;
     let pid = cp.pid().context("the control plane has no pid")?;
     systems::wait_port("the control plane", CONTROL_PLANE, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -284,10 +305,11 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
             namespace: NAMESPACE.into(),
             identity: trellis_api::spiffe_id(TRUST_DOMAIN, NAMESPACE, &service),
             proxy_version: "fleet-bench".into(),
+            admin_address: String::new(),
         };
         let proxy = SimProxy {
             index: i,
-            subscriptions: subscriptions(&node),
+            subscriptions: subscriptions(&node, i, cfg.services, cfg.on_demand),
             node,
             token: tokens[i % identities].clone(),
         };
@@ -316,17 +338,26 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
 
     let mut latencies_us = Vec::new();
     let (mut cpu_total, mut missed, mut resources, mut rounds) = (0.0, 0usize, 0u64, 0usize);
+    let (mut expected_total, mut reached_total) = (0usize, 0usize);
     for round in 1..=cfg.pushes {
         let version = 1 + round as u64;
         rec.await_version(version);
+        // The receivers expected: the changed service's subscribers whose stream is up.
+        let changed = changed_service(cfg.services, round);
+        let expected: Vec<usize> = (0..cfg.proxies)
+            .filter(|i| subscribes(*i, changed, cfg.services, cfg.on_demand))
+            .filter(|i| !rec.dead[*i].load(Ordering::Relaxed))
+            .collect();
         let before = (Instant::now(), cpu_of(pid));
         write_mesh(&mesh, &mesh_yaml(cfg.services, round))?;
-        let target = live();
         let limit = Duration::from_secs(60);
-        wait_for(&mut cp, limit, || {
-            rec.pushed.load(Ordering::Relaxed) >= target
-        })
-        .await?;
+        let outstanding = || {
+            (expected.iter())
+                .filter(|i| rec.pushed_at[**i].load(Ordering::Relaxed) == 0)
+                .filter(|i| !rec.dead[**i].load(Ordering::Relaxed))
+                .count()
+        };
+        wait_for(&mut cp, limit, || outstanding() == 0).await?;
         // The ACKs of the last proxies are still in flight: they are part of the push's cost.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let cpu = cpu_of(pid).saturating_sub(before.1).as_secs_f64()
@@ -335,8 +366,9 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
         let Some(published) = published_at(&text, version) else {
             bail!("no `config version {version} applied` in {}", log.display());
         };
-        let pushed = rec.pushed.load(Ordering::Relaxed);
-        missed += target.saturating_sub(pushed);
+        missed += outstanding();
+        expected_total += expected.len();
+        reached_total += rec.pushed.load(Ordering::Relaxed);
         resources += rec.pushed_resources.load(Ordering::Relaxed);
         for stamp in &rec.pushed_at {
             let at = stamp.load(Ordering::Relaxed);
@@ -348,6 +380,13 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
         rounds += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let storm = if cfg.storm {
+        let (restarted, report) = storm::restart(cp, spawn, CONTROL_PLANE, &rec, live()).await?;
+        cp = restarted;
+        Some(report)
+    } else {
+        None
+    };
     tasks.abort_all();
     drop(cp);
     latencies_us.sort_unstable();
@@ -358,6 +397,7 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
     Ok(FleetReport {
         proxies: cfg.proxies,
         services: cfg.services,
+        on_demand: cfg.on_demand,
         connections: channels.len(),
         rss_idle_kib,
         rss_synced_kib,
@@ -366,6 +406,8 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
         synced,
         sync_payload_kib_per_proxy: sync_payload as f64 / 1024.0 / cfg.proxies as f64,
         pushes: rounds,
+        push_expected: expected_total as f64 / rounds.max(1) as f64,
+        push_reached: reached_total as f64 / rounds.max(1) as f64,
         push_p50_ms: ms(percentile(&latencies_us, 50.0)),
         push_p99_ms: ms(percentile(&latencies_us, 99.0)),
         push_max_ms: ms(latencies_us.last().copied().unwrap_or(0)),
@@ -378,16 +420,60 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
         load_average: std::fs::read_to_string("/proc/loadavg")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default(),
+        storm,
     })
 }
 
-/// What a sidecar subscribes to: its own inbound config and the trust bundle by name, the rest
-/// with the wildcard (the proxy's default).
-fn subscriptions(node: &Node) -> [Vec<String>; 5] {
+/// The service whose endpoint push round `round` moves (`mesh_yaml`).
+fn changed_service(services: usize, round: usize) -> usize {
+    (round * 7) % services
+}
+
+/// The services proxy `index` calls with `on_demand` = K: the K after its own (modulo the
+/// mesh), all of them when K ≥ the mesh.
+fn called(index: usize, services: usize, k: usize) -> Vec<usize> {
+    (1..=k.min(services))
+        .map(|d| (index + d) % services)
+        .collect()
+}
+
+/// Whether proxy `index` receives changes of service `service`.
+fn subscribes(index: usize, service: usize, services: usize, on_demand: Option<usize>) -> bool {
+    let Some(k) = on_demand else {
+        return true;
+    };
+    let distance = (service + services - index % services) % services;
+    let distance = if distance == 0 { services } else { distance };
+    distance <= k
+}
+
+/// What a sidecar subscribes to, as `proxy/src/discovery/subscriptions.rs` names it: its own
+/// inbound config (`<namespace>/<service>`) and the trust bundle (`default`) by name; routes,
+/// clusters and endpoints with the wildcard, or on demand by the names `<namespace>/<service>`
+/// of the services its app calls (services here have no backends besides themselves). A sidecar
+/// adds those names as the app calls them; the fleet opens with the set, as a sidecar's stream
+/// does on a reconnect, which holds the same subscriptions.
+fn subscriptions(
+    node: &Node,
+    index: usize,
+    services: usize,
+    on_demand: Option<usize>,
+) -> [Vec<String>; 5] {
+    let by_name = |k: usize| -> Vec<String> {
+        let mut names: Vec<String> = called(index, services, k)
+            .into_iter()
+            .map(|s| format!("{NAMESPACE}/{}", service_name(s)))
+            .collect();
+        names.sort();
+        names
+    };
     type_url::ALL.map(|t| match t {
         type_url::INBOUND => vec![format!("{}/{}", node.namespace, node.service)],
         type_url::TRUST_BUNDLE => vec!["default".to_owned()],
-        _ => vec![trellis_api::WILDCARD.to_owned()],
+        _ => match on_demand {
+            None => vec![trellis_api::WILDCARD.to_owned()],
+            Some(k) => by_name(k),
+        },
     })
 }
 
@@ -414,17 +500,54 @@ pub fn table_row(r: &FleetReport) -> String {
     )
 }
 
+pub const ON_DEMAND_TABLE_HEADER: &str = "| proxies | services | services per proxy (K) | connections | RSS idle → synced (MiB) | KiB per proxy | sync all (s) | payload to sync per proxy (KiB) | push reached / subscribers | push p50 / p99 / max (ms) | CPU per push (ms) | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+
+/// One row of the on-demand table in docs/benchmarks.md.
+pub fn on_demand_table_row(r: &FleetReport) -> String {
+    format!(
+        "| {} | {} | {} | {} | {:.1} → {:.1} | {:.1} | {:.2} | {:.1} | {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.1} | {} |\n",
+        r.proxies,
+        r.services,
+        r.on_demand.unwrap_or(r.services),
+        r.connections,
+        r.rss_idle_kib as f64 / 1024.0,
+        r.rss_synced_kib as f64 / 1024.0,
+        r.kib_per_proxy,
+        r.sync_all_s,
+        r.sync_payload_kib_per_proxy,
+        r.push_reached,
+        r.push_expected,
+        r.push_p50_ms,
+        r.push_p99_ms,
+        r.push_max_ms,
+        r.cpu_per_push_ms,
+        r.failed_streams + r.missed_pushes,
+    )
+}
+
 pub fn markdown(r: &FleetReport) -> String {
-    let mut md = String::from(TABLE_HEADER);
-    md.push_str(&table_row(r));
+    let mut md = match r.on_demand {
+        None => format!("{TABLE_HEADER}{}", table_row(r)),
+        Some(_) => format!("{ON_DEMAND_TABLE_HEADER}{}", on_demand_table_row(r)),
+    };
     let _ = writeln!(
         md,
-        "\n{} of {} proxies in sync; {} push rounds; {:.1} KiB of payload per proxy to sync; \
-         load average at the end: {}.",
-        r.synced, r.proxies, r.pushes, r.sync_payload_kib_per_proxy, r.load_average
+        "\n{} of {} proxies in sync; {} push rounds, each reaching {:.0} proxies on average ({:.0} \
+         subscribed to the changed service); {:.1} KiB of payload per proxy to sync; load average \
+         at the end: {}.",
+        r.synced,
+        r.proxies,
+        r.pushes,
+        r.push_reached,
+        r.push_expected,
+        r.sync_payload_kib_per_proxy,
+        r.load_average
     );
     if let Some(e) = &r.first_error {
         let _ = writeln!(md, "First error: {e}");
+    }
+    if let Some(s) = &r.storm {
+        let _ = writeln!(md, "\n{}", storm::summary(s, r.proxies));
     }
     md
 }
@@ -468,6 +591,45 @@ mod tests {
                 "{diff:?}"
             );
         }
+    }
+
+    #[test]
+    fn on_demand_proxies_name_the_k_services_after_their_own() {
+        let node = |i: usize| Node {
+            namespace: NAMESPACE.into(),
+            service: service_name(i % 10),
+            ..Default::default()
+        };
+        let of = |subs: &[Vec<String>; 5], t: &str| {
+            let at = type_url::ALL.iter().position(|u| *u == t).expect("type");
+            subs[at].clone()
+        };
+        let subs = subscriptions(&node(8), 8, 10, Some(3));
+        assert_eq!(of(&subs, type_url::INBOUND), ["default/svc-0008"]);
+        assert_eq!(of(&subs, type_url::TRUST_BUNDLE), ["default"]);
+        let names = ["default/svc-0000", "default/svc-0001", "default/svc-0009"];
+        for t in [type_url::ROUTES, type_url::CLUSTERS, type_url::ENDPOINTS] {
+            assert_eq!(of(&subs, t), names, "{t}");
+        }
+        let wildcard = subscriptions(&node(8), 8, 10, None);
+        assert_eq!(of(&wildcard, type_url::ENDPOINTS), [trellis_api::WILDCARD]);
+        // The receivers of a push are exactly the proxies that named the service.
+        for service in 0..10 {
+            for i in 0..25 {
+                let endpoints = of(
+                    &subscriptions(&node(i), i, 10, Some(3)),
+                    type_url::ENDPOINTS,
+                );
+                let named = endpoints.contains(&format!("default/{}", service_name(service)));
+                assert_eq!(subscribes(i, service, 10, Some(3)), named, "{i} {service}");
+                assert!(subscribes(i, service, 10, None));
+            }
+        }
+        let subscribers = (0..100).filter(|i| subscribes(*i, 4, 10, Some(3))).count();
+        assert_eq!(subscribers, 30);
+        // K beyond the mesh: every service, once.
+        assert_eq!(called(2, 4, 9).len(), 4);
+        assert!((0..4).all(|s| subscribes(2, s, 4, Some(9))));
     }
 
     #[test]

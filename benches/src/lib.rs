@@ -4,10 +4,12 @@
 //! proxies under test (Trellis and its peers) started as processes, `suite` the scenarios and
 //! their interleaved runs, `overload` (2× the saturation rate, load shedding) and `soak` (a long
 //! fixed-rate run watching memory and descriptors), `instructions` (callgrind counts per request),
+//! `footprint` (binary size, start to ready, idle memory),
 //! `report` the JSON, markdown and SVG output.
 #![forbid(unsafe_code)]
 
 pub mod fleet;
+pub mod footprint;
 pub mod instructions;
 pub mod load;
 pub mod overload;

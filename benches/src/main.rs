@@ -3,8 +3,8 @@
 //! `saturate` drive one target by hand; `overload` offers the mesh path twice its saturation rate
 //! and reports the load shedding; `soak` runs a fixed rate for minutes watching the sidecars' memory
 //! and descriptors (non-zero exit if they grow); `instructions` counts user-space instructions and
-//! allocations per request under callgrind; `fleet` runs the control plane under simulated
-//! sidecars; `upstream` is the server the suite starts as a
+//! allocations per request under callgrind; `footprint` measures binary size, start to ready and
+//! idle memory; `fleet` runs the control plane under simulated sidecars; `upstream` is the server the suite starts as a
 //! process.
 #![forbid(unsafe_code)]
 
@@ -186,6 +186,23 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Binary size (built and stripped), start to ready, idle RSS and RSS per idle client
+    /// connection of a sidecar (docs/benchmarks.md, Footprint).
+    Footprint {
+        /// Times a sidecar is started and timed.
+        #[arg(long, default_value_t = 10)]
+        starts: usize,
+        /// Idle keep-alive client connections opened to one sidecar.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// The sidecars' runtime workers.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long)]
+        trellis: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The control plane under N simulated sidecars: memory per proxy, sync time, push latency
     /// and CPU (docs/benchmarks.md, Fleet).
     Fleet {
@@ -199,6 +216,13 @@ enum Command {
         /// Push rounds (each moves one endpoint of one service).
         #[arg(long, default_value_t = 5)]
         pushes: usize,
+        /// Then kill and restart the control plane under the synced fleet (a reconnect storm).
+        #[arg(long)]
+        storm: bool,
+        /// Each proxy subscribes by name to K services (its on-demand set: the K after its own)
+        /// instead of the wildcard, as sidecars in on-demand mode do.
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+        on_demand: Option<u64>,
         #[arg(long)]
         trellis: Option<PathBuf>,
         #[arg(long)]
@@ -393,22 +417,56 @@ fn main() -> anyhow::Result<()> {
             print!("{md}");
             eprintln!("\nresults in {}", dir.display());
         }
+        Command::Footprint {
+            starts,
+            connections,
+            workers,
+            trellis,
+            out,
+        } => {
+            let root = out.unwrap_or_else(report::results_root);
+            let dir = root.join(format!("{}-footprint", report::timestamp()));
+            let cfg = trellis_bench::footprint::FootprintConfig {
+                trellis,
+                starts,
+                idle_connections: connections,
+                workers,
+                out: dir.clone(),
+            };
+            let r = runtime(1)?.block_on(async {
+                tokio::select! {
+                    r = trellis_bench::footprint::run(&cfg) => r,
+                    _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+                }
+            })?;
+            std::fs::write(
+                dir.join("footprint.json"),
+                serde_json::to_string_pretty(&r)?,
+            )?;
+            print!("{}", trellis_bench::footprint::markdown(&r));
+            eprintln!("\nresults in {}", dir.display());
+        }
         Command::Fleet {
             proxies,
             services,
             connections,
             pushes,
+            storm,
+            on_demand,
             trellis,
             out,
         } => {
             let root = out.unwrap_or_else(report::results_root);
+            let mode = on_demand.map_or(String::new(), |k| format!("-on-demand-{k}"));
             let dir = root.join(format!(
-                "{}-fleet-{proxies}x{services}",
+                "{}-fleet-{proxies}x{services}{mode}",
                 report::timestamp()
             ));
             let mut cfg = trellis_bench::fleet::FleetConfig::new(proxies, services, dir.clone());
             cfg.connections = connections.unwrap_or(cfg.connections);
             cfg.pushes = pushes;
+            cfg.storm = storm;
+            cfg.on_demand = on_demand.map(|k| usize::try_from(k).unwrap_or(usize::MAX));
             cfg.trellis = trellis;
             // Two workers: ten thousand streams' ACKs are work too, and on Ctrl-C the run is
             // dropped so that the control plane it started is killed.

@@ -262,17 +262,14 @@ async fn server_identities(mesh: &MeshConfig, admin: SocketAddr) -> traffic::Ide
 }
 
 fn print_usage(source: &Pod, config_path: &Path) {
-    let outbound = source.outbound();
-    let hello_admin = PODS
-        .iter()
-        .find(|p| p.service == "hello")
-        .map(|p| p.admin())
-        .unwrap_or(source.admin());
+    let (outbound, admin) = (source.outbound(), source.admin());
     println!("Try it by hand (you are the frontend app; its sidecar's outbound is {outbound}):");
     println!("  curl -s -H 'Host: hello' http://{outbound}/");
     println!("  curl -s --http2-prior-knowledge -H 'Host: echo' http://{outbound}/");
     println!("  curl -s -H 'Host: echo' --http2-prior-knowledge --data 'hi' http://{outbound}/");
-    println!("  curl -s http://{hello_admin}/config      # a sidecar's view of the mesh");
+    println!(
+        "  curl -s http://{admin}/config      # your sidecar's view: the services it has called"
+    );
     println!(
         "Edit {} to change the mesh live (the control plane logs whether it applied the edit).",
         config_path.display()

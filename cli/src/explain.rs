@@ -31,11 +31,11 @@ pub struct ExplainArgs {
     /// allows or denies the request from this sidecar's identity.
     #[arg(long)]
     pub destination_admin: Option<String>,
-    /// How many recent requests on the route to show (summarised while a `trellis tap` runs).
+    /// How many recent requests on the route to show (of the last 64 the sidecar finished).
     #[arg(long, default_value_t = 10)]
     pub recent: usize,
     /// First watch the sidecar's requests for this long (`5s`), as `trellis tap` does, so that
-    /// the answer lists the recent requests that took the route and their attempts.
+    /// requests arriving meanwhile are among the recent ones listed.
     #[arg(long, value_parser = crate::stat::parse_window)]
     pub watch: Option<std::time::Duration>,
     /// `text` or `json` (the sidecar's answer, with the destination's decision under
@@ -158,7 +158,7 @@ pub fn render(doc: &Value) -> String {
     if recent.is_empty() {
         let _ = writeln!(
             out,
-            "recent    none seen (requests are kept while `trellis tap` runs)"
+            "recent    none on this route among the last 64 the sidecar handled"
         );
     } else {
         let _ = writeln!(
@@ -167,6 +167,10 @@ pub fn render(doc: &Value) -> String {
             recent.len()
         );
         for r in &recent {
+            if r["inFlight"] == true {
+                let _ = writeln!(out, "  {} {} -> in flight", s(&r["method"]), s(&r["path"]));
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "  {} {} -> {} in {:.1}ms, {} attempt(s){}",
@@ -278,7 +282,10 @@ mod tests {
             }],
             "authorization": {"caller": "spiffe://t/ns/d/sa/client", "action": "deny", "rule": "default",
                               "at": "127.0.0.2:4191"},
-            "recent": []
+            "recent": [
+                {"method": "GET", "path": "/home", "status": 503, "duration_ms": 1.25, "attempts": 2},
+                {"method": "POST", "path": "/home", "inFlight": true}
+            ]
         });
         let text = render(&doc);
         for want in [
@@ -290,6 +297,9 @@ mod tests {
             "  circuit breaker in use: requests 1/1024, pending 0/1024, retries 0/3",
             "  endpoint 127.0.0.2:4143 spiffe://h EJECTED for 29s, 0 outstanding",
             "authorization at 127.0.0.2:4191: DENY by rule default (caller spiffe://t/ns/d/sa/client)",
+            "recent    2 on this route, newest last:\n",
+            "  GET /home -> 503 in 1.2ms, 2 attempt(s)\n",
+            "  POST /home -> in flight\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

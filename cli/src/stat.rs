@@ -2,7 +2,9 @@
 //! `/metrics`: requests, requests per second and success rate over a window between two scrapes,
 //! and latency percentiles from the histogram buckets of that window (as Prometheus's
 //! `histogram_quantile` would compute them). `--window 0` reads everything since the sidecars
-//! started from one scrape (no rate).
+//! started from one scrape (no rate). The sidecars are the `--admin` addresses given, or every
+//! proxy the control plane lists at `/proxies` on its admin port (`--control-plane-admin`); a
+//! sidecar that does not answer is named on stderr and left out, the others still count.
 
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -19,9 +21,17 @@ pub enum Output {
 
 #[derive(Debug, clap::Args)]
 pub struct StatArgs {
-    /// A sidecar's admin address (repeat for several; their numbers are added up).
-    #[arg(long, default_value = "127.0.0.1:4191")]
+    /// A sidecar's admin address (repeat for several; their numbers are added up). Without it
+    /// and without `--control-plane-admin`: 127.0.0.1:4191.
+    #[arg(long)]
     pub admin: Vec<String>,
+    /// The control plane's admin address (`127.0.0.1:9990`, or a `kubectl port-forward`): every
+    /// connected sidecar it lists at `/proxies` is scraped.
+    #[arg(long)]
+    pub control_plane_admin: Option<String>,
+    /// With `--control-plane-admin`: only the sidecars of this namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// Time between the two scrapes rates come from (`2s`, `500ms`); `0s`: since start, one scrape.
     #[arg(long, default_value = "2s", value_parser = parse_window)]
     pub window: Duration,
@@ -73,22 +83,76 @@ pub fn main(args: StatArgs) -> anyhow::Result<()> {
 }
 
 async fn collect(args: &StatArgs) -> anyhow::Result<Vec<serde_json::Value>> {
+    let sidecars = sidecars(args).await?;
     let before = if args.window.is_zero() {
         Signals::default()
     } else {
-        let first = scrape_all(args).await?;
+        let first = scrape_all(args, &sidecars).await?;
         tokio::time::sleep(args.window).await;
         first
     };
-    let after = scrape_all(args).await?;
+    let after = scrape_all(args, &sidecars).await?;
     let seconds = (!args.window.is_zero()).then_some(args.window.as_secs_f64());
     Ok(after.since(&before).rows(seconds))
 }
 
-async fn scrape_all(args: &StatArgs) -> anyhow::Result<Signals> {
+/// The admin addresses to scrape: those given, plus those the control plane lists.
+async fn sidecars(args: &StatArgs) -> anyhow::Result<Vec<String>> {
+    let mut sidecars = args.admin.clone();
+    if let Some(control_plane) = &args.control_plane_admin {
+        let text = crate::tap::get(control_plane, "/proxies")
+            .await
+            .with_context(|| {
+                format!("asking the control plane at {control_plane} for its proxies")
+            })?;
+        let listed = listed_sidecars(&text, args.namespace.as_deref())
+            .with_context(|| format!("reading {control_plane}/proxies"))?;
+        if listed.is_empty() {
+            anyhow::bail!(
+                "the control plane at {control_plane} lists no proxy with an admin address{}",
+                args.namespace
+                    .as_ref()
+                    .map(|n| format!(" in namespace {n}"))
+                    .unwrap_or_default()
+            );
+        }
+        sidecars.extend(listed);
+    } else if sidecars.is_empty() {
+        sidecars.push("127.0.0.1:4191".into());
+    }
+    sidecars.sort();
+    sidecars.dedup();
+    Ok(sidecars)
+}
+
+/// The admin addresses in a control plane's `/proxies` document, of `namespace` if given.
+fn listed_sidecars(text: &str, namespace: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let doc: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
+    let proxies = doc["proxies"]
+        .as_array()
+        .context("no \"proxies\" list in the answer")?;
+    Ok((proxies.iter())
+        .filter(|p| namespace.is_none_or(|n| p["namespace"] == n))
+        .filter_map(|p| p["adminAddress"].as_str())
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+async fn scrape_all(args: &StatArgs, sidecars: &[String]) -> anyhow::Result<Signals> {
     let mut all = Signals::default();
-    for admin in &args.admin {
-        let text = crate::tap::get(admin, "/metrics").await?;
+    let mut answered = 0;
+    let mut last_error = None;
+    for admin in sidecars {
+        let text = match crate::tap::get(admin, "/metrics").await {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("trellis stat: the sidecar at {admin} did not answer ({e:#}); its requests are not counted");
+                last_error = Some(e);
+                continue;
+            }
+        };
+        answered += 1;
         let key = |s: &Sample| {
             if s.label("direction") != Some(args.direction.as_str()) {
                 return None;
@@ -119,7 +183,10 @@ async fn scrape_all(args: &StatArgs) -> anyhow::Result<Signals> {
             }
         }
     }
-    Ok(all)
+    match last_error {
+        Some(e) if answered == 0 => Err(e.context("no sidecar answered")),
+        _ => Ok(all),
+    }
 }
 
 /// A bucket's upper bound, ordered (never NaN: parsed from `le`).

@@ -366,7 +366,11 @@ fn the_builder_builds_static_binaries_with_a_supported_toolchain() {
         .all("RUN")
         .find(|r| r.contains("cargo build"))
         .expect("the builder runs cargo build");
-    for required in ["--release", "--locked", "--target x86_64-unknown-linux-gnu"] {
+    for required in [
+        "--profile dist",
+        "--locked",
+        "--target x86_64-unknown-linux-gnu",
+    ] {
         assert!(
             run.contains(required),
             "cargo build without {required}: {run}"
@@ -380,7 +384,7 @@ fn the_builder_builds_static_binaries_with_a_supported_toolchain() {
         .map(|(list, _)| list.split_whitespace().collect())
         .unwrap_or_default();
     assert!(
-        run.contains("cp \"target/x86_64-unknown-linux-gnu/release/$bin\" /out/"),
+        run.contains("cp \"target/x86_64-unknown-linux-gnu/dist/$bin\" /out/"),
         "the builder does not copy the binaries to /out: {run}"
     );
     for stage in dockerfile.stages.iter().filter(|s| s.from == "scratch") {

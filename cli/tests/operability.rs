@@ -83,6 +83,76 @@ async fn stat_reports_requests_success_rate_and_latency_per_service_and_route() 
     assert_eq!(row(&rows, "hello")["rps"], 0.0, "{rows}");
 }
 
+#[tokio::test]
+async fn stat_finds_every_sidecar_through_the_control_plane() {
+    let mesh = Mesh::client_and(Service::http1("hello")).await;
+    let client = mesh.client("client", false);
+    for _ in 0..12 {
+        client.get("hello", "/found").await.expect("request");
+    }
+    let control_plane =
+        (mesh.control_plane_admin_addr()).expect("the harness's control plane has an admin port");
+    let (rsp, listed) = trellis_tests::client::TestClient::new(control_plane, false)
+        .get("localhost", "/proxies")
+        .await
+        .expect("GET /proxies");
+    assert_eq!(rsp.status(), 200);
+    let doc: Value = serde_json::from_slice(&listed).expect("json");
+    let control_plane = control_plane.to_string();
+    let mut admins: Vec<String> = (doc["proxies"].as_array().into_iter().flatten())
+        .map(|p| p["adminAddress"].as_str().unwrap_or_default().to_string())
+        .collect();
+    admins.sort();
+    let mut want = vec![
+        mesh.workload("client").admin.to_string(),
+        mesh.workload("hello").admin.to_string(),
+    ];
+    want.sort();
+    assert_eq!(admins, want, "{doc}");
+
+    // Both sides add up without naming a sidecar; one that is gone is reported, not fatal.
+    let out = tokio::process::Command::new(BIN)
+        .args(["stat", "--control-plane-admin", &control_plane])
+        .args([
+            "--admin",
+            "127.0.0.1:1",
+            "--window",
+            "0s",
+            "--output",
+            "json",
+        ])
+        .args(["--direction", "inbound"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run trellis");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    assert!(
+        stderr.contains("the sidecar at 127.0.0.1:1 did not answer"),
+        "{stderr}"
+    );
+    let rows: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(row(&rows, "hello")["requests"], 12.0, "{rows}");
+    assert_eq!(row(&rows, "hello")["successRate"], 1.0, "{rows}");
+
+    let other = tokio::process::Command::new(BIN)
+        .args(["stat", "--control-plane-admin", &control_plane])
+        .args(["--namespace", "nowhere", "--window", "0s"])
+        .output()
+        .await
+        .expect("run trellis");
+    assert!(!other.status.success());
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains("lists no proxy") && stderr.contains("nowhere"),
+        "{stderr}"
+    );
+}
+
 /// Starts `trellis tap` and sends requests until it has printed `max` of them; its stdout.
 async fn tap_while_sending(mesh: &Mesh, admin: &str, path: &str, extra: &[&str]) -> String {
     let args = [&["tap", "--admin", admin, "--seconds", "30"], extra].concat();
@@ -194,6 +264,11 @@ async fn explain_names_the_route_policy_endpoints_decision_and_recent_requests()
         &["--max", "2", "--route", "api"],
     )
     .await;
+    // Remembered without a tap too.
+    let client = mesh.client("client", false);
+    for _ in 0..3 {
+        client.get("hello", "/api/quiet").await.expect("request");
+    }
 
     let text = trellis(&[
         "explain",
@@ -225,11 +300,9 @@ async fn explain_names_the_route_policy_endpoints_decision_and_recent_requests()
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
     assert!(text.contains("route     api in "), "{text}");
-    let recent = text
-        .lines()
-        .filter(|l| l.contains("GET /api/items -> 200"))
-        .count();
-    assert_eq!(recent, 2, "{text}");
+    let count = |line: &str| text.lines().filter(|l| l.contains(line)).count();
+    assert!(count("GET /api/items -> 200") >= 2, "{text}");
+    assert_eq!(count("GET /api/quiet -> 200"), 3, "{text}");
 
     let json = trellis(&[
         "explain",
@@ -298,11 +371,16 @@ async fn explain_names_the_route_policy_endpoints_decision_and_recent_requests()
 async fn the_sidecar_log_says_what_config_changed_and_which_endpoint_was_ejected() {
     let mesh = Mesh::client_and(Service::http1("hello")).await;
     let proxy = SidecarProcess::start(&mesh, &[]).await;
-    let log = proxy.log();
-    let applied = (log.lines())
-        .find(|l| l.contains("config applied: Cluster added "))
-        .unwrap_or_else(|| panic!("{log}"));
-    assert!(applied.contains("hello"), "{applied}");
+    let client = trellis_tests::TestClient::new(proxy.outbound, false);
+    // On demand, the sidecar subscribes to hello on the app's first call to it.
+    let (rsp, _) = client.get("hello", "/").await.expect("request");
+    assert_eq!(rsp.status(), 200);
+    let added = wait_until(Duration::from_secs(5), || async {
+        (proxy.log().lines())
+            .any(|l| l.contains("config applied: Cluster added ") && l.contains("default/hello"))
+    })
+    .await;
+    assert!(added.is_ok(), "no addition logged:\n{}", proxy.log());
 
     // A policy edit is logged as a change of that resource, with its versions.
     let edited = mesh.render_config() + "    policy:\n      requestTimeout: 7s\n";
@@ -315,7 +393,6 @@ async fn the_sidecar_log_says_what_config_changed_and_which_endpoint_was_ejected
 
     // Gateway errors in a row (7 by default) eject the endpoint, and the log names it.
     mesh.workload("hello").app.always(503);
-    let client = trellis_tests::TestClient::new(proxy.outbound, false);
     let endpoint = mesh.workload("hello").inbound;
     let wanted = format!("endpoint {endpoint} ejected by outlier detection");
     let ejected = wait_until(Duration::from_secs(10), || async {

@@ -9,6 +9,8 @@
 //! - `GET /status`: the config version, last reload error, what was skipped and the recent NACKs,
 //!   as JSON; loopback callers only (`kubectl port-forward` arrives as loopback), because NACK
 //!   messages and config errors name pods, addresses and policy.
+//! - `GET /proxies`: the connected proxies (node, service, identity, version, admin address), as
+//!   JSON, which `trellis stat --control-plane-admin` scrapes; loopback callers only, as `/status`.
 //!
 //! It starts in `ControlPlane::bind`, before the config source is synced (a Kubernetes sync can
 //! take a while), so liveness holds during start-up while readiness waits.
@@ -173,11 +175,14 @@ impl Answer {
 }
 
 fn respond(state: &AdminState, method: &Method, path: &str, peer: IpAddr) -> Answer {
-    let known = matches!(path, "/live" | "/ready" | "/metrics" | "/status");
+    let known = matches!(
+        path,
+        "/live" | "/ready" | "/metrics" | "/status" | "/proxies"
+    );
     if !known {
         return Answer::text(
             StatusCode::NOT_FOUND,
-            "not found; try /live, /ready, /metrics or /status\n",
+            "not found; try /live, /ready, /metrics, /status or /proxies\n",
         );
     }
     if method != Method::GET && method != Method::HEAD {
@@ -211,8 +216,16 @@ fn respond(state: &AdminState, method: &Method, path: &str, peer: IpAddr) -> Ans
         }
         _ if !peer.to_canonical().is_loopback() => Answer::text(
             StatusCode::FORBIDDEN,
-            "/status answers loopback callers only (use kubectl port-forward)\n",
+            format!("{path} answers loopback callers only (use kubectl port-forward)\n"),
         ),
+        "/proxies" => Answer {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: serde_json::to_string_pretty(&serde_json::json!({
+                "proxies": state.metrics.proxies()
+            }))
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+        },
         _ => Answer {
             status: StatusCode::OK,
             content_type: "application/json",
@@ -298,7 +311,14 @@ mod tests {
                 received_unix_ms: 42,
             });
         });
-        let _stream = state.metrics.stream_connected();
+        let node = trellis_api::discovery::Node {
+            id: "hello-1".into(),
+            service: "hello".into(),
+            admin_address: "10.0.0.9:4191".into(),
+            ..Default::default()
+        };
+        let _stream = (state.metrics)
+            .stream_connected(crate::proxies::ConnectedProxy::new(&node, "spiffe://t/a"));
         let answer = get(&state, "/status", LOCAL);
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(answer.content_type, "application/json");
@@ -315,6 +335,16 @@ mod tests {
         let refused = get(&state, "/status", REMOTE);
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
         assert!(!refused.body.contains("hello-1"));
+        let proxies = get(&state, "/proxies", LOCAL);
+        assert_eq!(proxies.status, StatusCode::OK);
+        let doc: serde_json::Value = serde_json::from_str(&proxies.body).unwrap();
+        assert_eq!(doc["proxies"][0]["adminAddress"], "10.0.0.9:4191");
+        assert_eq!(doc["proxies"][0]["identity"], "spiffe://t/a");
+        let refused = get(&state, "/proxies", REMOTE);
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert!(refused
+            .body
+            .starts_with("/proxies answers loopback callers only"));
         // Probes and scrapes answer anyone.
         assert_eq!(get(&state, "/metrics", REMOTE).status, StatusCode::OK);
     }

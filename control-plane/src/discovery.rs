@@ -240,9 +240,10 @@ impl StreamTask {
             let _ = self.tx.send(Err(Status::permission_denied(msg))).await;
             return;
         }
+        let _connected =
+            (self.metrics).stream_connected(crate::proxies::ConnectedProxy::new(&node, &granted));
         self.node_id = node.id;
         tracing::info!(node_id = %self.node_id, identity = %granted, "discovery stream connected");
-        let _connected = self.metrics.stream_connected();
         let place = tokio::select! {
             place = first_syncs.acquire_owned() => place,
             _ = shutdown.changed() => return,

@@ -18,6 +18,7 @@ pub mod kubernetes;
 pub mod manifests;
 pub mod metrics;
 pub use trellis_os::open_files;
+pub mod proxies;
 pub mod publish;
 pub mod resources;
 pub mod server;

@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use trellis_api::type_url;
 
+use crate::proxies::{ConnectedProxies, ConnectedProxy, Listed};
 use crate::status::ControlPlaneStatus;
 
 const TYPES: usize = type_url::ALL.len();
@@ -85,6 +86,8 @@ pub struct ControlPlaneMetrics {
     certificate_failures: [AtomicU64; CertificateFailure::ALL.len()],
     /// The issuing certificate's notAfter (unix seconds); `i64::MIN` until known.
     ca_not_after: AtomicI64,
+    /// Who is connected: the admin port's `/proxies` (never a metric label).
+    proxies: Arc<ConnectedProxies>,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -103,6 +106,7 @@ impl Default for ControlPlaneMetrics {
             certificates_issued: AtomicU64::new(0),
             certificate_failures: Default::default(),
             ca_not_after: AtomicI64::new(i64::MIN),
+            proxies: Arc::default(),
         }
     }
 }
@@ -116,10 +120,19 @@ impl ControlPlaneMetrics {
         Arc::new(Self::default())
     }
 
-    /// Counts an open discovery stream until the guard is dropped, however the stream ends.
-    pub fn stream_connected(self: &Arc<Self>) -> ConnectedStream {
+    /// Counts an open discovery stream, and lists its proxy, until the guard is dropped, however
+    /// the stream ends.
+    pub fn stream_connected(self: &Arc<Self>, proxy: ConnectedProxy) -> ConnectedStream {
         self.connected.fetch_add(1, Ordering::Relaxed);
-        ConnectedStream(self.clone())
+        ConnectedStream {
+            metrics: self.clone(),
+            _listed: self.proxies.add(proxy),
+        }
+    }
+
+    /// The proxies connected now.
+    pub fn proxies(&self) -> Vec<ConnectedProxy> {
+        self.proxies.list()
     }
 
     pub fn connected_proxies(&self) -> i64 {
@@ -201,11 +214,15 @@ impl ControlPlaneMetrics {
 
 /// One open discovery stream in `trellis_control_plane_connected_proxies`.
 #[derive(Debug)]
-pub struct ConnectedStream(Arc<ControlPlaneMetrics>);
+pub struct ConnectedStream {
+    metrics: Arc<ControlPlaneMetrics>,
+    /// Removes the proxy from `/proxies` when the stream ends.
+    _listed: Listed,
+}
 
 impl Drop for ConnectedStream {
     fn drop(&mut self) {
-        self.0.connected.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.connected.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -474,8 +491,9 @@ mod tests {
     #[test]
     fn renders_every_family_with_its_counts() {
         let m = ControlPlaneMetrics::new();
-        let a = m.stream_connected();
-        let b = m.stream_connected();
+        let proxy = || ConnectedProxy::new(&Default::default(), "spiffe://t/ns/default/sa/a");
+        let a = m.stream_connected(proxy());
+        let b = m.stream_connected(proxy());
         drop(a);
         m.response_sent(type_url::CLUSTERS);
         m.response_sent(type_url::CLUSTERS);

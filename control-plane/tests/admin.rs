@@ -104,6 +104,7 @@ impl Proxy {
                     namespace: "default".into(),
                     identity: HELLO_ID.into(),
                     proxy_version: "test".into(),
+                    admin_address: String::new(),
                 }),
                 type_url: type_url::ENDPOINTS.into(),
                 resource_names_subscribe: vec!["default/hello".into()],

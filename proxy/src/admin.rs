@@ -35,6 +35,7 @@ use std::convert::Infallible;
 use tokio::sync::watch;
 
 mod explain;
+pub mod recent;
 pub mod tap;
 
 #[derive(Clone)]
@@ -136,7 +137,7 @@ impl AdminState {
             Ok(query) => {
                 let identity = self.identity.borrow().as_ref().map(|i| i.spiffe_id.clone());
                 let mut doc = explain::explain(&self.store.load(), identity.as_deref(), &query);
-                explain::add_recent(&mut doc, &self.tap.recent(), query.recent);
+                explain::add_recent(&mut doc, &self.tap.recent, query.recent);
                 let text = serde_json::to_string_pretty(&doc)
                     .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
                 (StatusCode::OK, "application/json", text)
@@ -400,6 +401,27 @@ async fn handle(state: &AdminState, req: Request<Incoming>, caller: Caller) -> R
     rsp
 }
 
+/// The admin address the control plane lists for `trellis stat`: the first bound address, with
+/// an unspecified IP (`0.0.0.0`, `[::]`, as in a pod) replaced by the pod's IP when the injector
+/// passed it (`TRELLIS_POD_IP`), else by loopback of the same family (a local mesh). Empty when
+/// nothing is bound.
+pub fn advertised_address(bound: &[std::net::SocketAddr], pod_ip: Option<&str>) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let Some(first) = bound.first() else {
+        return String::new();
+    };
+    if !first.ip().is_unspecified() {
+        return first.to_string();
+    }
+    let pod_ip = pod_ip.and_then(|ip| ip.trim().parse::<IpAddr>().ok());
+    let ip = match (pod_ip, first.ip()) {
+        (Some(ip), _) => ip,
+        (None, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        (None, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    SocketAddr::new(ip, first.port()).to_string()
+}
+
 fn metrics_text(collector: &std::sync::Arc<MetricsCollector>) -> String {
     crate::telemetry::metrics::render(MetricsCollector {
         metrics: collector.metrics.clone(),
@@ -457,6 +479,33 @@ async fn set_log_level(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn advertised_address_names_a_reachable_ip() {
+        use super::advertised_address;
+        let bound = |text: &str| vec![text.parse().unwrap()];
+        assert_eq!(
+            advertised_address(&bound("127.0.0.3:4191"), None),
+            "127.0.0.3:4191"
+        );
+        assert_eq!(
+            advertised_address(&bound("0.0.0.0:4191"), Some("10.0.3.7")),
+            "10.0.3.7:4191"
+        );
+        assert_eq!(
+            advertised_address(&bound("[::]:4191"), Some("fd00::7")),
+            "[fd00::7]:4191"
+        );
+        assert_eq!(
+            advertised_address(&bound("0.0.0.0:4191"), None),
+            "127.0.0.1:4191"
+        );
+        assert_eq!(
+            advertised_address(&bound("0.0.0.0:4191"), Some("not an ip")),
+            "127.0.0.1:4191"
+        );
+        assert_eq!(advertised_address(&[], Some("10.0.3.7")), "");
+    }
+
     use super::*;
     use std::net::IpAddr;
 

@@ -156,6 +156,33 @@ pub struct Args {
     /// CFS quota), rounded up, at least 1; without a limit, the CPUs available.
     #[arg(long, env = "TRELLIS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
+    /// `on-demand`: only the routes, clusters and endpoints of the services the app calls,
+    /// subscribed on their first request; `wildcard`: every service's. Default: on-demand, and
+    /// wildcard with --transparent, which needs every service's addresses. docs/protocol.md.
+    #[arg(long, env = "TRELLIS_DISCOVERY_MODE")]
+    discovery_mode: Option<crate::discovery::DiscoveryMode>,
+    /// On demand: how long a first request to a service not held yet waits for its config.
+    #[arg(long, env = "TRELLIS_DISCOVERY_WAIT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=60000))]
+    discovery_wait_ms: u64,
+    /// On demand: a service without requests for this long is unsubscribed.
+    #[arg(long, env = "TRELLIS_DISCOVERY_IDLE_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604800))]
+    discovery_idle_seconds: u64,
+}
+
+/// The discovery mode and its timings. Without `--discovery-mode`: on demand, or the wildcard in
+/// transparent mode (which keeps it even when on-demand is asked for: `DiscoverySettings::demand`).
+fn discovery_settings(args: &Args) -> crate::discovery::DiscoverySettings {
+    use crate::discovery::DiscoveryMode;
+    let mode = match (args.discovery_mode, args.transparent) {
+        (Some(mode), _) => mode,
+        (None, true) => DiscoveryMode::Wildcard,
+        (None, false) => DiscoveryMode::OnDemand,
+    };
+    crate::discovery::DiscoverySettings {
+        mode,
+        wait: Duration::from_millis(args.discovery_wait_ms),
+        idle: Duration::from_secs(args.discovery_idle_seconds),
+    }
 }
 
 fn trellis_limits(args: &Args) -> Limits {
@@ -304,6 +331,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
         },
         admin_open_diagnostics: args.admin_open_diagnostics,
         app_probes,
+        discovery: discovery_settings(&args),
     };
     let transparent = transparent_config(&args)?;
     let (workers, warnings) = crate::limits::workers::choose(args.workers.map(usize::from));
@@ -423,6 +451,38 @@ mod tests {
         assert_eq!(listener_share(connection_budget(1024)), 240);
         assert_eq!(listener_share(connection_budget(256)), 48);
         assert_eq!(listener_share(0), 1);
+    }
+
+    #[test]
+    fn discovery_is_on_demand_by_default_and_wildcard_in_transparent_mode() {
+        use crate::discovery::DiscoveryMode;
+        let mode = |extra: &[&str]| {
+            let base = [
+                "trellis-proxy",
+                "--service",
+                "web",
+                "--control-plane-ca",
+                "ca.pem",
+            ];
+            let args = Args::try_parse_from(base.iter().chain(extra)).expect("parses");
+            discovery_settings(&args).mode
+        };
+        assert_eq!(mode(&[]), DiscoveryMode::OnDemand);
+        assert_eq!(mode(&["--transparent"]), DiscoveryMode::Wildcard);
+        let wildcard = ["--discovery-mode", "wildcard"];
+        assert_eq!(mode(&wildcard), DiscoveryMode::Wildcard);
+        let on_demand = ["--discovery-mode", "on-demand"];
+        assert_eq!(mode(&on_demand), DiscoveryMode::OnDemand);
+        // Asked for explicitly, on demand reaches `DiscoverySettings::demand`, which keeps the
+        // wildcard in transparent mode (and says so).
+        let transparent = ["--transparent", "--discovery-mode", "on-demand"];
+        assert_eq!(mode(&transparent), DiscoveryMode::OnDemand);
+        let settings = crate::discovery::DiscoverySettings {
+            mode: DiscoveryMode::OnDemand,
+            ..Default::default()
+        };
+        assert!(settings.demand("default", true).is_none());
+        assert!(settings.demand("default", false).is_some());
     }
 
     #[test]

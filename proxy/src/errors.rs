@@ -13,6 +13,12 @@ pub enum ProxyError {
     NoRoute { authority: String },
     #[error("proxy not ready: {0}")]
     NotReady(&'static str),
+    /// On-demand discovery: the control plane has no service of this name.
+    #[error("no service \"{service}\" in the mesh")]
+    UnknownService { service: String },
+    /// On-demand discovery: the service's configuration did not arrive in time.
+    #[error("configuration of service \"{service}\" not received within {after:?}")]
+    DiscoveryTimeout { service: String, after: Duration },
     #[error("no endpoints for {cluster}")]
     NoEndpoints { cluster: String },
     #[error("upstream connect timeout {addr} after {after:?}")]
@@ -85,8 +91,10 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad request",
-            ProxyError::NoRoute { .. } | ProxyError::NoAppPort { .. } => "no route",
-            ProxyError::NotReady(_) => "proxy not ready",
+            ProxyError::NoRoute { .. }
+            | ProxyError::NoAppPort { .. }
+            | ProxyError::UnknownService { .. } => "no route",
+            ProxyError::NotReady(_) | ProxyError::DiscoveryTimeout { .. } => "proxy not ready",
             ProxyError::NoEndpoints { .. } => "no endpoints",
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => "timeout",
             ProxyError::PerTryTimeout { .. } => "timeout",
@@ -120,8 +128,11 @@ impl ProxyError {
             ProxyError::UpgradeUnsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::PerTryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoRoute { .. } | ProxyError::NoAppPort { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoRoute { .. }
+            | ProxyError::NoAppPort { .. }
+            | ProxyError::UnknownService { .. } => StatusCode::NOT_FOUND,
             ProxyError::NotReady(_)
+            | ProxyError::DiscoveryTimeout { .. }
             | ProxyError::NoEndpoints { .. }
             | ProxyError::Unprocessed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
@@ -156,6 +167,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => INTERNAL,
             ProxyError::NoRoute { .. }
             | ProxyError::NoAppPort { .. }
+            | ProxyError::UnknownService { .. }
             | ProxyError::UpgradeUnsupported(_) => UNIMPLEMENTED,
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => DEADLINE_EXCEEDED,
             _ => UNAVAILABLE,

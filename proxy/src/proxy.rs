@@ -50,6 +50,8 @@ pub struct ProxyConfig {
     pub admin_open_diagnostics: bool,
     /// The app's original probes, served on the admin port under `/app-health/`.
     pub app_probes: crate::probes::AppProbes,
+    /// Wildcard or on-demand discovery of the per-service resources (`discovery/demand.rs`).
+    pub discovery: crate::discovery::DiscoverySettings,
 }
 
 /// Tracing, metrics and access-log settings.
@@ -146,6 +148,10 @@ pub async fn run(
             namespace: config.namespace.clone(),
             identity: spiffe_id,
             proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+            admin_address: admin::advertised_address(
+                &listeners.admin.local_addrs(),
+                std::env::var("TRELLIS_POD_IP").ok().as_deref(),
+            ),
         },
         store: store.clone(),
         connector,
@@ -153,6 +159,7 @@ pub async fn run(
         status: discovery_status.clone(),
         link: config.control_plane_link,
         control_plane_name: config.control_plane_name.clone(),
+        demand: (config.discovery).demand(&config.namespace, listeners.transparent.is_some()),
     };
     let authz_stats = std::sync::Arc::new(crate::authz::AuthzStats::default());
     let stop = Arc::new(tokio::sync::Notify::new());

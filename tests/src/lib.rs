@@ -13,6 +13,7 @@ pub mod drain_probe;
 pub mod fake_control_plane;
 pub mod mesh;
 pub mod otlp;
+pub mod prometheus;
 pub mod raw;
 pub mod tools;
 pub mod traffic;

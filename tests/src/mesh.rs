@@ -123,6 +123,8 @@ pub struct MeshBuilder {
     relay_control_plane: bool,
     /// Control planes serving the mesh (0 and 1 mean one).
     control_plane_replicas: usize,
+    /// On-demand (default) or wildcard discovery in every sidecar.
+    discovery: trellis_proxy::discovery::DiscoverySettings,
 }
 
 impl MeshBuilder {
@@ -182,6 +184,22 @@ impl MeshBuilder {
         self
     }
 
+    /// Discovery mode (wildcard or on-demand) and its timings for every sidecar.
+    pub fn discovery(mut self, settings: trellis_proxy::discovery::DiscoverySettings) -> Self {
+        self.discovery = settings;
+        self
+    }
+
+    /// Every sidecar subscribes to every service (`--discovery-mode wildcard`): for tests in
+    /// which a sidecar must hold a service its app has not called (one added while the test
+    /// runs, or called first while the control plane is away).
+    pub fn wildcard_discovery(self) -> Self {
+        self.discovery(trellis_proxy::discovery::DiscoverySettings {
+            mode: trellis_proxy::discovery::DiscoveryMode::Wildcard,
+            ..Default::default()
+        })
+    }
+
     pub async fn start(self) -> anyhow::Result<Mesh> {
         crate::init_logging();
         let dir = tempfile::tempdir()?;
@@ -198,6 +216,7 @@ impl MeshBuilder {
             telemetry: self.telemetry.clone(),
             limits: self.limits.clone(),
             link: self.link,
+            discovery: self.discovery,
             relay: None,
             replicas: Vec::new(),
             mesh_yaml: self.mesh_yaml.clone(),
@@ -211,6 +230,7 @@ impl MeshBuilder {
         mesh.write_config()?;
         let mut cp_config = ControlPlaneConfig::new(&mesh.config_path, &mesh.state_dir);
         cp_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        cp_config.admin = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         let cp = ControlPlane::bind(cp_config).await?;
         mesh.ca_pem = cp.ca_pem() + &self.extra_control_plane_ca;
         for s in &self.services {
@@ -239,6 +259,8 @@ impl MeshBuilder {
 
 struct ControlPlaneHandle {
     addr: SocketAddr,
+    /// Its admin port (`/status`, `/proxies`), when it has one.
+    admin: Option<SocketAddr>,
     status: watch::Receiver<ControlPlaneStatus>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -247,7 +269,7 @@ struct ControlPlaneHandle {
 impl ControlPlaneHandle {
     /// Runs a bound control plane until the handle is stopped or dropped.
     fn spawn(cp: ControlPlane) -> ControlPlaneHandle {
-        let (addr, status) = (cp.local_addr(), cp.status());
+        let (addr, admin, status) = (cp.local_addr(), cp.admin_addr(), cp.status());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = cp
@@ -258,6 +280,7 @@ impl ControlPlaneHandle {
         });
         ControlPlaneHandle {
             addr,
+            admin,
             status,
             stop: Some(stop),
             task,
@@ -288,6 +311,7 @@ pub struct Mesh {
     telemetry: trellis_proxy::TelemetryConfig,
     limits: trellis_proxy::Limits,
     link: trellis_proxy::LinkSettings,
+    discovery: trellis_proxy::discovery::DiscoverySettings,
     /// Between the sidecars and the control plane, when the builder asked for it.
     relay: Option<ChaosRelay>,
     /// The control planes after the first (`MeshBuilder::control_plane_replicas`).
@@ -349,6 +373,11 @@ impl Mesh {
 
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The (first) control plane's admin port, on loopback: `/status`, `/proxies`, `/metrics`.
+    pub fn control_plane_admin_addr(&self) -> Option<SocketAddr> {
+        self.control_plane.as_ref().and_then(|c| c.admin)
     }
 
     pub fn control_plane_addr(&self) -> SocketAddr {
@@ -417,6 +446,7 @@ impl Mesh {
         self.stop_control_plane().await;
         let mut cp_config = ControlPlaneConfig::new(&self.config_path, &self.state_dir);
         cp_config.listen = self.control_plane_addr();
+        cp_config.admin = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         if let Some((cert, key, root)) = ca {
             cp_config.ca = Some((cert, key));
             cp_config.ca_root = Some(root);
@@ -504,6 +534,7 @@ impl Mesh {
             control_plane_link: self.link,
             admin_open_diagnostics: false,
             app_probes: Default::default(),
+            discovery: self.discovery,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         w.stop = Some(stop);
@@ -549,6 +580,7 @@ impl Mesh {
             control_plane_link: self.link,
             admin_open_diagnostics: false,
             app_probes: Default::default(),
+            discovery: self.discovery,
         };
         Ok(Sidecar {
             inbound: listeners.inbound_addr()?,

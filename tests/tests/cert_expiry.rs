@@ -13,9 +13,12 @@ use trellis_tests::{Mesh, Service};
 const CLIENT: usize = 0;
 const HELLO: usize = 1;
 
+/// Wildcard discovery: `without_renewal_…` opens its connections (and so makes its first
+/// requests) after the control plane stopped, which an on-demand sidecar could not route.
 async fn mesh() -> Mesh {
     trellis_tests::init_logging();
     Mesh::builder()
+        .wildcard_discovery()
         .mesh_yaml("certificateLifetime: 6s")
         .service(Service::http1("client"))
         .service(Service::http1("hello"))

@@ -68,6 +68,9 @@ async fn an_added_endpoint_takes_traffic_within_2s_and_a_streaming_request_survi
 async fn an_invalid_edit_is_reported_with_file_line_field_and_the_old_config_serves() {
     let mesh = Mesh::client_and(Service::http1("hello")).await;
     let client = mesh.client("client", false);
+    // The client has called hello (on demand, the sidecar holds only what its app calls).
+    let (rsp, _) = client.get("hello", "/").await.expect("request");
+    assert_eq!(rsp.status(), 200);
     let before = mesh.admin_get(0, "/config").await.expect("config").1;
     let version_before = mesh.control_plane_status().config_version;
 

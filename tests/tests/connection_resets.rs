@@ -177,6 +177,12 @@ policy:
         .start()
         .await
         .expect("mesh starts");
+    // The client calls both before the relays go in (on demand, its sidecar holds only what it
+    // has called, so the relays' addresses would not reach it otherwise).
+    for service in ["plain", "retried"] {
+        let (rsp, _) = (mesh.client("client", false).get(service, "/").await).expect("request");
+        assert_eq!(rsp.status(), 200, "{service}");
+    }
     // The least intrusive place: the config lists the relay where the sidecar's inbound was.
     let mut config = mesh.render_config();
     let mut relays = Vec::new();

@@ -34,7 +34,10 @@ fn holds_cluster(doc: &serde_json::Value, name: &str) -> bool {
 #[tokio::test]
 async fn a_silent_control_plane_connection_is_replaced_within_30s_and_certificates_still_renew() {
     // 40 s certificates: renewal comes due ~20 s in, while the frozen link is being replaced.
+    // Wildcard: the change that must arrive is a new service, which only a wildcard subscriber
+    // holds without calling it.
     let mesh = Mesh::builder()
+        .wildcard_discovery()
         .mesh_yaml("certificateLifetime: 40s")
         .control_plane_relay()
         .service(Service::http1("client"))
@@ -128,6 +131,10 @@ async fn a_control_plane_with_an_untrusted_ca_is_reported_while_traffic_flows() 
         .start()
         .await
         .expect("mesh starts");
+    // The client called hello before the control plane changes (on demand, a first call needs
+    // the control plane).
+    let (rsp, _) = (mesh.client("client", false).get("hello", "/").await).expect("request");
+    assert_eq!(rsp.status(), 200);
     let traffic = SteadyTraffic::start(
         mesh.client("client", false),
         "hello",

@@ -26,7 +26,10 @@ fn serial(doc: &serde_json::Value) -> String {
 #[tokio::test]
 async fn killing_one_replica_under_load_loses_no_request_config_or_identity() {
     // Short certificates: every sidecar renews (about half-way) after the kill.
+    // Wildcard: the change every sidecar must get is a new service, which only a wildcard
+    // subscriber holds without calling it.
     let mut mesh = Mesh::builder()
+        .wildcard_discovery()
         .mesh_yaml("certificateLifetime: 30s")
         .control_plane_replicas(2)
         .service(Service::http1("client"))

@@ -6,8 +6,9 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use trellis_tests::tools::{require, urlencode};
-use trellis_tests::{Mesh, Service, TestClient};
+use trellis_tests::prometheus::Prometheus;
+use trellis_tests::tools::require;
+use trellis_tests::{Mesh, Service};
 
 async fn mesh() -> Mesh {
     Mesh::client_and(Service::http1("hello")).await
@@ -64,73 +65,6 @@ async fn metrics_text_passes_promtool_and_names_the_expected_series() {
     );
 }
 
-/// A Prometheus server in a temporary directory, killed on drop.
-struct Prometheus {
-    _dir: tempfile::TempDir,
-    _child: tokio::process::Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Prometheus {
-    async fn scraping(binary: std::path::PathBuf, target: std::net::SocketAddr) -> Prometheus {
-        let dir = tempfile::tempdir().expect("dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sidecar\n    static_configs:\n      - targets: ['{target}']\n"
-        );
-        std::fs::write(dir.path().join("prometheus.yml"), config).expect("config");
-        let child = Command::new(binary)
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("prometheus starts");
-        Prometheus {
-            _dir: dir,
-            _child: child,
-            addr,
-        }
-    }
-
-    /// The single value of an instant query, if there is exactly one series.
-    async fn query(&self, promql: &str) -> Vec<(serde_json::Value, String)> {
-        let path = format!("/api/v1/query?query={}", urlencode(promql));
-        let Ok((_, body)) = TestClient::new(self.addr, false)
-            .get(&self.addr.to_string(), &path)
-            .await
-        else {
-            return Vec::new();
-        };
-        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        doc["data"]["result"]
-            .as_array()
-            .map(|rows| {
-                rows.iter()
-                    .map(|r| {
-                        (
-                            r["metric"].clone(),
-                            r["value"][1].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_sidecar_and_promql_returns_the_counts() {
     let Some(binary) = require("prometheus", "scrapes a sidecar in this test") else {
@@ -145,13 +79,18 @@ async fn a_real_prometheus_scrapes_the_sidecar_and_promql_returns_the_counts() {
     for _ in 0..3 {
         client.get("hello", "/").await.expect("get");
     }
-    let admin = mesh.workload("client").admin;
-    let prometheus = Prometheus::scraping(binary, admin).await;
+    let admin = mesh.workload("client").admin.to_string();
+    let prometheus = Prometheus::scraping(&binary, &[admin]).expect("prometheus starts");
     let promql = r#"sum by (route, status_class) (trellis_requests_total{direction="outbound",dst_service="default/hello"})"#;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut last = Vec::new();
     while std::time::Instant::now() < deadline {
-        last = prometheus.query(promql).await;
+        last = (prometheus.query(promql).await.unwrap_or_default().iter())
+            .map(|r| {
+                let value = r["value"][1].as_str().unwrap_or_default();
+                (r["metric"].clone(), value.to_string())
+            })
+            .collect::<Vec<_>>();
         if last.len() == 2
             && last
                 .iter()

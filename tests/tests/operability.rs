@@ -6,7 +6,8 @@
 use serde_json::Value;
 use std::time::Duration;
 use trellis_tests::mesh::wait_until;
-use trellis_tests::tools::{require, urlencode};
+use trellis_tests::prometheus::Prometheus;
+use trellis_tests::tools::require;
 use trellis_tests::traffic::SteadyTraffic;
 use trellis_tests::{Mesh, Service};
 
@@ -33,6 +34,9 @@ fn field_names(v: &Value, parents: [&str; 2], out: &mut Vec<String>) {
 async fn config_uses_camel_case_human_durations_and_rfc3339() {
     let policy = "policy:\n  requestTimeout: 3s\n  retry: {attempts: 2, perTryTimeout: 250ms}\n";
     let mesh = Mesh::client_and(Service::http1("hello").yaml(policy)).await;
+    // The client has called hello, so its sidecar holds hello's cluster (on demand).
+    let (rsp, _) = (mesh.client("client", false).get("hello", "/").await).expect("request");
+    assert_eq!(rsp.status(), 200);
     let doc = mesh.config_doc(0).await;
 
     let mut names = Vec::new();
@@ -213,7 +217,7 @@ async fn dashboards_query_only_exported_metrics_and_a_real_prometheus_answers_th
     };
     let traffic = SteadyTraffic::start(client, "hello", Duration::from_millis(20));
     let targets: Vec<String> = mesh.workloads.iter().map(|w| w.admin.to_string()).collect();
-    let prometheus = Prometheus::scraping(&binary, &targets, dir.path());
+    let prometheus = Prometheus::scraping(&binary, &targets).expect("prometheus starts");
     let value = |rows: &[Value], service: &str| -> Option<f64> {
         (rows.iter())
             .find(|r| {
@@ -252,58 +256,4 @@ async fn dashboards_query_only_exported_metrics_and_a_real_prometheus_answers_th
         assert!(prometheus.query(expr).await.is_ok(), "{panel}: {expr}");
     }
     traffic.finish().await;
-}
-
-/// A Prometheus server scraping `targets` every second; killed on drop.
-struct Prometheus {
-    _child: tokio::process::Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Prometheus {
-    fn scraping(binary: &std::path::Path, targets: &[String], dir: &std::path::Path) -> Prometheus {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
-        let config = format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: sidecars\n    static_configs:\n      - targets: {targets:?}\n"
-        );
-        std::fs::write(dir.join("prometheus.yml"), config).expect("config");
-        let child = tokio::process::Command::new(binary)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("prometheus starts");
-        Prometheus {
-            _child: child,
-            addr,
-        }
-    }
-
-    /// The result rows of an instant query; Err with Prometheus's error for a bad query.
-    async fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
-        let path = format!("/api/v1/query?query={}", urlencode(promql));
-        let (_, body) = (trellis_tests::TestClient::new(self.addr, false))
-            .get(&self.addr.to_string(), &path)
-            .await
-            .map_err(|e| e.to_string())?;
-        let doc: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        if doc["status"] != "success" {
-            return Err(doc.to_string());
-        }
-        Ok(doc["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
-    }
 }

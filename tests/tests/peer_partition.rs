@@ -19,6 +19,9 @@ async fn a_silent_peer_connection_costs_a_bounded_number_of_requests_and_is_clos
         .start()
         .await
         .expect("mesh starts");
+    // The client calls hello first (on demand, its sidecar holds only what it has called).
+    let (rsp, _) = (mesh.client("client", false).get("hello", "/").await).expect("request");
+    assert_eq!(rsp.status(), 200);
     // The second replica's endpoint becomes a relay in front of its sidecar.
     let inbound = mesh.workloads_of("hello").nth(1).expect("replica").inbound;
     let relay = ChaosRelay::start(inbound, 7, 0.0).await.expect("relay");

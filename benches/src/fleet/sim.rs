@@ -1,9 +1,11 @@
 //! One simulated sidecar: the discovery stream exactly as `proxy/src/discovery` opens it (node on
 //! the first request, one request per type in `type_url::ALL` order, bearer token, ACK per
 //! nonce), without decoding payloads. What each one saw goes into the shared `Recorder` as
-//! unix-microsecond stamps in atomics, so ten thousand of them record without a lock.
+//! unix-microsecond stamps in atomics, so ten thousand of them record without a lock. Once the
+//! recorder says so (the reconnect storm, `storm.rs`), a lost stream is opened again after the
+//! sidecar's own jittered backoff, or the control plane's retry pushback when it is longer.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,8 +36,15 @@ pub struct Recorder {
     pub pushed_resources: AtomicU64,
     /// Bytes of resource payload received over the whole run.
     pub payload_bytes: AtomicU64,
-    /// Streams that failed; they are not retried (reconnect storms are another scenario).
+    /// Streams that failed while `reconnect` was off (they are not retried).
     pub failed: AtomicUsize,
+    /// Per proxy, whether its stream failed that way (it expects no more pushes).
+    pub dead: Vec<AtomicBool>,
+    /// Whether lost streams are opened again (set for the reconnect storm).
+    pub reconnect: AtomicBool,
+    /// Streams opened again, and of the attempts the ones refused with `RESOURCE_EXHAUSTED`.
+    pub reconnects: AtomicUsize,
+    pub refused: AtomicUsize,
     pub first_error: Mutex<Option<String>>,
 }
 
@@ -51,6 +60,10 @@ impl Recorder {
             pushed_resources: AtomicU64::new(0),
             payload_bytes: AtomicU64::new(0),
             failed: AtomicUsize::new(0),
+            dead: (0..proxies).map(|_| AtomicBool::new(false)).collect(),
+            reconnect: AtomicBool::new(false),
+            reconnects: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
             first_error: Mutex::new(None),
         })
     }
@@ -65,8 +78,21 @@ impl Recorder {
         self.awaiting.store(version, Ordering::Release);
     }
 
-    fn fail(&self, error: String) {
+    /// From now on lost streams are opened again, and proxies count as synced once more only
+    /// after a new stream has brought every type.
+    pub fn start_storm(&self) {
+        self.reconnect.store(true, Ordering::Release);
+        for stamp in &self.synced_at {
+            stamp.store(0, Ordering::Relaxed);
+        }
+        self.synced.store(0, Ordering::Relaxed);
+    }
+
+    fn fail(&self, index: usize, error: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Some(dead) = self.dead.get(index) {
+            dead.store(true, Ordering::Relaxed);
+        }
         if let Ok(mut first) = self.first_error.lock() {
             first.get_or_insert(error);
         }
@@ -78,23 +104,53 @@ pub struct SimProxy {
     pub index: usize,
     pub node: Node,
     pub token: Arc<str>,
-    /// Names per type in `type_url::ALL` order.
+    /// Names per type in `type_url::ALL` order (`fleet::subscriptions`).
     pub subscriptions: [Vec<String>; 5],
 }
 
-/// Runs one proxy's stream until it fails or the control plane closes it.
+/// Runs one proxy's stream until it fails or the control plane closes it; with `reconnect` set,
+/// opens it again after a backoff, as the sidecar does.
 pub async fn run(proxy: SimProxy, channel: Channel, rec: Arc<Recorder>) {
-    if let Err(status) = stream(&proxy, channel, &rec).await {
-        rec.fail(format!(
-            "proxy {}: {} {}",
-            proxy.node.id,
-            status.code(),
-            status.message()
-        ));
+    let mut attempt = 0;
+    loop {
+        let result = stream(&proxy, channel.clone(), &rec, &mut attempt).await;
+        if !rec.reconnect.load(Ordering::Acquire) {
+            if let Err(status) = result {
+                rec.fail(
+                    proxy.index,
+                    format!(
+                        "proxy {}: {} {}",
+                        proxy.node.id,
+                        status.code(),
+                        status.message()
+                    ),
+                );
+            }
+            return;
+        }
+        rec.reconnects.fetch_add(1, Ordering::Relaxed);
+        let pushback = match &result {
+            Err(status) => {
+                if status.code() == tonic::Code::ResourceExhausted {
+                    rec.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                trellis_proxy::control_plane::retry_pushback(status)
+            }
+            Ok(()) => None,
+        };
+        let delay = trellis_proxy::identity::backoff(attempt).max(pushback.unwrap_or_default());
+        attempt = attempt.saturating_add(1);
+        tokio::time::sleep(delay).await;
     }
 }
 
-async fn stream(proxy: &SimProxy, channel: Channel, rec: &Recorder) -> Result<(), tonic::Status> {
+/// One stream; `attempt` goes back to 0 once a response arrives on it.
+async fn stream(
+    proxy: &SimProxy,
+    channel: Channel,
+    rec: &Recorder,
+    attempt: &mut u32,
+) -> Result<(), tonic::Status> {
     let (tx, rx) = mpsc::channel(8);
     for (i, (t, names)) in type_url::ALL.iter().zip(&proxy.subscriptions).enumerate() {
         let first = DeltaDiscoveryRequest {
@@ -117,6 +173,7 @@ async fn stream(proxy: &SimProxy, channel: Channel, rec: &Recorder) -> Result<()
     let mut responses = client.delta_resources(request).await?.into_inner();
     let mut seen = [false; 5];
     while let Some(rsp) = responses.message().await? {
+        *attempt = 0;
         let now = unix_micros();
         let payload: usize = rsp.resources.iter().map(|r| r.payload.len()).sum();
         rec.payload_bytes

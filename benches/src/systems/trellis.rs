@@ -152,6 +152,9 @@ pub struct Sidecars {
     pub wrapper: Vec<OsString>,
     /// How long a sidecar may take to become ready (much longer under valgrind).
     pub ready_timeout: Duration,
+    /// Run the sidecars as this `trellis-proxy` binary (the sidecar image's) instead of
+    /// `trellis proxy`.
+    pub proxy_binary: Option<PathBuf>,
 }
 
 impl Default for Sidecars {
@@ -162,6 +165,7 @@ impl Default for Sidecars {
             traced: true,
             wrapper: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            proxy_binary: None,
         }
     }
 }
@@ -226,7 +230,6 @@ pub async fn start_with(
         "--otlp-endpoint".to_string(),
         format!("http://{}", addr::OTLP_SINK),
     ];
-    let upstream_host = addr::at(addr::SERVER_POD, 0).ip().to_string();
     let mut pods = vec![
         ("loadgen", addr::CLIENT_POD, &untraced[..]),
         ("bench", addr::SERVER_POD, &untraced[..]),
@@ -240,40 +243,15 @@ pub async fn start_with(
     for ((service, pod, extra), token) in pods.into_iter().zip(&tokens) {
         let token_file = state.join(format!("{service}.token"));
         write_secret(&token_file, token)?;
-        let mut args: Vec<OsString> = vec![
-            "proxy".into(),
-            "--service".into(),
-            service.into(),
-            "--namespace".into(),
-            NAMESPACE.into(),
-            "--node-id".into(),
-            format!("{service}-0").into(),
-            "--inbound".into(),
-            addr::at(pod, INBOUND).to_string().into(),
-            "--outbound".into(),
-            addr::at(pod, OUTBOUND).to_string().into(),
-            "--admin".into(),
-            addr::at(pod, ADMIN).to_string().into(),
-            // Both server sidecars front the one upstream.
-            "--app-host".into(),
-            upstream_host.clone().into(),
-            "--token-file".into(),
-            token_file.into(),
-            "--control-plane".into(),
-            format!("https://{}", addr::CONTROL_PLANE).into(),
-            "--control-plane-ca".into(),
-            ca_cert.clone().into(),
-            "--control-plane-name".into(),
-            "localhost".into(),
-            "--trust-domain".into(),
-            TRUST_DOMAIN.into(),
-            "--log".into(),
-            "warn".into(),
-        ];
+        let mut args = sidecar_args(service, pod, &token_file, &ca_cert);
         args.extend(extra.iter().map(OsString::from));
         args.extend(["--workers".into(), opts.workers.to_string().into()]);
         args.extend(opts.flags.iter().cloned());
         let name = format!("sidecar {service}");
+        let (binary, args) = match &opts.proxy_binary {
+            Some(proxy) => (proxy.as_path(), args.split_off(1)),
+            None => (binary, args),
+        };
         let p = match opts.wrapper.split_first() {
             Some((program, wrapper)) if !service.ends_with("-traced") => {
                 let mut wrapped = wrapper.to_vec();
@@ -341,7 +319,45 @@ pub async fn start_with(
     Ok(systems)
 }
 
-async fn wait_ready(
+/// The `trellis proxy` arguments of a sidecar for `service` on loopback pod `pod` (inbound
+/// 4143, outbound 4140, admin 4191 there), in front of the upstream, logging warnings only.
+pub fn sidecar_args(service: &str, pod: u8, token_file: &Path, ca_cert: &Path) -> Vec<OsString> {
+    let upstream_host = addr::at(addr::SERVER_POD, 0).ip().to_string();
+    let args: [OsString; 27] = [
+        "proxy".into(),
+        "--service".into(),
+        service.into(),
+        "--namespace".into(),
+        NAMESPACE.into(),
+        "--node-id".into(),
+        format!("{service}-{pod}").into(),
+        "--inbound".into(),
+        addr::at(pod, INBOUND).to_string().into(),
+        "--outbound".into(),
+        addr::at(pod, OUTBOUND).to_string().into(),
+        "--admin".into(),
+        addr::at(pod, ADMIN).to_string().into(),
+        // Every server sidecar fronts the one upstream.
+        "--app-host".into(),
+        upstream_host.into(),
+        "--token-file".into(),
+        token_file.into(),
+        "--control-plane".into(),
+        format!("https://{}", addr::CONTROL_PLANE).into(),
+        "--control-plane-ca".into(),
+        ca_cert.into(),
+        "--control-plane-name".into(),
+        "localhost".into(),
+        "--trust-domain".into(),
+        TRUST_DOMAIN.into(),
+        "--log".into(),
+        "warn".into(),
+    ];
+    args.into()
+}
+
+/// Polls a sidecar's `/ready` until it answers 200, failing early if a process in `procs` died.
+pub async fn wait_ready(
     admin: std::net::SocketAddr,
     procs: &mut [Process],
     limit: Duration,

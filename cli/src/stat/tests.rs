@@ -95,3 +95,22 @@ fn windows_read_like_the_mesh_yaml() {
     assert_eq!(parse_window("0"), Ok(Duration::ZERO));
     assert!(parse_window("soon").is_err());
 }
+
+#[test]
+fn sidecars_come_from_the_control_planes_list_by_namespace() {
+    let doc = r#"{"proxies": [
+        {"nodeId": "web-1", "namespace": "shop", "adminAddress": "10.0.0.2:4191"},
+        {"nodeId": "api-1", "namespace": "shop", "adminAddress": ""},
+        {"nodeId": "db-1", "namespace": "data", "adminAddress": "10.0.0.4:4191"}
+    ]}"#;
+    let all = listed_sidecars(doc, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(all, ["10.0.0.2:4191", "10.0.0.4:4191"], "no empty address");
+    let shop = listed_sidecars(doc, Some("shop")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(shop, ["10.0.0.2:4191"]);
+    let wrong = listed_sidecars(r#"{"status": {}}"#, None).unwrap_err();
+    assert!(
+        format!("{wrong}").contains("no \"proxies\" list"),
+        "{wrong}"
+    );
+    assert!(listed_sidecars("<html>", None).is_err());
+}

@@ -158,21 +158,32 @@ pub fn explain(snapshot: &MeshSnapshot, identity: Option<&str>, query: &Query) -
     doc
 }
 
-/// The last `n` tapped requests that took the route `doc` names (outbound) or came in for its
-/// authority (inbound), newest last. Requests are summarised only while a tap is attached.
-pub fn add_recent(doc: &mut Value, tapped: &[std::sync::Arc<Value>], n: usize) {
-    let (route, authority) = (&doc["route"], &doc["request"]["authority"]);
-    let same_path = |s: &&std::sync::Arc<Value>| match s["direction"].as_str() {
-        Some("outbound") => s["route"] == *route && !route.is_null(),
-        _ => s["authority"] == *authority,
-    };
-    let hits: Vec<Value> = tapped
-        .iter()
-        .filter(same_path)
-        .map(|s| (**s).clone())
-        .collect();
+/// The last `n` requests this sidecar finished on the path `doc` explains, newest last: outbound
+/// ones to the same host that took the route `doc` names, inbound ones for the same host.
+pub fn add_recent(doc: &mut Value, recent: &super::recent::RecentRequests, n: usize) {
+    let route = doc["route"].as_str().map(str::to_owned);
+    let host = doc["request"]["authority"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let hits = recent.matching(|r| {
+        let same_host = host_of(r.authority.as_str()) == host;
+        match (r.direction, &r.route, &route) {
+            ("outbound", Some(taken), Some(route)) => same_host && taken.name == *route,
+            ("outbound", _, _) => false,
+            _ => same_host,
+        }
+    });
     let skip = hits.len().saturating_sub(n);
     doc["recent"] = hits.into_iter().skip(skip).collect::<Vec<_>>().into();
+}
+
+/// `host` of `host[:port]` (`[v6]:port` keeps its brackets, as the explained request's does).
+fn host_of(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
 }
 
 /// Each rule up to the chosen one: matched, or the first condition that did not hold.

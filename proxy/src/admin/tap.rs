@@ -1,21 +1,19 @@
-//! `GET /tap`: a live, bounded stream of request summaries (newline-delimited JSON), and the few
-//! most recent ones kept for `/explain`. The telemetry layer asks `attached()` (one relaxed load)
-//! and builds a summary only while someone watches, so a sidecar nobody taps pays nothing more.
+//! `GET /tap`: a live, bounded stream of request summaries (newline-delimited JSON). The telemetry
+//! layer asks `attached()` (one relaxed load) and builds a summary only while someone watches, so
+//! a sidecar nobody taps pays nothing more. The last requests for `/explain` are remembered
+//! whether tapped or not (`recent.rs`), held here because the same layer hands both over.
 //!
 //! Query: `max` (lines, default 100), `seconds` (default 60), `route`, `direction`.
 
 use bytes::Bytes;
 use http_body::Frame;
 use serde_json::Value;
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
-/// Summaries kept for `/explain`.
-const RECENT: usize = 64;
 /// A watcher further behind than this loses lines (and is told how many).
 const QUEUE: usize = 1024;
 const MAX_LINES: u64 = 100_000;
@@ -29,7 +27,8 @@ pub type TapBody = http_body_util::StreamBody<
 pub struct Tap {
     watchers: AtomicUsize,
     tx: broadcast::Sender<Arc<Value>>,
-    recent: Mutex<VecDeque<Arc<Value>>>,
+    /// Every finished request's record, for `/explain`.
+    pub recent: super::recent::RecentRequests,
 }
 
 impl Default for Tap {
@@ -37,7 +36,7 @@ impl Default for Tap {
         Tap {
             watchers: AtomicUsize::new(0),
             tx: broadcast::channel(QUEUE).0,
-            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            recent: Default::default(),
         }
     }
 }
@@ -50,22 +49,7 @@ impl Tap {
 
     /// Hands one request summary (the access-log line's fields) to the watchers.
     pub fn publish(&self, summary: Value) {
-        let summary = Arc::new(summary);
-        let _ = self.tx.send(summary.clone());
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() == RECENT {
-                recent.pop_front();
-            }
-            recent.push_back(summary);
-        }
-    }
-
-    /// The summaries seen while tapped, oldest first.
-    pub fn recent(&self) -> Vec<Arc<Value>> {
-        self.recent
-            .lock()
-            .map(|r| r.iter().cloned().collect())
-            .unwrap_or_default()
+        let _ = self.tx.send(Arc::new(summary));
     }
 }
 
@@ -203,7 +187,6 @@ mod tests {
         assert_eq!(lines[0]["destination"], "spiffe://t/peer");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!tap.attached());
-        assert_eq!(tap.recent().len(), 4);
     }
 
     #[test]

@@ -63,12 +63,10 @@ where
             return refuse(ProxyError::NotReady("no inbound config yet"));
         };
         // No port in the authority: the workload's only port, else HTTP's default.
-        let port = crate::http::authority(&req).and_then(|(_, p)| p).unwrap_or(
-            match inbound.ports.as_slice() {
-                [only] => only.port,
-                _ => 80,
-            },
-        );
+        let port = crate::http::authority_port(&req).unwrap_or(match inbound.ports.as_slice() {
+            [only] => only.port,
+            _ => 80,
+        });
         let attrs = Attributes {
             port: Some(port),
             http: Some(HttpAttributes {

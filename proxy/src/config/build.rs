@@ -101,7 +101,10 @@ pub fn build_snapshot(
     let empty = BTreeMap::new();
     let of_type = |t: &str| cache.get(t).unwrap_or(&empty);
 
-    let mut snapshot = MeshSnapshot::default();
+    let mut snapshot = MeshSnapshot {
+        demand: previous.demand.clone(),
+        ..MeshSnapshot::default()
+    };
     for (t, resources) in cache {
         snapshot.versions.insert(
             t.clone(),

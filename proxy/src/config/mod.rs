@@ -55,6 +55,13 @@ pub struct MeshSnapshot {
     pub trust: Option<TrustBundle>,
     /// Versions accepted per type URL and resource name.
     pub versions: BTreeMap<String, BTreeMap<String, String>>,
+    /// On-demand discovery (`None`: wildcard): what the router asks for the services it does not
+    /// hold, carried from snapshot to snapshot; `/config` shows the subscription set.
+    #[serde(
+        rename = "discovery",
+        serialize_with = "crate::discovery::serialize_mode"
+    )]
+    pub demand: Option<Arc<crate::discovery::Demand>>,
 }
 
 impl MeshSnapshot {

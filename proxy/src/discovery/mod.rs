@@ -10,8 +10,18 @@
 //! - a stream that stays silent longer than `LinkSettings::max_silence` is reopened, so a hung
 //!   control plane cannot hold the proxy's config (dead connections are found sooner, by the
 //!   channel's keepalive: see `control_plane`).
+//! - on demand (`demand.rs`), the per-service types are subscribed by name, as the app calls
+//!   services; subscription changes go on the same stream between responses, and a reconnect
+//!   opens with the current set and the versions held (`subscriptions.rs`).
 
-use crate::config::{build_snapshot, decode, ResourceCache, SnapshotStore};
+mod demand;
+mod subscriptions;
+mod tracker;
+
+pub use demand::{serialize_mode, Demand, DiscoveryMode, DiscoverySettings, Lookup, Waiter};
+pub use tracker::{Tracker, Want};
+
+use crate::config::{decode, ResourceCache, SnapshotStore};
 use crate::control_plane::{self, LinkSettings, LinkStatus};
 use crate::identity::{backoff, IdentityError};
 use crate::tls::TlsContext;
@@ -57,12 +67,15 @@ pub struct DiscoveryClient {
     pub link: LinkSettings,
     /// The name the control plane's certificate must carry, for error messages.
     pub control_plane_name: String,
+    /// On-demand discovery; `None` subscribes to every service (wildcard).
+    pub demand: Option<Arc<Demand>>,
 }
 
 impl DiscoveryClient {
     pub async fn run(mut self) {
         let mut cache = ResourceCache::new();
         let mut failures = 0u32;
+        self.install_demand();
         loop {
             let outcome = self.stream(&mut cache, &mut failures).await;
             failures += 1;
@@ -92,29 +105,21 @@ impl DiscoveryClient {
         }
     }
 
-    fn subscriptions(&self, t: &str) -> Vec<String> {
-        match t {
-            type_url::INBOUND => vec![format!("{}/{}", self.node.namespace, self.node.service)],
-            type_url::TRUST_BUNDLE => vec!["default".to_string()],
-            _ => vec![trellis_api::WILDCARD.to_string()],
-        }
-    }
-
     async fn stream(
         &mut self,
         cache: &mut ResourceCache,
         failures: &mut u32,
     ) -> Result<(), tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
-        for (i, t) in type_url::ALL.iter().enumerate() {
+        for (i, t) in type_url::ALL.into_iter().enumerate() {
             let initial_resource_versions = cache
-                .get(*t)
+                .get(t)
                 .map(|m| m.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect())
                 .unwrap_or_default();
             let req = DeltaDiscoveryRequest {
                 node: (i == 0).then(|| self.node.clone()),
                 type_url: t.to_string(),
-                resource_names_subscribe: self.subscriptions(t),
+                resource_names_subscribe: self.subscriptions(t, cache),
                 initial_resource_versions,
                 ..Default::default()
             };
@@ -135,21 +140,48 @@ impl DiscoveryClient {
         });
         tracing::info!("discovery stream established");
         let max_silence = self.link.max_silence;
-        loop {
-            let next = tokio::time::timeout(max_silence, responses.message()).await;
-            let Ok(next) = next else {
-                return Err(tonic::Status::deadline_exceeded(format!(
-                    "no message on the discovery stream for {max_silence:?}; reopening it"
-                )));
-            };
-            let Some(rsp) = next? else { break };
-            if *failures > 0 {
-                *failures = 0;
-                self.set_status(|s| s.consecutive_failures = 0);
+        let mut silent_until = tokio::time::Instant::now() + max_silence;
+        let demand = self.demand.clone();
+        let wanted = || async {
+            match &demand {
+                Some(d) => d.wanted.notified().await,
+                None => std::future::pending().await,
             }
-            let ack = self.apply(cache, rsp);
-            if tx.send(ack).await.is_err() {
-                break;
+        };
+        let mut sweep = tokio::time::interval(self.sweep_every());
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                next = responses.message() => Event::Message(next?),
+                _ = tokio::time::sleep_until(silent_until) => {
+                    return Err(tonic::Status::deadline_exceeded(format!(
+                        "no message on the discovery stream for {max_silence:?}; reopening it"
+                    )));
+                }
+                _ = wanted() => Event::Wanted,
+                _ = sweep.tick(), if demand.is_some() => Event::Sweep,
+            };
+            let mut out = Vec::new();
+            match event {
+                Event::Message(None) => break,
+                Event::Message(Some(rsp)) => {
+                    silent_until = tokio::time::Instant::now() + max_silence;
+                    if *failures > 0 {
+                        *failures = 0;
+                        self.set_status(|s| s.consecutive_failures = 0);
+                    }
+                    out.push(self.apply(cache, rsp));
+                }
+                Event::Sweep => self.sweep(),
+                Event::Wanted => {}
+            }
+            // On demand: new services, backends named by new route configs, idle ones dropped.
+            out.extend(self.resubscribe(cache));
+            self.wake_waiters();
+            for req in out {
+                if tx.send(req).await.is_err() {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -167,14 +199,12 @@ impl DiscoveryClient {
             ..Default::default()
         };
         match stage(cache, &rsp) {
-            Ok(staged) => {
+            Ok(mut staged) => {
+                self.keep_subscribed(&rsp.type_url, &mut staged);
                 let changes = crate::config::Changes::between(cache.get(&rsp.type_url), &staged);
                 cache.insert(rsp.type_url.clone(), staged);
-                let snapshot = build_snapshot(cache, &self.store.load(), &self.connector);
-                if let Some(trust) = &snapshot.trust {
-                    self.tls.trust.set_roots(&trust.roots_der);
-                }
-                self.store.store(Arc::new(snapshot));
+                self.publish(cache);
+                self.answered(&rsp);
                 let kind = rsp.type_url.rsplit('.').next().unwrap_or_default();
                 match changes.is_empty() {
                     true => {
@@ -211,6 +241,16 @@ impl DiscoveryClient {
     }
 }
 
+/// What wakes the stream loop.
+enum Event {
+    /// A response, or the end of the stream.
+    Message(Option<DeltaDiscoveryResponse>),
+    /// The router wants a service not subscribed yet.
+    Wanted,
+    /// Time to look for idle services.
+    Sweep,
+}
+
 /// The type's resources after the response, or every reason it cannot be applied.
 fn stage(
     cache: &ResourceCache,
@@ -241,3 +281,6 @@ fn stage(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod resume_tests;

@@ -86,6 +86,7 @@ async fn attempts_against(
         status: status.clone(),
         link,
         control_plane_name: "localhost".into(),
+        demand: None,
     };
     let _ = tokio::time::timeout(run_for, client.run()).await;
     serving.abort();

@@ -1,20 +1,19 @@
 //! The inbound side's client to the local app, in the protocol the app speaks: pooled HTTP/1.1
-//! connections, or one multiplexed h2c connection per app port. The request keeps its original
-//! authority (as the Host header for HTTP/1.1, `:authority` for h2c), so the app sees what the
-//! caller sent. An upgrade (WebSocket, see `upgrade`) gets a dedicated HTTP/1.1 connection of its
-//! own (`upgrade_connection`), since the connection becomes the WebSocket.
+//! connections (`app_pool`, one pool per app port), or one multiplexed h2c connection per app
+//! port. The request keeps its original authority (as the Host header for HTTP/1.1, `:authority`
+//! for h2c), so the app sees what the caller sent. An upgrade (WebSocket, see `upgrade`) gets a
+//! dedicated HTTP/1.1 connection of its own (`upgrade_connection`), since the connection becomes
+//! the WebSocket.
 
-use super::app_conn::AppConnector;
+use super::app_pool::Http1Pool;
 use super::body::Body;
 use super::headers::{strip_hop_by_hop, PROXY_ERROR};
 use crate::config::{AppPort, AppProtocol};
 use crate::errors::ProxyError;
 use crate::transport::MeshConnection;
 use arc_swap::ArcSwap;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, Uri, Version};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,26 +22,17 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct AppClient {
     host: IpAddr,
-    http1: Client<AppConnector, Body>,
+    /// One pool of HTTP/1.1 connections per app port asked for so far (an app has few ports).
+    http1: Arc<ArcSwap<HashMap<u16, Arc<Http1Pool>>>>,
     h2c: Arc<ArcSwap<HashMap<u16, Arc<MeshConnection>>>>,
-    /// `host:port` of each app port asked for so far: formatting the address and parsing the
-    /// result for every request cost ~3,000 instructions (callgrind); an app has few ports.
-    authorities: Arc<ArcSwap<HashMap<u16, Authority>>>,
 }
 
 impl AppClient {
     pub fn new(host: IpAddr) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(AppConnector::new(connector));
         AppClient {
             host,
-            http1,
+            http1: Arc::default(),
             h2c: Arc::default(),
-            authorities: Arc::default(),
         }
     }
 
@@ -60,22 +50,31 @@ impl AppClient {
         strip_hop_by_hop(req.headers_mut());
         let mut rsp = match app.protocol {
             AppProtocol::Http1 => {
-                if let Some(a) = &authority {
-                    if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                let host = match &authority {
+                    Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                    None => None,
+                };
+                match host {
+                    Some(v) => {
                         req.headers_mut().insert(header::HOST, v);
                     }
+                    // As hyper-util's client did: a request without one names the app.
+                    None if !req.headers().contains_key(header::HOST) => {
+                        let addr = self.addr(port).to_string();
+                        if let Ok(v) = HeaderValue::from_str(&addr) {
+                            req.headers_mut().insert(header::HOST, v);
+                        }
+                    }
+                    None => {}
                 }
+                // Origin form (`/path?query`): the connection already names the app.
                 let path = (req.uri().path_and_query().cloned())
                     .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                let uri = Uri::builder()
-                    .scheme(Scheme::HTTP)
-                    .authority(self.authority(port).map_err(|e| app_err(&e))?)
-                    .path_and_query(path)
-                    .build()
-                    .map_err(|e| app_err(&e))?;
-                *req.uri_mut() = uri;
+                *req.uri_mut() = Uri::from(path);
                 *req.version_mut() = Version::HTTP_11;
-                self.http1.request(req).await.map_err(|e| app_err(&e))?
+                let (rsp, pooled) =
+                    (self.http1_pool(port).send(req).await).map_err(|e| app_err(&e))?;
+                rsp.map(|b| Body::from(b).pooled(pooled))
             }
             AppProtocol::H2c => {
                 *req.version_mut() = Version::HTTP_2;
@@ -86,13 +85,14 @@ impl AppClient {
                     // (`forward::connection` says why it matters).
                     None => Box::pin(conn.sender(Duration::from_secs(1))).await?,
                 };
-                sender.send_request(req).await.map_err(|e| app_err(&e))?
+                let rsp = sender.send_request(req).await.map_err(|e| app_err(&e))?;
+                rsp.map(Body::from)
             }
         };
         strip_hop_by_hop(rsp.headers_mut());
         // The app cannot speak for the proxy: callers must not take its header for ours.
         rsp.headers_mut().remove(&PROXY_ERROR);
-        Ok(rsp.map(Body::from))
+        Ok(rsp)
     }
 
     /// A new HTTP/1.1 connection to the app on `port`, for one upgrade request only: never
@@ -121,18 +121,23 @@ impl AppClient {
         Ok(sender)
     }
 
-    /// The app's `host:port` for `port`, made once per port.
-    fn authority(&self, port: u16) -> Result<Authority, http::uri::InvalidUri> {
-        if let Some(a) = self.authorities.load().get(&port) {
-            return Ok(a.clone());
+    /// The connection pool of app port `port`, made on first use.
+    fn http1_pool(&self, port: u16) -> Arc<Http1Pool> {
+        if let Some(p) = self.http1.load().get(&port) {
+            return p.clone();
         }
-        let made: Authority = SocketAddr::new(self.host, port).to_string().parse()?;
-        self.authorities.rcu(|map| {
+        let addr = self.addr(port);
+        let mut created = None;
+        self.http1.rcu(|map| {
             let mut map = HashMap::clone(map);
-            map.insert(port, made.clone());
+            let pool = map
+                .entry(port)
+                .or_insert_with(|| Http1Pool::new(addr))
+                .clone();
+            created = Some(pool);
             map
         });
-        Ok(made)
+        created.unwrap_or_else(|| Http1Pool::new(addr))
     }
 
     /// The app's address for `port`.
@@ -163,26 +168,12 @@ impl AppClient {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_app_authority_is_made_once_per_port_for_either_address_family() {
-        let v4 = AppClient::new(IpAddr::from([127, 0, 0, 1]));
-        assert_eq!(
-            v4.authority(8080).map(|a| a.to_string()).ok(),
-            Some("127.0.0.1:8080".into())
-        );
-        assert_eq!(
-            v4.authority(8080).map(|a| a.to_string()).ok(),
-            Some("127.0.0.1:8080".into())
-        );
-        assert_eq!(
-            v4.authority(9090).map(|a| a.to_string()).ok(),
-            Some("127.0.0.1:9090".into())
-        );
-        assert_eq!(v4.authorities.load().len(), 2);
-        let v6 = AppClient::new(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
-        assert_eq!(
-            v6.authority(80).map(|a| a.to_string()).ok(),
-            Some("[::1]:80".into())
-        );
+    #[tokio::test]
+    async fn one_pool_per_app_port() {
+        let app = AppClient::new(IpAddr::from([127, 0, 0, 1]));
+        let first = app.http1_pool(8080);
+        assert!(Arc::ptr_eq(&first, &app.http1_pool(8080)));
+        assert!(!Arc::ptr_eq(&first, &app.http1_pool(9090)));
+        assert_eq!(app.http1.load().len(), 2);
     }
 }

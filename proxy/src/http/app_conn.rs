@@ -9,50 +9,24 @@
 //! an end. A connection dropped idle, after its last response was read, still closes cleanly.
 
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 
-/// `HttpConnector` whose connections reset when dropped mid-request.
-#[derive(Clone, Debug)]
-pub struct AppConnector {
-    inner: HttpConnector,
-}
-
-impl AppConnector {
-    pub fn new(inner: HttpConnector) -> Self {
-        AppConnector { inner }
-    }
-}
-
-impl tower::Service<http::Uri> for AppConnector {
-    type Response = ResetOnAbort;
-    type Error = <HttpConnector as tower::Service<http::Uri>>::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<ResetOnAbort, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        // Once per connection, not per request.
-        Box::pin(async move {
-            let stream = connecting.await?.into_inner();
-            Ok(ResetOnAbort(TokioIo::new(Tracked {
-                stream,
-                mid_request: false,
-            })))
-        })
-    }
-}
-
 /// A connection to the app, as hyper sees it.
 #[derive(Debug)]
 pub struct ResetOnAbort(TokioIo<Tracked>);
+
+impl ResetOnAbort {
+    /// Wraps a connected socket (`app_pool` connects its own).
+    pub fn new(stream: TcpStream) -> Self {
+        ResetOnAbort(TokioIo::new(Tracked {
+            stream,
+            mid_request: false,
+        }))
+    }
+}
 
 /// The socket, and whether a request is out without its answer.
 #[derive(Debug)]
@@ -67,12 +41,6 @@ impl Drop for Tracked {
         if self.mid_request {
             let _ = self.stream.set_zero_linger();
         }
-    }
-}
-
-impl Connection for ResetOnAbort {
-    fn connected(&self) -> Connected {
-        Connected::new()
     }
 }
 
@@ -179,17 +147,13 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
-    use tower::Service;
 
-    /// Connects through the connector; returns the app's end of the connection too.
+    /// Connects as `app_pool` does; returns the app's end of the connection too.
     async fn pair() -> (ResetOnAbort, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri: http::Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let mut connector = AppConnector::new(HttpConnector::new());
-        let (conn, accepted) = tokio::join!(connector.call(uri), listener.accept());
-        (conn.unwrap(), accepted.unwrap().0)
+        let addr = listener.local_addr().unwrap();
+        let (conn, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (ResetOnAbort::new(conn.unwrap()), accepted.unwrap().0)
     }
 
     fn write(conn: &mut ResetOnAbort, bytes: &[u8]) {

@@ -4,8 +4,11 @@
 //! or is made by the proxy itself (error answers, admin pages). A concrete enum instead of a boxed
 //! trait object keeps the request path free of per-request allocations. A body can also hold
 //! guards (a circuit-breaker slot, an endpoint's outstanding-request count) that must last until
-//! the body is finished, which for a streamed response is long after the service returned.
+//! the body is finished, which for a streamed response is long after the service returned, and
+//! the pooled app connection a response came on, which goes back to its pool only once the body
+//! was read to its end (`app_pool`).
 
+use super::app_pool::Pooled;
 use crate::balance::LoadGuard;
 use crate::limits::Slot;
 use crate::resilience::breaker::Permit;
@@ -24,6 +27,7 @@ pub struct Body {
     permit: Option<Permit>,
     load: Option<LoadGuard>,
     in_flight: Option<Slot>,
+    pooled: Option<Pooled>,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +79,17 @@ impl Body {
     /// Keeps an endpoint's outstanding-request count until the body ends.
     pub fn hold_load(mut self, load: LoadGuard) -> Self {
         self.load = Some(load);
+        self
+    }
+
+    /// Puts the app connection the body comes on back in its pool once the body has ended
+    /// (at once if it already has); dropped before, the connection closes.
+    pub fn pooled(mut self, mut conn: Pooled) -> Self {
+        if http_body::Body::is_end_stream(&self) {
+            conn.release();
+        } else {
+            self.pooled = Some(conn);
+        }
         self
     }
 
@@ -133,6 +148,18 @@ impl http_body::Body for Body {
         };
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             this.release();
+        }
+        // hyper's server stops polling a body once it says it has ended (a Content-Length body
+        // after its last byte), so the connection goes back here, not at `Ready(None)` only.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => {
+                this.pooled.is_some() && http_body::Body::is_end_stream(this)
+            }
+            _ => false,
+        };
+        if let (true, Some(conn)) = (ended, &mut this.pooled) {
+            conn.release();
         }
         polled
     }

@@ -49,7 +49,7 @@ where
             .get::<Target>()
             .and_then(|t| t.rule.fault.clone().map(|f| (f, t.rule.stats.clone())));
         let Some((fault, stats)) = fault else {
-            return Box::pin(self.inner.call(req));
+            return crate::http::boxed(self.inner.call(req));
         };
         let delay = fault
             .delay
@@ -60,7 +60,7 @@ where
             .filter(|(_, permille)| roll(*permille))
             .map(|(s, _)| s);
         if delay.is_none() && abort.is_none() {
-            return Box::pin(self.inner.call(req));
+            return crate::http::boxed(self.inner.call(req));
         }
         stats.faults_injected.inc();
         let inner = self.inner.clone();

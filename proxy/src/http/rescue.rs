@@ -15,7 +15,7 @@ use http::{header, HeaderValue, Method, Request, Response, Version};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 #[derive(Clone, Debug, Default)]
 pub struct RescueLayer;
@@ -35,11 +35,10 @@ pub struct Rescue<S> {
 impl<S> tower::Service<Request<Body>> for Rescue<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = RescueFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // The inner services are always ready (they queue nothing); an error here would have no
@@ -55,20 +54,58 @@ where
         let head = req.method() == Method::HEAD;
         let version = req.version();
         let audience = (req.extensions().get::<Audience>().copied()).unwrap_or_default();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            Ok(match fut.await {
-                Ok(rsp) => rsp,
-                Err(err) => {
-                    let rsp = Synthetic::of(&err).into_response(grpc, audience, version);
-                    if head {
-                        without_content(rsp)
-                    } else {
-                        rsp
-                    }
+        RescueFuture {
+            inner: self.inner.call(req),
+            asked: Asked {
+                grpc,
+                head,
+                version,
+                audience,
+            },
+        }
+    }
+}
+
+/// What the error answer depends on, taken from the request before it goes down the stack.
+#[derive(Clone, Copy)]
+struct Asked {
+    grpc: bool,
+    head: bool,
+    version: Version,
+    audience: Audience,
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's answer, or the error made into one. Not boxed: it runs per request,
+    /// and a box is an allocation and a virtual call more (issue #15).
+    pub struct RescueFuture<F> {
+        #[pin]
+        inner: F,
+        asked: Asked,
+    }
+}
+
+impl<F> Future for RescueFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, ProxyError>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let asked = *this.asked;
+        Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
+            Ok(rsp) => rsp,
+            Err(err) => {
+                let rsp =
+                    Synthetic::of(&err).into_response(asked.grpc, asked.audience, asked.version);
+                if asked.head {
+                    without_content(rsp)
+                } else {
+                    rsp
                 }
-            })
-        })
+            }
+        }))
     }
 }
 

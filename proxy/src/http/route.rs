@@ -2,10 +2,16 @@
 //! per request (one arc-swap load), finds the route table for the authority, the first rule whose
 //! match holds (path, method, headers), the backend by the rule's weighted split, and attaches the
 //! decision to the request as a `Target` for the layers below.
+//!
+//! On-demand discovery hooks into the misses only (an authority no route table answers for, a
+//! cluster not held yet): when the snapshot carries a `Demand`, the request waits (bounded) for
+//! the service's resources to be subscribed and applied, then is resolved again; a name the
+//! control plane does not know gets a 404 naming it. A hit costs what it always did.
 
 use super::body::Body;
 use super::ResponseFuture;
 use crate::config::{Cluster, RouteRule, SnapshotStore};
+use crate::discovery::{Demand, Lookup};
 use crate::errors::ProxyError;
 use http::{Request, Response};
 use std::sync::Arc;
@@ -96,9 +102,35 @@ fn format_authority(host: &str, port: Option<u16>) -> String {
     }
 }
 
+/// Whether a lookup miss is one on-demand discovery can fill, and what to wait for.
+fn on_demand(
+    store: &SnapshotStore,
+    req: &Request<Body>,
+    miss: &ProxyError,
+) -> Option<(Arc<Demand>, Lookup)> {
+    let snapshot = store.load();
+    let demand = snapshot.demand.as_ref()?;
+    let lookup = match miss {
+        ProxyError::NoRoute { .. } => {
+            let (host, _) = super::authority(req)?;
+            // A known host on a port it does not have: no subscription changes that.
+            if snapshot.routes_by_host.contains_key(&host) {
+                return None;
+            }
+            Lookup::Service(demand.service_of_host(&host)?)
+        }
+        ProxyError::NoEndpoints { cluster } => Lookup::Cluster(cluster.clone()),
+        _ => return None,
+    };
+    Some((demand.clone(), lookup))
+}
+
 impl<S> tower::Service<Request<Body>> for Router<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -113,9 +145,30 @@ where
         match resolve(&self.store, &req) {
             Ok(target) => {
                 req.extensions_mut().insert(target);
-                Box::pin(self.inner.call(req))
+                super::boxed(self.inner.call(req))
             }
-            Err(e) => Box::pin(std::future::ready(Err(e))),
+            Err(miss) => match on_demand(&self.store, &req, &miss) {
+                None => Box::pin(std::future::ready(Err(miss))),
+                Some((demand, lookup)) => {
+                    // The ready service goes with the request; a fresh clone stays here.
+                    let fresh = self.inner.clone();
+                    let mut inner = std::mem::replace(&mut self.inner, fresh);
+                    let store = self.store.clone();
+                    Box::pin(async move {
+                        let Some(mut waiter) = demand.waiter(lookup) else {
+                            return Err(miss);
+                        };
+                        let target = loop {
+                            match resolve(&store, &req) {
+                                Ok(target) => break target,
+                                Err(miss) => waiter.retry_after(miss).await?,
+                            }
+                        };
+                        req.extensions_mut().insert(target);
+                        inner.call(req).await
+                    })
+                }
+            },
         }
     }
 }

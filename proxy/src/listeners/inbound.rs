@@ -296,7 +296,7 @@ impl tower::Service<Request<Body>> for ToApp {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let port = crate::http::authority(&req).and_then(|(_, p)| p);
+        let port = crate::http::authority_port(&req);
         let target = req
             .extensions()
             .get::<super::transparent::TargetPort>()

@@ -133,7 +133,7 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let Some(target) = req.extensions().get::<crate::http::route::Target>() else {
-            return Box::pin(self.inner.call(req));
+            return crate::http::boxed(self.inner.call(req));
         };
         let permit = match acquire(&target.cluster, Limit::Requests) {
             Ok(p) => p,

@@ -14,7 +14,9 @@
 //! - an upgrade (WebSocket, `http::upgrade`) is never retried nor replay-buffered.
 //!
 //! Between attempts: exponential backoff with full jitter, and the next attempt avoids the
-//! endpoint that just failed.
+//! endpoint that just failed. The first attempt carries the request's own extensions; a retry
+//! carries only those the layers below read (`Target`, `Deadline`, `AvoidEndpoint`), so that no
+//! request pays for copying its extension map (issue #15).
 
 use super::breaker::{self, Limit};
 use super::replay::ReplayBody;
@@ -22,7 +24,8 @@ use crate::config::RetryPolicy;
 use crate::errors::ProxyError;
 use crate::http::route::Target;
 use crate::http::{Body, ResponseFuture};
-use http::{Method, Request, Response};
+use crate::resilience::timeout::Deadline;
+use http::{Extensions, Method, Request, Response};
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -157,6 +160,17 @@ impl Bodies {
     }
 }
 
+/// What a retry's request carries of the original's extensions: what the layers below it read
+/// (the breaker and `forward`); the upgrade extensions never get here (upgrades are not retried).
+fn retry_extensions(target: &Target, deadline: Option<Deadline>) -> Extensions {
+    let mut extensions = Extensions::new();
+    extensions.insert(target.clone());
+    if let Some(deadline) = deadline {
+        extensions.insert(deadline);
+    }
+    extensions
+}
+
 async fn attempts<S>(inner: S, req: Request<Body>) -> Result<Response<Body>, ProxyError>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError> + Clone,
@@ -179,7 +193,7 @@ where
     // Even without policy retries the body stays replayable (up to the buffer), for the
     // unprocessed allowance.
     let idempotent = is_idempotent(req.method()) || policy.non_idempotent;
-    let (parts, mut body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
     let mut bodies = if http_body::Body::is_end_stream(&body) {
         Bodies::Empty
     } else if let Some(incoming) = body.take_incoming() {
@@ -198,6 +212,8 @@ where
     } else {
         Bodies::Once(Some(body))
     };
+    let deadline = parts.extensions.get::<Deadline>().copied();
+    let mut own_extensions = Some(std::mem::take(&mut parts.extensions));
     let head = Request::from_parts(parts, ());
     // `attempt` counts against the policy; `tries` is every attempt made.
     let (mut attempt, mut tries, mut free) = (1, 1, UNPROCESSED_RETRIES);
@@ -213,7 +229,10 @@ where
         *req.uri_mut() = head.uri().clone();
         *req.version_mut() = head.version();
         *req.headers_mut() = head.headers().clone();
-        *req.extensions_mut() = head.extensions().clone();
+        *req.extensions_mut() = match own_extensions.take() {
+            Some(first) => first,
+            None => retry_extensions(&target, deadline),
+        };
         if let Some(addr) = avoid {
             req.extensions_mut().insert(AvoidEndpoint(addr));
         }

@@ -25,8 +25,10 @@ use crate::errors::ProxyError;
 use crate::http::Body;
 use crate::limits::{Budget, Share};
 use crate::telemetry::metrics::{Direction, ProxyMetrics};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 /// The tower layer; clones share one budget and, if the budget is shared fairly, one client
 /// connection's share of it.
@@ -88,11 +90,10 @@ pub struct Shed<S> {
 impl<S> tower::Service<http::Request<Body>> for Shed<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = ProxyError>,
-    S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = ProxyError;
-    type Future = crate::http::ResponseFuture;
+    type Future = ShedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         // Admission is decided per request in `call`: waiting here for a free slot would be the
@@ -107,14 +108,44 @@ where
         };
         let Some(admitted) = admitted else {
             let max = self.budget.max();
-            return Box::pin(std::future::ready(Err(ProxyError::Overloaded { max })));
+            return ShedFuture::Refused { max };
         };
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            // On an error the slot is dropped here; `rescue` answers with a body of its own.
-            let rsp = fut.await?;
-            Ok(rsp.map(|b| b.hold_in_flight(admitted)))
-        })
+        ShedFuture::Admitted {
+            inner: self.inner.call(req),
+            admitted: Some(admitted),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's answer holding the admitted slot, or the refusal. Not boxed: it runs
+    /// per request, and a box is an allocation and a virtual call more (issue #15).
+    #[project = ShedProj]
+    pub enum ShedFuture<F> {
+        Admitted { #[pin] inner: F, admitted: Option<crate::limits::Slot> },
+        Refused { max: usize },
+    }
+}
+
+impl<F> Future for ShedFuture<F>
+where
+    F: Future<Output = Result<http::Response<Body>, ProxyError>>,
+{
+    type Output = Result<http::Response<Body>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ShedProj::Admitted { inner, admitted } => {
+                // On an error the slot is dropped with the future; `rescue` answers with a body
+                // of its own.
+                let rsp = ready!(inner.poll(cx))?;
+                Poll::Ready(Ok(match admitted.take() {
+                    Some(slot) => rsp.map(|b| b.hold_in_flight(slot)),
+                    None => rsp,
+                }))
+            }
+            ShedProj::Refused { max } => Poll::Ready(Err(ProxyError::Overloaded { max: *max })),
+        }
     }
 }
 

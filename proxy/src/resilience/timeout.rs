@@ -88,7 +88,7 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> ResponseFuture {
         let Some(target) = req.extensions().get::<Target>().cloned() else {
-            return Box::pin(self.inner.call(req));
+            return crate::http::boxed(self.inner.call(req));
         };
         let configured = target
             .rule

@@ -13,6 +13,7 @@ use super::access_log::AccessLog;
 use super::export::{SpanRecord, SpanSink, Value};
 use super::metrics::{Direction, ProxyMetrics, RequestMetrics};
 use super::trace_context::{self, random_id, FLAG_RANDOM, FLAG_SAMPLED, TRACEPARENT, TRACESTATE};
+use crate::admin::recent::Outcome;
 use crate::errors::ProxyError;
 use crate::http::route::Target;
 use crate::http::{Body, ResponseFuture};
@@ -168,25 +169,27 @@ where
         let layer = self.layer.clone();
         let t = layer.telemetry.clone();
         let ids = propagate(&t, req.headers_mut());
+        let tapped = t.tap.attached();
+        let wants_detail = (ids.sampled && t.spans.is_some()) || t.access_log.is_some() || tapped;
+        // The id is kept only for the span and log line: a copy of a value just made is an
+        // allocation (its bytes become shared), and most requests have neither.
         let request_id = match req.headers_mut().get_mut(&REQUEST_ID) {
             Some(v) => {
                 trace_context::never_indexed(v);
-                v.clone()
+                wants_detail.then(|| v.clone())
             }
             None => {
-                let mut hex = String::with_capacity(32);
-                trace_context::push_hex(&mut hex, &random_id::<16>());
-                let mut v =
-                    HeaderValue::from_str(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"));
-                trace_context::never_indexed(&mut v);
-                req.headers_mut().insert(&REQUEST_ID, v.clone());
-                v
+                let v = trace_context::new_request_id();
+                let kept = wants_detail.then(|| v.clone());
+                req.headers_mut().insert(&REQUEST_ID, v);
+                kept
             }
         };
         let target = req.extensions().get::<Target>().cloned();
-        let tapped = t.tap.attached();
-        let wants_detail = (ids.sampled && t.spans.is_some()) || t.access_log.is_some() || tapped;
         let detail = wants_detail.then(|| RequestDetail::of(&req));
+        // Every request is remembered for `/explain`, tapped or not (`admin/recent.rs`).
+        let route = target.as_ref().map(|t| &t.rule);
+        let ticket = (t.tap.recent).start(layer.direction.as_str(), &req, route);
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
@@ -195,6 +198,17 @@ where
                 Err(e) => e.status().as_u16(),
             };
             let elapsed = started.elapsed();
+            let attempts = result
+                .as_ref()
+                .ok()
+                .and_then(|r| r.extensions().get::<Attempts>())
+                .map_or(1, |a| a.0);
+            let outcome = Outcome {
+                status,
+                elapsed,
+                attempts,
+            };
+            t.tap.recent.finish(ticket, outcome);
             match (&layer.peer, &target) {
                 (Some((_, series)), _) => series.record(status, elapsed.as_secs_f64()),
                 (None, Some(target)) => {
@@ -202,12 +216,7 @@ where
                 }
                 (None, None) => {}
             }
-            if let Some(detail) = detail {
-                let attempts = result
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| r.extensions().get::<Attempts>())
-                    .map_or(1, |a| a.0);
+            if let (Some(detail), Some(request_id)) = (detail, request_id) {
                 let error = result
                     .as_ref()
                     .err()

@@ -150,3 +150,46 @@ fn unknown_authority_and_bad_queries_say_what_to_fix() {
         Some("invalid header \"novalue\": write it as name:value")
     );
 }
+
+#[test]
+fn recent_requests_are_those_on_the_explained_host_and_route() {
+    use super::super::recent::{Outcome, RecentRequests};
+    let recent = RecentRequests::default();
+    let api = rule("api", RouteMatch::default(), "default/hello");
+    let other = rule("api", RouteMatch::default(), "default/other");
+    let at = |authority: &str, path: &str, route: Option<&Arc<RouteRule>>, direction| {
+        let req = http::Request::get(path)
+            .header("host", authority)
+            .body(())
+            .unwrap();
+        let ticket = recent.start(direction, &req, route);
+        let outcome = Outcome {
+            status: 200,
+            elapsed: std::time::Duration::from_millis(1),
+            attempts: 1,
+        };
+        recent.finish(ticket, outcome);
+    };
+    at("hello:80", "/api/1", Some(&api), "outbound");
+    at("other", "/api/2", Some(&other), "outbound");
+    at("hello", "/api/3", Some(&api), "outbound");
+    at("hello", "/in", None, "inbound");
+    at("hello", "/none", None, "outbound");
+    at("hello", "/api/4", Some(&api), "outbound");
+    let paths = |doc: &Value| -> Vec<String> {
+        (doc["recent"].as_array().into_iter().flatten())
+            .map(|r| r["path"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let mut doc = json!({"route": "api", "request": {"authority": "hello"}});
+    add_recent(&mut doc, &recent, 10);
+    assert_eq!(paths(&doc), ["/api/1", "/api/3", "/in", "/api/4"]);
+    add_recent(&mut doc, &recent, 2);
+    assert_eq!(paths(&doc), ["/in", "/api/4"], "the newest n");
+    let mut unrouted = json!({"route": null, "request": {"authority": "hello"}});
+    add_recent(&mut unrouted, &recent, 10);
+    assert_eq!(paths(&unrouted), ["/in"]);
+    assert_eq!(host_of("[::1]:8080"), "[::1]");
+    assert_eq!(host_of("hello"), "hello");
+    assert_eq!(host_of("hello:"), "hello:");
+}
