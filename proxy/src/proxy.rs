@@ -95,8 +95,8 @@ impl std::fmt::Debug for LogControl {
 pub enum StartError {
     #[error("access log {0}: {1}")]
     AccessLog(String, std::io::Error),
-    #[error("OTLP endpoint {0:?}: {1}")]
-    Otlp(String, tonic::transport::Error),
+    #[error("span export to {0:?}: {1}")]
+    Otlp(String, crate::telemetry::export::ExportError),
     #[error("control plane address {0:?}: {1}")]
     ControlPlane(String, tonic::transport::Error),
     #[error(transparent)]
