@@ -53,7 +53,7 @@ pub struct Router<S> {
 
 pub fn resolve(store: &SnapshotStore, req: &Request<Body>) -> Result<Target, ProxyError> {
     let (host, port) =
-        super::authority(req).ok_or(ProxyError::BadRequest("missing or invalid authority"))?;
+        super::host_and_port(req).ok_or(ProxyError::BadRequest("missing or invalid authority"))?;
     let snapshot = store.load();
     let table = snapshot
         .route_table(&host, port)
