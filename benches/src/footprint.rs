@@ -244,10 +244,7 @@ async fn start_once(
         &state.join("ca.crt.pem"),
     );
     args.extend([OsString::from("--workers"), workers.to_string().into()]);
-    let (binary, args) = match proxy {
-        Some(proxy) => (proxy, args.split_off(1)),
-        None => (binary, args),
-    };
+    let (binary, args) = trellis::sidecar_command(binary, proxy, args);
     let admin = trellis::admin_addr(PROBE_POD);
     let started = Instant::now();
     let mut process = Process::spawn(
@@ -256,16 +253,9 @@ async fn start_once(
         &args,
         &work.join("starts.log"),
     )?;
-    loop {
-        if let Ok((200, _)) = systems::http_get(admin, "localhost", "/ready").await {
-            break;
-        }
-        process.check_alive()?;
-        if started.elapsed() > Duration::from_secs(20) {
-            bail!("the sidecar started for timing was not ready within 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    // Asked every 2 ms: the time measured is a few milliseconds.
+    let (limit, every) = (Duration::from_secs(20), Duration::from_millis(2));
+    trellis::wait_ready(admin, std::slice::from_mut(&mut process), limit, every).await?;
     let elapsed = started.elapsed();
     drop(process);
     // Until the killed process's listeners are gone, the next start could not bind them.

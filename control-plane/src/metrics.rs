@@ -72,7 +72,6 @@ pub enum StreamCap {
 /// Every count the control plane keeps about itself.
 #[derive(Debug)]
 pub struct ControlPlaneMetrics {
-    connected: AtomicI64,
     reloads_applied: AtomicU64,
     reloads_rejected: AtomicU64,
     pushes: [AtomicU64; TYPES],
@@ -93,7 +92,6 @@ pub struct ControlPlaneMetrics {
 impl Default for ControlPlaneMetrics {
     fn default() -> Self {
         ControlPlaneMetrics {
-            connected: AtomicI64::new(0),
             reloads_applied: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
             pushes: Default::default(),
@@ -120,14 +118,10 @@ impl ControlPlaneMetrics {
         Arc::new(Self::default())
     }
 
-    /// Counts an open discovery stream, and lists its proxy, until the guard is dropped, however
-    /// the stream ends.
-    pub fn stream_connected(self: &Arc<Self>, proxy: ConnectedProxy) -> ConnectedStream {
-        self.connected.fetch_add(1, Ordering::Relaxed);
-        ConnectedStream {
-            metrics: self.clone(),
-            _listed: self.proxies.add(proxy),
-        }
+    /// Lists an open discovery stream's proxy (`/proxies`, and the connected count) until the
+    /// guard is dropped, however the stream ends.
+    pub fn stream_connected(&self, proxy: ConnectedProxy) -> ConnectedStream {
+        self.proxies.add(proxy)
     }
 
     /// The proxies connected now.
@@ -135,8 +129,9 @@ impl ControlPlaneMetrics {
         self.proxies.list()
     }
 
+    /// Read from the list at scrape time: a stream opens and closes once, a scrape is rare.
     pub fn connected_proxies(&self) -> i64 {
-        self.connected.load(Ordering::Relaxed)
+        i64::try_from(self.proxies.len()).unwrap_or(i64::MAX)
     }
 
     /// A new config version was published at `at`; pushes for it measure their latency from
@@ -212,19 +207,9 @@ impl ControlPlaneMetrics {
     }
 }
 
-/// One open discovery stream in `trellis_control_plane_connected_proxies`.
-#[derive(Debug)]
-pub struct ConnectedStream {
-    metrics: Arc<ControlPlaneMetrics>,
-    /// Removes the proxy from `/proxies` when the stream ends.
-    _listed: Listed,
-}
-
-impl Drop for ConnectedStream {
-    fn drop(&mut self) {
-        self.metrics.connected.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+/// One open discovery stream: in `/proxies` and `trellis_control_plane_connected_proxies` until
+/// dropped.
+pub type ConnectedStream = Listed;
 
 /// A histogram of atomics: prometheus-client's `Histogram` takes a lock per observation, which
 /// the push path must not. The count is derived from the buckets at scrape time so that it

@@ -2,8 +2,9 @@
 //! them: who each one is (node, service, SPIFFE identity, version) and where its admin port answers
 //! `/metrics`, so that `trellis stat` can find every sidecar of the mesh without a Kubernetes API.
 //! An entry lives exactly as long as its discovery stream: the guard that adds it removes it,
-//! however the stream ends. One small record per proxy (a few hundred bytes), taken under a lock
-//! only when a stream opens or closes, never on the push path.
+//! however the stream ends, and the list is also what `trellis_control_plane_connected_proxies`
+//! counts. One small record per proxy (a few hundred bytes), under a lock taken when a stream
+//! opens or closes and when `/metrics` or `/proxies` read it, never on the push path.
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -248,10 +248,7 @@ pub async fn start_with(
         args.extend(["--workers".into(), opts.workers.to_string().into()]);
         args.extend(opts.flags.iter().cloned());
         let name = format!("sidecar {service}");
-        let (binary, args) = match &opts.proxy_binary {
-            Some(proxy) => (proxy.as_path(), args.split_off(1)),
-            None => (binary, args),
-        };
+        let (binary, args) = sidecar_command(binary, opts.proxy_binary.as_deref(), args);
         let p = match opts.wrapper.split_first() {
             Some((program, wrapper)) if !service.ends_with("-traced") => {
                 let mut wrapped = wrapper.to_vec();
@@ -271,11 +268,11 @@ pub async fn start_with(
     }
     if opts.traced {
         for pod in [addr::TRACED_CLIENT_POD, addr::TRACED_SERVER_POD] {
-            wait_ready(addr::at(pod, ADMIN), procs, opts.ready_timeout).await?;
+            wait_ready(addr::at(pod, ADMIN), procs, opts.ready_timeout, READY_POLL).await?;
         }
     }
     for pod in [addr::CLIENT_POD, addr::SERVER_POD] {
-        wait_ready(addr::at(pod, ADMIN), procs, opts.ready_timeout).await?;
+        wait_ready(addr::at(pod, ADMIN), procs, opts.ready_timeout, READY_POLL).await?;
     }
     let mut systems = vec![Running {
         system: "trellis".into(),
@@ -319,6 +316,22 @@ pub async fn start_with(
     Ok(systems)
 }
 
+/// How often the suite asks a starting sidecar whether it is ready.
+const READY_POLL: Duration = Duration::from_millis(100);
+
+/// The program and arguments that run a sidecar with `args` (`sidecar_args`, `proxy` first): the
+/// `trellis-proxy` binary without the subcommand when given, else `trellis proxy`.
+pub fn sidecar_command<'a>(
+    trellis: &'a Path,
+    proxy: Option<&'a Path>,
+    mut args: Vec<OsString>,
+) -> (&'a Path, Vec<OsString>) {
+    match proxy {
+        Some(proxy) => (proxy, args.split_off(1)),
+        None => (trellis, args),
+    }
+}
+
 /// The `trellis proxy` arguments of a sidecar for `service` on loopback pod `pod` (inbound
 /// 4143, outbound 4140, admin 4191 there), in front of the upstream, logging warnings only.
 pub fn sidecar_args(service: &str, pod: u8, token_file: &Path, ca_cert: &Path) -> Vec<OsString> {
@@ -356,11 +369,13 @@ pub fn sidecar_args(service: &str, pod: u8, token_file: &Path, ca_cert: &Path) -
     args.into()
 }
 
-/// Polls a sidecar's `/ready` until it answers 200, failing early if a process in `procs` died.
+/// Polls a sidecar's `/ready` every `every` until it answers 200, failing early if a process in
+/// `procs` died.
 pub async fn wait_ready(
     admin: std::net::SocketAddr,
     procs: &mut [Process],
     limit: Duration,
+    every: Duration,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
@@ -377,7 +392,7 @@ pub async fn wait_ready(
                 limit.as_secs()
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

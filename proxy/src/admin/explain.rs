@@ -167,7 +167,10 @@ pub fn add_recent(doc: &mut Value, recent: &super::recent::RecentRequests, n: us
         .unwrap_or_default()
         .to_owned();
     let hits = recent.matching(|r| {
-        let same_host = host_of(r.authority.as_str()) == host;
+        let written = r.authority.as_str();
+        let same_host = crate::http::split_authority(written)
+            .map_or(written, |(host, _)| host)
+            .eq_ignore_ascii_case(&host);
         match (r.direction, &r.route, &route) {
             ("outbound", Some(taken), Some(route)) => same_host && taken.name == *route,
             ("outbound", _, _) => false,
@@ -176,14 +179,6 @@ pub fn add_recent(doc: &mut Value, recent: &super::recent::RecentRequests, n: us
     });
     let skip = hits.len().saturating_sub(n);
     doc["recent"] = hits.into_iter().skip(skip).collect::<Vec<_>>().into();
-}
-
-/// `host` of `host[:port]` (`[v6]:port` keeps its brackets, as the explained request's does).
-fn host_of(authority: &str) -> &str {
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
 }
 
 /// Each rule up to the chosen one: matched, or the first condition that did not hold.

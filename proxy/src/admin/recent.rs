@@ -66,16 +66,6 @@ pub struct Outcome {
 }
 
 impl Remembered {
-    /// The authority of a request head: the URI's (HTTP/2, absolute form), else `Host`.
-    pub fn authority_of<B>(req: &http::Request<B>) -> &str {
-        match req.uri().authority() {
-            Some(a) => a.as_str(),
-            None => (req.headers().get(http::header::HOST))
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or_default(),
-        }
-    }
-
     pub fn to_json(&self) -> Value {
         let unix_ms = (self.started.duration_since(UNIX_EPOCH))
             .map(|d| d.as_millis() as u64)
@@ -162,7 +152,7 @@ impl RecentRequests {
         slot.started = SystemTime::now();
         slot.direction = direction;
         slot.method = req.method().clone();
-        slot.authority = InlineStr::new(Remembered::authority_of(req));
+        slot.authority = InlineStr::new(crate::http::authority_text(req).unwrap_or_default());
         slot.path = InlineStr::new(req.uri().path());
         slot.route = route.cloned();
         slot.outcome = None;
@@ -280,18 +270,5 @@ mod tests {
                 attempts: 0,
             },
         );
-    }
-
-    #[test]
-    fn authority_comes_from_the_uri_or_the_host_header() {
-        let absolute = http::Request::get("http://api:81/x").body(()).unwrap();
-        assert_eq!(Remembered::authority_of(&absolute), "api:81");
-        let origin = http::Request::get("/x")
-            .header("host", "web")
-            .body(())
-            .unwrap();
-        assert_eq!(Remembered::authority_of(&origin), "web");
-        let none = http::Request::get("/x").body(()).unwrap();
-        assert_eq!(Remembered::authority_of(&none), "");
     }
 }

@@ -63,10 +63,7 @@ pub fn authority<B>(req: &Request<B>) -> Option<(String, Option<u16>)> {
 /// always): the router resolves every request with it, and the owned host and the parsed copy
 /// of the Host header cost two allocations and ~600 instructions per request (issue #15).
 pub fn host_and_port<B>(req: &Request<B>) -> Option<(Cow<'_, str>, Option<u16>)> {
-    let (host, port) = match req.uri().authority() {
-        Some(a) => (a.host(), a.port_u16()),
-        None => split_authority(req.headers().get(http::header::HOST)?.to_str().ok()?)?,
-    };
+    let (host, port) = host_and_port_as_written(req)?;
     let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
@@ -78,16 +75,34 @@ pub fn host_and_port<B>(req: &Request<B>) -> Option<(Cow<'_, str>, Option<u16>)>
 /// The port of the request's authority, as `authority` finds it, without the host: callers that
 /// want only the port (the inbound side, twice per request) spared the host's lower-casing.
 pub fn authority_port<B>(req: &Request<B>) -> Option<u16> {
+    host_and_port_as_written(req)?.1
+}
+
+/// Host (as written) and port of the URI's authority, else of the Host header.
+fn host_and_port_as_written<B>(req: &Request<B>) -> Option<(&str, Option<u16>)> {
     match req.uri().authority() {
-        Some(a) => a.port_u16(),
-        None => split_authority(req.headers().get(http::header::HOST)?.to_str().ok()?)?.1,
+        Some(a) => Some((a.host(), a.port_u16())),
+        None => split_authority(host_header(req)?),
     }
+}
+
+/// The request's authority as the client wrote it (the URI's, else the Host header), for
+/// showing; `None` when there is neither.
+pub fn authority_text<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => host_header(req),
+    }
+}
+
+fn host_header<B>(req: &Request<B>) -> Option<&str> {
+    req.headers().get(http::header::HOST)?.to_str().ok()
 }
 
 /// `host[:port]` of a Host header (RFC 3986 §3.2.2: a registered name, an IPv4 address, or an IP
 /// literal in brackets), or `None` if it is not one: no user info, path, spaces or stray
 /// brackets and colons, a port that fits in 16 bits (an empty one is no port).
-fn split_authority(text: &str) -> Option<(&str, Option<u16>)> {
+pub fn split_authority(text: &str) -> Option<(&str, Option<u16>)> {
     const ALLOWED: &[u8] = b"-._~!$&'()*+,;=%:[]";
     if text.is_empty()
         || !text
@@ -169,6 +184,19 @@ mod tests {
         assert_eq!(authority_port(&req), Some(9090));
         let req = Request::get("http://hello/x").body(()).unwrap_or_default();
         assert_eq!(authority_port(&req), None);
+    }
+
+    #[test]
+    fn authority_text_comes_from_the_uri_or_the_host_header() {
+        let absolute = Request::get("http://api:81/x").body(()).unwrap_or_default();
+        assert_eq!(authority_text(&absolute), Some("api:81"));
+        let origin = Request::get("/x")
+            .header("host", "web")
+            .body(())
+            .unwrap_or_default();
+        assert_eq!(authority_text(&origin), Some("web"));
+        let none = Request::get("/x").body(()).unwrap_or_default();
+        assert_eq!(authority_text(&none), None);
     }
 
     #[test]

@@ -189,7 +189,8 @@ fn recent_requests_are_those_on_the_explained_host_and_route() {
     let mut unrouted = json!({"route": null, "request": {"authority": "hello"}});
     add_recent(&mut unrouted, &recent, 10);
     assert_eq!(paths(&unrouted), ["/in"]);
-    assert_eq!(host_of("[::1]:8080"), "[::1]");
-    assert_eq!(host_of("hello"), "hello");
-    assert_eq!(host_of("hello:"), "hello:");
+    // The same host written another way: upper case, with a port.
+    at("HELLO:8080", "/api/5", Some(&api), "outbound");
+    add_recent(&mut doc, &recent, 1);
+    assert_eq!(paths(&doc), ["/api/5"]);
 }
