@@ -133,15 +133,33 @@ pub async fn open(admin: &str, path_and_query: &str) -> anyhow::Result<Incoming>
     }
 }
 
+/// How long a whole admin GET (`/metrics`, `/proxies`, `/explain`) may take: a sidecar that
+/// accepts and then stays silent must not hang `trellis stat` over a whole fleet.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The whole body of an admin GET, as text.
 pub async fn get(admin: &str, path_and_query: &str) -> anyhow::Result<String> {
-    let body = open(admin, path_and_query).await?;
-    let bytes = body
-        .collect()
-        .await
-        .with_context(|| format!("reading {path_and_query} from {admin}"))?
-        .to_bytes();
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    get_within(admin, path_and_query, ANSWER_WITHIN).await
+}
+
+async fn get_within(
+    admin: &str,
+    path_and_query: &str,
+    limit: std::time::Duration,
+) -> anyhow::Result<String> {
+    let exchange = async {
+        let body = open(admin, path_and_query).await?;
+        let bytes = body
+            .collect()
+            .await
+            .with_context(|| format!("reading {path_and_query} from {admin}"))?
+            .to_bytes();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(answer) => answer,
+        Err(_) => bail!("{admin} did not answer {path_and_query} within {limit:?}"),
+    }
 }
 
 /// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
@@ -160,6 +178,28 @@ pub fn encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_sidecar_that_accepts_and_stays_silent_is_an_error_not_a_hang() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = silent.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            // Accepts and keeps the connection open without a byte of answer.
+            let (stream, _) = silent.accept().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            drop(stream);
+        });
+        let started = std::time::Instant::now();
+        let limit = std::time::Duration::from_millis(300);
+        let err = get_within(&admin, "/metrics", limit).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("{admin} did not answer /metrics within 300ms")),
+            "{err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+        held.abort();
+    }
 
     #[test]
     fn query_values_are_percent_encoded() {
