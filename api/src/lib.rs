@@ -22,10 +22,19 @@ pub mod type_url {
     pub const CLUSTERS: &str = "trellis.config.v1.Cluster";
     pub const ENDPOINTS: &str = "trellis.config.v1.Endpoints";
     pub const TRUST_BUNDLE: &str = "trellis.config.v1.TrustBundle";
+    pub const SERVICE_ADDRESSES: &str = "trellis.config.v1.ServiceAddresses";
 
     /// Every type, in the order the proxy subscribes (and the control plane answers) on a new
-    /// stream: trust first so that peers can be verified, endpoints after the clusters naming them.
-    pub const ALL: [&str; 5] = [TRUST_BUNDLE, INBOUND, CLUSTERS, ENDPOINTS, ROUTES];
+    /// stream: trust first so that peers can be verified, endpoints after the clusters naming them,
+    /// service addresses last (only a transparent proxy on demand subscribes to them).
+    pub const ALL: [&str; 6] = [
+        TRUST_BUNDLE,
+        INBOUND,
+        CLUSTERS,
+        ENDPOINTS,
+        ROUTES,
+        SERVICE_ADDRESSES,
+    ];
 }
 
 /// The metadata key carrying the proxy's credential on both RPCs.

@@ -14,18 +14,31 @@
 //!   the routes, cluster and endpoints of K services (the next K after its own), instead of `*`:
 //!   memory per proxy then follows K, not the mesh; a push reaches only the changed service's
 //!   subscribers, and those are the receivers expected;
+//! - with `transparent` as well, each proxy also subscribes to every service's `ServiceAddresses`
+//!   with `*`, as a transparent sidecar on demand does: a moved endpoint then reaches every proxy
+//!   (the addresses) and the service's callers (the endpoints too), measured apart (`push.rs`);
 //! - with `storm`, a reconnect storm after the pushes (`storm.rs`): the control plane killed and
-//!   restarted under the fleet, time until every proxy is back in sync.
+//!   restarted under the fleet, time until every proxy is back in sync; the proxies resume with
+//!   `initial_resource_versions` as sidecars do, or, with `resume` off, ask for everything again.
+//!
+//! `subscribe.rs` says what each proxy subscribes to, `sim.rs` runs one proxy's stream, `held.rs`
+//! keeps what it holds for the resume, `table.rs` writes the report's markdown.
 //!
 //! Every process started is a `Process`, killed on drop: on success, on error, and on Ctrl-C
 //! (the caller races the run against the signal, so the future and its processes are dropped).
 
+mod held;
+mod push;
 mod sim;
 mod storm;
+mod subscribe;
+mod table;
+
+pub use table::{markdown, on_demand_table_row, table_row, ON_DEMAND_TABLE_HEADER, TABLE_HEADER};
 
 use crate::procstat;
 use crate::systems::{self, trellis, Process};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::Serialize;
 use sim::{Recorder, SimProxy};
 use std::ffi::OsString;
@@ -35,8 +48,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use subscribe::Plan;
 use trellis_api::discovery::Node;
-use trellis_api::type_url;
 
 const TRUST_DOMAIN: &str = "trellis.local";
 const NAMESPACE: &str = "default";
@@ -53,6 +66,10 @@ pub struct FleetConfig {
     pub storm: bool,
     /// On-demand subscriptions: each proxy names K services instead of the wildcard.
     pub on_demand: Option<usize>,
+    /// With `on_demand`: every service's addresses with the wildcard too (a transparent sidecar).
+    pub transparent: bool,
+    /// Reconnect with `initial_resource_versions` (off: every proxy is sent all it holds again).
+    pub resume: bool,
     pub trellis: Option<PathBuf>,
     /// Where `fleet.json`, `fleet.md`, the mesh file, state and the log go.
     pub out: PathBuf,
@@ -67,6 +84,8 @@ impl FleetConfig {
             pushes: 5,
             storm: false,
             on_demand: None,
+            transparent: false,
+            resume: true,
             trellis: None,
             out,
         }
@@ -79,6 +98,8 @@ pub struct FleetReport {
     pub services: usize,
     /// Services each proxy subscribes to by name (`None`: the wildcard).
     pub on_demand: Option<usize>,
+    /// Every service's addresses held by every proxy (transparent mode on demand).
+    pub transparent: bool,
     pub connections: usize,
     pub rss_idle_kib: u64,
     pub rss_synced_kib: u64,
@@ -95,14 +116,26 @@ pub struct FleetReport {
     pub push_p50_ms: f64,
     pub push_p99_ms: f64,
     pub push_max_ms: f64,
-    /// Resources per proxy per push (1 when only the changed endpoint set is sent).
+    /// From publication to each `Endpoints` subscriber of the changed service holding the new
+    /// endpoints (with `transparent` a subset of the receivers; otherwise all of them).
+    pub push_endpoints_subscribers: f64,
+    pub push_endpoints_p50_ms: f64,
+    pub push_endpoints_p99_ms: f64,
+    pub push_endpoints_max_ms: f64,
+    /// Resources per receiving proxy per push, received and expected (1 when only the changed
+    /// endpoint set is sent; with `transparent`, 2 for the service's callers, 1 for the others).
     pub resources_per_push: f64,
+    pub resources_expected_per_push: f64,
+    /// Proxies that received a push round's version holding nothing it changed.
+    pub unexpected_pushes: usize,
     pub cpu_per_push_ms: f64,
     pub cpu_per_push_per_proxy_us: f64,
     pub failed_streams: usize,
     pub missed_pushes: usize,
     pub first_error: Option<String>,
     pub load_average: String,
+    /// The bench's own peak RSS: the simulated proxies, with what they hold for the resume.
+    pub bench_peak_rss_kib: u64,
     pub storm: Option<storm::StormReport>,
 }
 
@@ -295,6 +328,12 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
         .context("building the channels")?;
 
     let rec = Recorder::new(cfg.proxies);
+    let plan = Plan {
+        services: cfg.services,
+        on_demand: cfg.on_demand,
+        transparent: cfg.transparent,
+    };
+    let mut subscriptions = Vec::with_capacity(cfg.proxies);
     let started = sim::unix_micros();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..cfg.proxies {
@@ -307,9 +346,12 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
             proxy_version: "fleet-bench".into(),
             admin_address: String::new(),
         };
+        let subs = Arc::new(plan.subscriptions(&node, i));
+        subscriptions.push(subs.clone());
         let proxy = SimProxy {
             index: i,
-            subscriptions: subscriptions(&node, i, cfg.services, cfg.on_demand),
+            subscriptions: subs,
+            resume: cfg.resume && cfg.storm,
             node,
             token: tokens[i % identities].clone(),
         };
@@ -336,52 +378,11 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
     let idle_rate = cpu_of(pid).saturating_sub(idle_start.1).as_secs_f64()
         / idle_start.0.elapsed().as_secs_f64();
 
-    let mut latencies_us = Vec::new();
-    let (mut cpu_total, mut missed, mut resources, mut rounds) = (0.0, 0usize, 0u64, 0usize);
-    let (mut expected_total, mut reached_total) = (0usize, 0usize);
-    for round in 1..=cfg.pushes {
-        let version = 1 + round as u64;
-        rec.await_version(version);
-        // The receivers expected: the changed service's subscribers whose stream is up.
-        let changed = changed_service(cfg.services, round);
-        let expected: Vec<usize> = (0..cfg.proxies)
-            .filter(|i| subscribes(*i, changed, cfg.services, cfg.on_demand))
-            .filter(|i| !rec.dead[*i].load(Ordering::Relaxed))
-            .collect();
-        let before = (Instant::now(), cpu_of(pid));
-        write_mesh(&mesh, &mesh_yaml(cfg.services, round))?;
-        let limit = Duration::from_secs(60);
-        let outstanding = || {
-            (expected.iter())
-                .filter(|i| rec.pushed_at[**i].load(Ordering::Relaxed) == 0)
-                .filter(|i| !rec.dead[**i].load(Ordering::Relaxed))
-                .count()
-        };
-        wait_for(&mut cp, limit, || outstanding() == 0).await?;
-        // The ACKs of the last proxies are still in flight: they are part of the push's cost.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let cpu = cpu_of(pid).saturating_sub(before.1).as_secs_f64()
-            - idle_rate * before.0.elapsed().as_secs_f64();
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let Some(published) = published_at(&text, version) else {
-            bail!("no `config version {version} applied` in {}", log.display());
-        };
-        missed += outstanding();
-        expected_total += expected.len();
-        reached_total += rec.pushed.load(Ordering::Relaxed);
-        resources += rec.pushed_resources.load(Ordering::Relaxed);
-        for stamp in &rec.pushed_at {
-            let at = stamp.load(Ordering::Relaxed);
-            if at != 0 {
-                latencies_us.push(at.saturating_sub(published));
-            }
-        }
-        cpu_total += cpu.max(0.0);
-        rounds += 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let files = (mesh.as_path(), log.as_path());
+    let p = push::rounds(&mut cp, pid, cfg, files, &rec, &subscriptions, idle_rate).await?;
     let storm = if cfg.storm {
-        let (restarted, report) = storm::restart(cp, spawn, CONTROL_PLANE, &rec, live()).await?;
+        let (restarted, report) =
+            storm::restart(cp, spawn, CONTROL_PLANE, &rec, (live(), cfg.resume)).await?;
         cp = restarted;
         Some(report)
     } else {
@@ -389,15 +390,16 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
     };
     tasks.abort_all();
     drop(cp);
-    latencies_us.sort_unstable();
     let ms = |us: u64| us as f64 / 1000.0;
-    let pushes_received = latencies_us.len().max(1) as f64;
-    let cpu_per_push = cpu_total / rounds.max(1) as f64;
+    let per_round = |n: usize| n as f64 / p.rounds.max(1) as f64;
+    let pushes_received = p.latencies_us.len().max(1) as f64;
+    let cpu_per_push = p.cpu_s / p.rounds.max(1) as f64;
     let first_error = rec.first_error.lock().ok().and_then(|e| e.clone());
     Ok(FleetReport {
         proxies: cfg.proxies,
         services: cfg.services,
         on_demand: cfg.on_demand,
+        transparent: cfg.transparent && cfg.on_demand.is_some(),
         connections: channels.len(),
         rss_idle_kib,
         rss_synced_kib,
@@ -405,21 +407,32 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
         sync_all_s: last_sync.saturating_sub(started) as f64 / 1e6,
         synced,
         sync_payload_kib_per_proxy: sync_payload as f64 / 1024.0 / cfg.proxies as f64,
-        pushes: rounds,
-        push_expected: expected_total as f64 / rounds.max(1) as f64,
-        push_reached: reached_total as f64 / rounds.max(1) as f64,
-        push_p50_ms: ms(percentile(&latencies_us, 50.0)),
-        push_p99_ms: ms(percentile(&latencies_us, 99.0)),
-        push_max_ms: ms(latencies_us.last().copied().unwrap_or(0)),
-        resources_per_push: resources as f64 / pushes_received,
+        pushes: p.rounds,
+        push_expected: per_round(p.expected),
+        push_reached: per_round(p.reached),
+        push_p50_ms: ms(percentile(&p.latencies_us, 50.0)),
+        push_p99_ms: ms(percentile(&p.latencies_us, 99.0)),
+        push_max_ms: ms(p.latencies_us.last().copied().unwrap_or(0)),
+        push_endpoints_subscribers: per_round(p.endpoint_subscribers),
+        push_endpoints_p50_ms: ms(percentile(&p.endpoint_latencies_us, 50.0)),
+        push_endpoints_p99_ms: ms(percentile(&p.endpoint_latencies_us, 99.0)),
+        push_endpoints_max_ms: ms(p.endpoint_latencies_us.last().copied().unwrap_or(0)),
+        resources_per_push: p.resources as f64 / pushes_received,
+        resources_expected_per_push: p.resources_expected as f64 / p.expected.max(1) as f64,
+        unexpected_pushes: p.unexpected,
         cpu_per_push_ms: cpu_per_push * 1000.0,
         cpu_per_push_per_proxy_us: cpu_per_push * 1e6 / live().max(1) as f64,
         failed_streams: rec.failed.load(Ordering::Relaxed),
-        missed_pushes: missed,
+        missed_pushes: p.missed,
         first_error,
         load_average: std::fs::read_to_string("/proc/loadavg")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default(),
+        // This process alone (`procstat::sample` would add its children's).
+        bench_peak_rss_kib: std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| procstat::parse_status_kib(&s, "VmHWM"))
+            .unwrap_or(0),
         storm,
     })
 }
@@ -427,129 +440,6 @@ pub async fn run(cfg: &FleetConfig) -> anyhow::Result<FleetReport> {
 /// The service whose endpoint push round `round` moves (`mesh_yaml`).
 fn changed_service(services: usize, round: usize) -> usize {
     (round * 7) % services
-}
-
-/// The services proxy `index` calls with `on_demand` = K: the K after its own (modulo the
-/// mesh), all of them when K ≥ the mesh.
-fn called(index: usize, services: usize, k: usize) -> Vec<usize> {
-    (1..=k.min(services))
-        .map(|d| (index + d) % services)
-        .collect()
-}
-
-/// Whether proxy `index` receives changes of service `service`.
-fn subscribes(index: usize, service: usize, services: usize, on_demand: Option<usize>) -> bool {
-    let Some(k) = on_demand else {
-        return true;
-    };
-    let distance = (service + services - index % services) % services;
-    let distance = if distance == 0 { services } else { distance };
-    distance <= k
-}
-
-/// What a sidecar subscribes to, as `proxy/src/discovery/subscriptions.rs` names it: its own
-/// inbound config (`<namespace>/<service>`) and the trust bundle (`default`) by name; routes,
-/// clusters and endpoints with the wildcard, or on demand by the names `<namespace>/<service>`
-/// of the services its app calls (services here have no backends besides themselves). A sidecar
-/// adds those names as the app calls them; the fleet opens with the set, as a sidecar's stream
-/// does on a reconnect, which holds the same subscriptions.
-fn subscriptions(
-    node: &Node,
-    index: usize,
-    services: usize,
-    on_demand: Option<usize>,
-) -> [Vec<String>; 5] {
-    let by_name = |k: usize| -> Vec<String> {
-        let mut names: Vec<String> = called(index, services, k)
-            .into_iter()
-            .map(|s| format!("{NAMESPACE}/{}", service_name(s)))
-            .collect();
-        names.sort();
-        names
-    };
-    type_url::ALL.map(|t| match t {
-        type_url::INBOUND => vec![format!("{}/{}", node.namespace, node.service)],
-        type_url::TRUST_BUNDLE => vec!["default".to_owned()],
-        _ => match on_demand {
-            None => vec![trellis_api::WILDCARD.to_owned()],
-            Some(k) => by_name(k),
-        },
-    })
-}
-
-pub const TABLE_HEADER: &str = "| proxies | services | connections | RSS idle → synced (MiB) | KiB per proxy | sync all (s) | push p50 / p99 / max (ms) | resources per push | CPU per push (ms) | CPU per push per proxy (µs) | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
-
-/// One row of the table in docs/benchmarks.md.
-pub fn table_row(r: &FleetReport) -> String {
-    format!(
-        "| {} | {} | {} | {:.1} → {:.1} | {:.1} | {:.2} | {:.0} / {:.0} / {:.0} | {:.2} | {:.1} | {:.2} | {} |\n",
-        r.proxies,
-        r.services,
-        r.connections,
-        r.rss_idle_kib as f64 / 1024.0,
-        r.rss_synced_kib as f64 / 1024.0,
-        r.kib_per_proxy,
-        r.sync_all_s,
-        r.push_p50_ms,
-        r.push_p99_ms,
-        r.push_max_ms,
-        r.resources_per_push,
-        r.cpu_per_push_ms,
-        r.cpu_per_push_per_proxy_us,
-        r.failed_streams + r.missed_pushes,
-    )
-}
-
-pub const ON_DEMAND_TABLE_HEADER: &str = "| proxies | services | services per proxy (K) | connections | RSS idle → synced (MiB) | KiB per proxy | sync all (s) | payload to sync per proxy (KiB) | push reached / subscribers | push p50 / p99 / max (ms) | CPU per push (ms) | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-
-/// One row of the on-demand table in docs/benchmarks.md.
-pub fn on_demand_table_row(r: &FleetReport) -> String {
-    format!(
-        "| {} | {} | {} | {} | {:.1} → {:.1} | {:.1} | {:.2} | {:.1} | {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.1} | {} |\n",
-        r.proxies,
-        r.services,
-        r.on_demand.unwrap_or(r.services),
-        r.connections,
-        r.rss_idle_kib as f64 / 1024.0,
-        r.rss_synced_kib as f64 / 1024.0,
-        r.kib_per_proxy,
-        r.sync_all_s,
-        r.sync_payload_kib_per_proxy,
-        r.push_reached,
-        r.push_expected,
-        r.push_p50_ms,
-        r.push_p99_ms,
-        r.push_max_ms,
-        r.cpu_per_push_ms,
-        r.failed_streams + r.missed_pushes,
-    )
-}
-
-pub fn markdown(r: &FleetReport) -> String {
-    let mut md = match r.on_demand {
-        None => format!("{TABLE_HEADER}{}", table_row(r)),
-        Some(_) => format!("{ON_DEMAND_TABLE_HEADER}{}", on_demand_table_row(r)),
-    };
-    let _ = writeln!(
-        md,
-        "\n{} of {} proxies in sync; {} push rounds, each reaching {:.0} proxies on average ({:.0} \
-         subscribed to the changed service); {:.1} KiB of payload per proxy to sync; load average \
-         at the end: {}.",
-        r.synced,
-        r.proxies,
-        r.pushes,
-        r.push_reached,
-        r.push_expected,
-        r.sync_payload_kib_per_proxy,
-        r.load_average
-    );
-    if let Some(e) = &r.first_error {
-        let _ = writeln!(md, "First error: {e}");
-    }
-    if let Some(s) = &r.storm {
-        let _ = writeln!(md, "\n{}", storm::summary(s, r.proxies));
-    }
-    md
 }
 
 #[cfg(test)]
@@ -591,45 +481,6 @@ mod tests {
                 "{diff:?}"
             );
         }
-    }
-
-    #[test]
-    fn on_demand_proxies_name_the_k_services_after_their_own() {
-        let node = |i: usize| Node {
-            namespace: NAMESPACE.into(),
-            service: service_name(i % 10),
-            ..Default::default()
-        };
-        let of = |subs: &[Vec<String>; 5], t: &str| {
-            let at = type_url::ALL.iter().position(|u| *u == t).expect("type");
-            subs[at].clone()
-        };
-        let subs = subscriptions(&node(8), 8, 10, Some(3));
-        assert_eq!(of(&subs, type_url::INBOUND), ["default/svc-0008"]);
-        assert_eq!(of(&subs, type_url::TRUST_BUNDLE), ["default"]);
-        let names = ["default/svc-0000", "default/svc-0001", "default/svc-0009"];
-        for t in [type_url::ROUTES, type_url::CLUSTERS, type_url::ENDPOINTS] {
-            assert_eq!(of(&subs, t), names, "{t}");
-        }
-        let wildcard = subscriptions(&node(8), 8, 10, None);
-        assert_eq!(of(&wildcard, type_url::ENDPOINTS), [trellis_api::WILDCARD]);
-        // The receivers of a push are exactly the proxies that named the service.
-        for service in 0..10 {
-            for i in 0..25 {
-                let endpoints = of(
-                    &subscriptions(&node(i), i, 10, Some(3)),
-                    type_url::ENDPOINTS,
-                );
-                let named = endpoints.contains(&format!("default/{}", service_name(service)));
-                assert_eq!(subscribes(i, service, 10, Some(3)), named, "{i} {service}");
-                assert!(subscribes(i, service, 10, None));
-            }
-        }
-        let subscribers = (0..100).filter(|i| subscribes(*i, 4, 10, Some(3))).count();
-        assert_eq!(subscribers, 30);
-        // K beyond the mesh: every service, once.
-        assert_eq!(called(2, 4, 9).len(), 4);
-        assert!((0..4).all(|s| subscribes(2, s, 4, Some(9))));
     }
 
     #[test]

@@ -75,13 +75,8 @@ pub async fn run(cfg: &FootprintConfig) -> anyhow::Result<Footprint> {
     std::fs::create_dir_all(&work)?;
     let mut procs = vec![systems::start_upstream(&work.join("upstream.log")).await?];
     // The sidecar image runs `trellis-proxy`; `trellis proxy` (the all-in-one binary) if absent.
-    let proxy = Some(binary.with_file_name("trellis-proxy")).filter(|p| p.exists());
-    let opts = trellis::Sidecars {
-        workers: cfg.workers,
-        traced: false,
-        proxy_binary: proxy.clone(),
-        ..Default::default()
-    };
+    let opts = trellis::Sidecars::untraced_as_shipped(&binary, cfg.workers);
+    let proxy = opts.proxy_binary.clone();
     let running = trellis::start_with(&binary, &work, &mut procs, &opts).await?;
     let pid_of = |suffix: &str| {
         (running.iter().flat_map(|r| &r.measured))

@@ -8,7 +8,9 @@
 //! `report` the JSON, markdown and SVG output.
 #![forbid(unsafe_code)]
 
+pub mod flame;
 pub mod fleet;
+pub mod fleet_plot;
 pub mod footprint;
 pub mod instructions;
 pub mod load;

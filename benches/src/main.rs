@@ -203,6 +203,34 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Flame graphs of both sidecars on the mesh path under load, sampled with `perf record
+    /// -e cpu-clock --call-graph dwarf` (docs/benchmarks.md, Flame graphs).
+    Flame {
+        #[arg(long, value_enum, default_value = "http1")]
+        protocol: Protocol,
+        #[arg(long, default_value_t = 4000.0)]
+        rate: f64,
+        /// Seconds sampled (after a 2 s warm-up).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Samples per second and sidecar.
+        #[arg(long, default_value_t = 499)]
+        frequency: u32,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long)]
+        trellis: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The Fleet section's plots from every `fleet` run's fleet.json under a results directory.
+    FleetPlot {
+        /// Where the runs are [default: the results directory].
+        #[arg(long)]
+        results: Option<PathBuf>,
+        #[arg(long, default_value = "docs/benchmarks")]
+        out: PathBuf,
+    },
     /// The control plane under N simulated sidecars: memory per proxy, sync time, push latency
     /// and CPU (docs/benchmarks.md, Fleet).
     Fleet {
@@ -223,6 +251,13 @@ enum Command {
         /// instead of the wildcard, as sidecars in on-demand mode do.
         #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
         on_demand: Option<u64>,
+        /// With --on-demand: every service's addresses with the wildcard too, as transparent
+        /// sidecars on demand subscribe.
+        #[arg(long, requires = "on_demand")]
+        transparent: bool,
+        /// With --storm: reconnect without initial_resource_versions (everything resent).
+        #[arg(long, requires = "storm")]
+        no_resume: bool,
         #[arg(long)]
         trellis: Option<PathBuf>,
         #[arg(long)]
@@ -446,6 +481,44 @@ fn main() -> anyhow::Result<()> {
             print!("{}", trellis_bench::footprint::markdown(&r));
             eprintln!("\nresults in {}", dir.display());
         }
+        Command::Flame {
+            protocol,
+            rate,
+            duration,
+            frequency,
+            workers,
+            trellis,
+            out,
+        } => {
+            let root = out.unwrap_or_else(report::results_root);
+            let slug = protocol.name().to_lowercase().replace("http/", "http");
+            let dir = root.join(format!("{}-flame-{slug}", report::timestamp()));
+            let cfg = trellis_bench::flame::FlameConfig {
+                trellis,
+                protocol,
+                rate,
+                duration: Duration::from_secs(duration),
+                frequency,
+                workers,
+                out: dir.clone(),
+            };
+            let (flames, load) = runtime(1)?.block_on(async {
+                tokio::select! {
+                    r = trellis_bench::flame::run(&cfg) => r,
+                    _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+                }
+            })?;
+            println!("{} answered, {} errors", load.ok, load.errors);
+            for f in flames {
+                println!("{}: {} samples, {}", f.name, f.samples, f.svg.display());
+            }
+        }
+        Command::FleetPlot { results, out } => {
+            let results = results.unwrap_or_else(report::results_root);
+            for name in trellis_bench::fleet_plot::run(&results, &out)? {
+                println!("{}", out.join(name).display());
+            }
+        }
         Command::Fleet {
             proxies,
             services,
@@ -453,11 +526,16 @@ fn main() -> anyhow::Result<()> {
             pushes,
             storm,
             on_demand,
+            transparent,
+            no_resume,
             trellis,
             out,
         } => {
             let root = out.unwrap_or_else(report::results_root);
-            let mode = on_demand.map_or(String::new(), |k| format!("-on-demand-{k}"));
+            let mut mode = on_demand.map_or(String::new(), |k| format!("-on-demand-{k}"));
+            if transparent {
+                mode.push_str("-transparent");
+            }
             let dir = root.join(format!(
                 "{}-fleet-{proxies}x{services}{mode}",
                 report::timestamp()
@@ -467,6 +545,8 @@ fn main() -> anyhow::Result<()> {
             cfg.pushes = pushes;
             cfg.storm = storm;
             cfg.on_demand = on_demand.map(|k| usize::try_from(k).unwrap_or(usize::MAX));
+            cfg.transparent = transparent;
+            cfg.resume = !no_resume;
             cfg.trellis = trellis;
             // Two workers: ten thousand streams' ACKs are work too, and on Ctrl-C the run is
             // dropped so that the control plane it started is killed.

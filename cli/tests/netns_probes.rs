@@ -90,13 +90,7 @@ while True:
 
 #[test]
 fn rewritten_probes_pass_strict_mtls_in_network_namespaces() {
-    if let Some(why) = missing_prerequisites() {
-        if std::env::var_os("CI").is_some() {
-            panic!("netns probe test cannot run under CI: {why}");
-        }
-        eprintln!(
-            "\n*** SKIPPED rewritten_probes_pass_strict_mtls_in_network_namespaces: {why} ***\n"
-        );
+    if !can_run("rewritten_probes_pass_strict_mtls_in_network_namespaces") {
         return;
     }
     // What the injector makes of the pod: the rewritten probe paths and the proxy's env var.

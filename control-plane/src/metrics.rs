@@ -4,7 +4,7 @@
 //! the publisher), so counting costs one relaxed atomic add and never a lock: the discovery push
 //! path runs once per proxy per config change. What already lives elsewhere is read at scrape time
 //! instead of being copied: the served config version comes from the status watch. Labels are
-//! bounded by construction (the five resource types, fixed reason sets); nothing is labelled by
+//! bounded by construction (the resource types of `type_url::ALL`, fixed reason sets); nothing is labelled by
 //! proxy or identity, which would grow with the fleet.
 use std::sync::atomic::{fence, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -518,12 +518,12 @@ mod tests {
         ] {
             assert!(got.contains(&want), "missing {want:?} in\n{text}");
         }
-        // Five types each for pushes and NACKs: an unknown type URL makes no series.
+        // One series per type for pushes and NACKs: an unknown type URL makes no series.
         let pushes = got
             .iter()
             .filter(|l| l.starts_with("trellis_control_plane_pushes_total"))
             .count();
-        assert_eq!(pushes, 5, "{text}");
+        assert_eq!(pushes, trellis_api::type_url::ALL.len(), "{text}");
         assert!(text.contains("# TYPE trellis_control_plane_push_latency_seconds histogram"));
         drop(b);
         let text = render(collector(&m, 7)).unwrap();

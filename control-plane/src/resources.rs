@@ -101,6 +101,11 @@ pub fn build(config: &MeshConfig, roots_der: &[Vec<u8>], system_version: u64) ->
             name.clone(),
             Resource::new(&endpoints(config, service, &name)),
         );
+        put(
+            type_url::SERVICE_ADDRESSES,
+            name,
+            Resource::new(&service_addresses(service)),
+        );
     }
     Snapshot {
         system_version,
@@ -278,6 +283,19 @@ fn endpoints(config: &MeshConfig, service: &Service, name: &str) -> pb::Endpoint
     }
 }
 
+/// What a transparent proxy on demand holds of every service: its version changes only with the
+/// addresses (an endpoint's weight or the routes do not touch it), so endpoint churn that keeps
+/// addresses costs the fleet nothing here.
+fn service_addresses(service: &Service) -> pb::ServiceAddresses {
+    pb::ServiceAddresses {
+        addresses: service.addresses.iter().map(|ip| ip.to_string()).collect(),
+        ports: service.ports.iter().map(|p| p.port.into()).collect(),
+        endpoints: (service.endpoints.iter())
+            .map(|e| e.address.to_string())
+            .collect(),
+    }
+}
+
 /// Durations in config are bounded far below u64 milliseconds; saturate rather than wrap anyway.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -356,6 +374,35 @@ services:
             (cluster.connect_timeout_ms, cluster.request_timeout_ms),
             (1000, 15000)
         );
+    }
+
+    #[test]
+    fn service_addresses_carry_virtual_ips_ports_and_endpoints_and_ignore_weights() {
+        let text = MESH.replace(
+            "    endpoints: [{address: 127.0.0.1:4143}]\n",
+            "    addresses: [10.96.0.10]\n    endpoints: [{address: 127.0.0.1:4143}]\n",
+        );
+        let snap = snapshot(&text);
+        let hello: pb::ServiceAddresses =
+            decode(&snap, type_url::SERVICE_ADDRESSES, "default/hello");
+        assert_eq!(hello.addresses, ["10.96.0.10"]);
+        assert_eq!(hello.ports, [80]);
+        assert_eq!(hello.endpoints, ["127.0.0.1:4143"]);
+        let web: pb::ServiceAddresses = decode(&snap, type_url::SERVICE_ADDRESSES, "shop/web");
+        assert!(web.addresses.is_empty() && web.endpoints.is_empty());
+        // A weight is no address: the resource keeps its version, so the fleet is not pushed.
+        let version = |s: &Snapshot| {
+            s.of_type(type_url::SERVICE_ADDRESSES).unwrap()["default/hello"]
+                .version
+                .clone()
+        };
+        let weighted = snapshot(&text.replace(
+            "{address: 127.0.0.1:4143}",
+            "{address: 127.0.0.1:4143, weight: 5}",
+        ));
+        assert_eq!(version(&snap), version(&weighted));
+        let moved = snapshot(&text.replace("127.0.0.1:4143", "127.0.0.2:4143"));
+        assert_ne!(version(&snap), version(&moved));
     }
 
     #[test]

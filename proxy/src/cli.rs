@@ -122,6 +122,14 @@ pub struct Args {
     /// Milliseconds an HTTP/1 request body may stall before it is answered 408.
     #[arg(long, env = "TRELLIS_BODY_IDLE_TIMEOUT_MS", default_value_t = Limits::default().body_idle_timeout.as_millis() as u64)]
     body_idle_timeout_ms: u64,
+    /// Seconds of silence before TCP keepalive probes a connection (three probes this far
+    /// apart): a vanished peer's tunnel is closed instead of held.
+    #[arg(long, env = "TRELLIS_TCP_KEEPALIVE_SECONDS", default_value_t = Limits::default().tcp_keepalive.as_secs(), value_parser = clap::value_parser!(u64).range(1..=7200))]
+    tcp_keepalive_seconds: u64,
+    /// Seconds an opaque TCP stream or a WebSocket may carry no byte either way before it is
+    /// closed.
+    #[arg(long, env = "TRELLIS_TUNNEL_IDLE_TIMEOUT_SECONDS", default_value_t = Limits::default().tunnel_idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=604800))]
+    tunnel_idle_timeout_seconds: u64,
     /// Largest HTTP/1 request head, in bytes (at least 8192); larger ones are answered 431.
     #[arg(long, env = "TRELLIS_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
     max_header_bytes: usize,
@@ -157,8 +165,9 @@ pub struct Args {
     #[arg(long, env = "TRELLIS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
     /// `on-demand`: only the routes, clusters and endpoints of the services the app calls,
-    /// subscribed on their first request; `wildcard`: every service's. Default: on-demand, and
-    /// wildcard with --transparent, which needs every service's addresses. docs/protocol.md.
+    /// subscribed on their first request (with --transparent also every service's addresses, to
+    /// place original destinations); `wildcard`: every service's. Default: on-demand.
+    /// docs/protocol.md.
     #[arg(long, env = "TRELLIS_DISCOVERY_MODE")]
     discovery_mode: Option<crate::discovery::DiscoveryMode>,
     /// On demand: how long a first request to a service not held yet waits for its config.
@@ -169,17 +178,10 @@ pub struct Args {
     discovery_idle_seconds: u64,
 }
 
-/// The discovery mode and its timings. Without `--discovery-mode`: on demand, or the wildcard in
-/// transparent mode (which keeps it even when on-demand is asked for: `DiscoverySettings::demand`).
+/// The discovery mode (on demand without `--discovery-mode`) and its timings.
 fn discovery_settings(args: &Args) -> crate::discovery::DiscoverySettings {
-    use crate::discovery::DiscoveryMode;
-    let mode = match (args.discovery_mode, args.transparent) {
-        (Some(mode), _) => mode,
-        (None, true) => DiscoveryMode::Wildcard,
-        (None, false) => DiscoveryMode::OnDemand,
-    };
     crate::discovery::DiscoverySettings {
-        mode,
+        mode: args.discovery_mode.unwrap_or_default(),
         wait: Duration::from_millis(args.discovery_wait_ms),
         idle: Duration::from_secs(args.discovery_idle_seconds),
     }
@@ -194,6 +196,8 @@ fn trellis_limits(args: &Args) -> Limits {
         max_header_bytes: args.max_header_bytes,
         max_concurrent_streams: args.max_concurrent_streams,
         max_client_concurrent_streams: args.max_client_concurrent_streams,
+        tcp_keepalive: Duration::from_secs(args.tcp_keepalive_seconds),
+        tunnel_idle_timeout: Duration::from_secs(args.tunnel_idle_timeout_seconds),
         ..Limits::default()
     }
 }
@@ -454,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn discovery_is_on_demand_by_default_and_wildcard_in_transparent_mode() {
+    fn discovery_is_on_demand_by_default_in_both_modes() {
         use crate::discovery::DiscoveryMode;
         let mode = |extra: &[&str]| {
             let base = [
@@ -468,21 +472,27 @@ mod tests {
             discovery_settings(&args).mode
         };
         assert_eq!(mode(&[]), DiscoveryMode::OnDemand);
-        assert_eq!(mode(&["--transparent"]), DiscoveryMode::Wildcard);
+        assert_eq!(mode(&["--transparent"]), DiscoveryMode::OnDemand);
         let wildcard = ["--discovery-mode", "wildcard"];
         assert_eq!(mode(&wildcard), DiscoveryMode::Wildcard);
         let on_demand = ["--discovery-mode", "on-demand"];
         assert_eq!(mode(&on_demand), DiscoveryMode::OnDemand);
-        // Asked for explicitly, on demand reaches `DiscoverySettings::demand`, which keeps the
-        // wildcard in transparent mode (and says so).
-        let transparent = ["--transparent", "--discovery-mode", "on-demand"];
-        assert_eq!(mode(&transparent), DiscoveryMode::OnDemand);
-        let settings = crate::discovery::DiscoverySettings {
-            mode: DiscoveryMode::OnDemand,
+        let transparent = ["--transparent", "--discovery-mode", "wildcard"];
+        assert_eq!(mode(&transparent), DiscoveryMode::Wildcard);
+        // In transparent mode on demand also places destinations by every service's addresses.
+        let settings = crate::discovery::DiscoverySettings::default();
+        let by_address = |transparent| {
+            settings
+                .demand("default", transparent)
+                .map(|d| d.by_address)
+        };
+        assert_eq!(by_address(true), Some(true));
+        assert_eq!(by_address(false), Some(false));
+        let wildcard = crate::discovery::DiscoverySettings {
+            mode: DiscoveryMode::Wildcard,
             ..Default::default()
         };
-        assert!(settings.demand("default", true).is_none());
-        assert!(settings.demand("default", false).is_some());
+        assert!(wildcard.demand("default", true).is_none());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! subtract per request on the connection's own counter, and one on the count of active
 //! connections when a connection goes from zero slots to one and back.
 
+pub mod idle;
 pub mod workers;
 
 use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
@@ -52,6 +53,15 @@ pub struct Limits {
     /// Requests each listener (inbound, outbound) works on at once; more are answered 503 at once
     /// (load shedding, `resilience::shed`).
     pub max_in_flight_requests: usize,
+    /// TCP keepalive on every connection the proxy accepts or opens for a tunnel: a peer that
+    /// vanished without a FIN or a RST (a partition, a host powered off) is found after this
+    /// much silence plus three unanswered probes this far apart, instead of holding the
+    /// connection's slot and descriptors until the tunnel's idle timeout.
+    pub tcp_keepalive: Duration,
+    /// An opaque TCP stream or a WebSocket with no byte in either direction for this long is
+    /// closed (Envoy's TCP proxy closes after an hour too): an abandoned tunnel does not hold its
+    /// slot forever (`idle`).
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -65,6 +75,8 @@ impl Default for Limits {
             max_client_concurrent_streams: 100,
             max_connections: 20_000,
             max_in_flight_requests: 10_000,
+            tcp_keepalive: Duration::from_secs(10),
+            tunnel_idle_timeout: Duration::from_secs(3600),
         }
     }
 }

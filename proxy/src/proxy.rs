@@ -192,6 +192,7 @@ pub async fn run(
         own_ports,
         store: store.clone(),
         authz: authz_stats.clone(),
+        tunnel: crate::listeners::opaque::Tunnel::from_limits(&config.limits),
     });
     let transparent =
         (listeners.transparent.clone()).map(|c| crate::listeners::transparent::Outbound {
@@ -199,7 +200,13 @@ pub async fn run(
             store: store.clone(),
             tls: tls.clone(),
             metrics: telemetry.metrics.clone(),
+            tunnel: crate::listeners::opaque::Tunnel::from_limits(&config.limits),
         });
+    for listener in [&listeners.inbound, &listeners.outbound] {
+        if let Err(e) = listener.set_tcp_keepalive(config.limits.tcp_keepalive) {
+            tracing::warn!(error = %e, "TCP keepalive not set on a listener; a vanished client is found only by its connection's own timeouts");
+        }
+    }
     let (drain, watch) = crate::drain::channel();
     let background = [
         tokio::spawn(identity.run()),
@@ -216,7 +223,8 @@ pub async fn run(
                 inbound::Inbound {
                     tls: server_tls,
                     store: store.clone(),
-                    app: AppClient::new(config.app_host),
+                    app: AppClient::new(config.app_host)
+                        .with_tunnel_idle_timeout(config.limits.tunnel_idle_timeout),
                     authz: authz_stats.clone(),
                     telemetry: telemetry.clone(),
                     opaque,

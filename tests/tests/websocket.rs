@@ -453,3 +453,94 @@ async fn websockets_count_against_the_connection_cap_while_open() {
     .await;
     assert!(freed.is_ok(), "a closed tunnel frees its place");
 }
+
+/// A WebSocket neither end says anything on is closed after the tunnel idle timeout, on both
+/// sides; messages (pings included) keep it open.
+#[tokio::test]
+async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
+    let limits = trellis_proxy::Limits {
+        tunnel_idle_timeout: Duration::from_millis(600),
+        ..Default::default()
+    };
+    let mesh = Mesh::builder()
+        .limits(limits)
+        .service(Service::http1("client"))
+        .service(Service::http1("hello"))
+        .start()
+        .await
+        .expect("mesh starts");
+    let (mesh, app) = WsApp::behind(mesh).await;
+    let hs = connect(
+        mesh.workload("client").outbound,
+        "hello",
+        "/",
+        "websocket",
+        &[],
+    )
+    .await
+    .expect("answer");
+    let mut ws = hs.conn.expect("upgraded");
+    // A message every 200 ms for 1.6 s: longer than the timeout, never silent for it.
+    for i in 0..8 {
+        let text = format!("message {i}");
+        assert!(ws.send(&Frame::text(&text)).await);
+        assert_eq!(
+            ws.recv().await,
+            Some(Frame::text(&text)),
+            "still open at {i}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let quiet_from = std::time::Instant::now();
+    assert!(
+        ws.ends_within(Duration::from_secs(5)).await,
+        "a silent WebSocket is closed"
+    );
+    let quiet = quiet_from.elapsed();
+    assert!(
+        quiet >= Duration::from_millis(350),
+        "closed after {quiet:?}"
+    );
+    assert!(quiet < Duration::from_secs(3), "closed after {quiet:?}");
+    let ended =
+        trellis_tests::mesh::wait_until(Duration::from_secs(5), || async { app.ended() == 1 })
+            .await;
+    assert!(
+        ended.is_ok(),
+        "the app's side is closed too: {}",
+        app.ended()
+    );
+}
+
+/// A draining sidecar waits for an open WebSocket (its socket keeps the claim on drain past
+/// the 101), which keeps working meanwhile; once it closes, the sidecar exits.
+#[tokio::test]
+async fn drain_waits_for_an_open_websocket() {
+    let (mut mesh, _app) = WsApp::behind_mesh("").await;
+    let hs = connect(
+        mesh.workload("client").outbound,
+        "hello",
+        "/",
+        "websocket",
+        &[],
+    )
+    .await
+    .expect("answer");
+    let mut ws = hs.conn.expect("upgraded");
+    assert!(ws.send(&Frame::text("before")).await);
+    assert_eq!(ws.recv().await, Some(Frame::text("before")));
+    let index = (mesh.workloads.iter())
+        .position(|w| w.service == "client")
+        .expect("client workload");
+    let task = mesh.stop_sidecar(index).expect("running sidecar");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "the sidecar waits for the WebSocket");
+    assert!(ws.send(&Frame::text("during drain")).await);
+    assert_eq!(ws.recv().await, Some(Frame::text("during drain")));
+    assert!(!task.is_finished(), "still waiting");
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("the sidecar exits once the WebSocket is gone")
+        .expect("join");
+}

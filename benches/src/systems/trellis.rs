@@ -170,6 +170,20 @@ impl Default for Sidecars {
     }
 }
 
+impl Sidecars {
+    /// The untraced pair only, run as the sidecar image's `trellis-proxy` when it was built
+    /// beside `binary` (else as `trellis proxy`), with `workers` each: what the footprint and
+    /// flame benches measure.
+    pub fn untraced_as_shipped(binary: &Path, workers: usize) -> Sidecars {
+        Sidecars {
+            workers,
+            traced: false,
+            proxy_binary: Some(binary.with_file_name("trellis-proxy")).filter(|p| p.exists()),
+            ..Default::default()
+        }
+    }
+}
+
 /// Starts the control plane and both sidecars; waits until both are ready.
 pub async fn start(
     binary: &Path,

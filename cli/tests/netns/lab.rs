@@ -51,6 +51,19 @@ pub fn missing_prerequisites() -> Option<String> {
     None
 }
 
+/// Whether the lab can run here: if not, `test` is reported SKIPPED, or fails under CI (`CI`
+/// set), where every prerequisite is installed and a skip would hide a lost suite.
+pub fn can_run(test: &str) -> bool {
+    let Some(why) = missing_prerequisites() else {
+        return true;
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} cannot run under CI: {why}");
+    }
+    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+    false
+}
+
 pub struct Lab {
     pub ns: [String; 3],
     pub dir: tempfile::TempDir,

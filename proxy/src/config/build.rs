@@ -7,7 +7,7 @@
 use super::decode::{Decoded, EndpointSpec, RouteSpec};
 use super::{
     AddressIndex, Cluster, ClusterPolicy, ClusterState, Endpoint, EndpointState, LbPolicy,
-    MeshSnapshot, RouteRule, RouteTable, VirtualService,
+    MeshSnapshot, RouteRule, RouteTable, ServiceLocator, VirtualService,
 };
 use crate::balance::{HashRing, Load};
 use crate::resilience::outlier::OutlierState;
@@ -157,6 +157,7 @@ pub fn build_snapshot(
         }
     }
     snapshot.addresses = AddressIndex::new(&snapshot.clusters, virtual_services);
+    snapshot.locator = ServiceLocator::new(of_type(type_url::SERVICE_ADDRESSES));
     snapshot
 }
 

@@ -25,6 +25,17 @@ pub enum Decoded {
     Cluster(ClusterPolicy),
     Endpoints(Vec<EndpointSpec>),
     Trust(super::TrustBundle),
+    Addresses(ServiceAddresses),
+}
+
+/// Where a service is reached (`ServiceAddresses`): what transparent mode on demand holds of
+/// every service, to tell which one an original destination belongs to (`locator.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAddresses {
+    pub addresses: Vec<IpAddr>,
+    /// Empty: any port.
+    pub ports: Vec<u16>,
+    pub endpoints: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +106,12 @@ pub fn decode(type_url: &str, res: &Resource) -> Result<Decoded, DecodeError> {
             let msg = pb::TrustBundle::decode(payload).map_err(|e| fail(e.to_string()))?;
             decode_trust(msg).map(Decoded::Trust).map_err(fail)
         }
+        type_url::SERVICE_ADDRESSES => {
+            let msg = pb::ServiceAddresses::decode(payload).map_err(|e| fail(e.to_string()))?;
+            decode_service_addresses(msg)
+                .map(Decoded::Addresses)
+                .map_err(fail)
+        }
         other => Err(fail(format!("unknown type URL {other:?}"))),
     }
 }
@@ -159,12 +176,7 @@ fn decode_routes(msg: pb::RouteConfig) -> Result<RouteConfig, String> {
             ))
         }
     };
-    let addresses = (msg.addresses.iter().enumerate())
-        .map(|(i, a)| {
-            a.parse::<IpAddr>()
-                .map_err(|_| format!("addresses[{i}]: {a:?} is not an IP address"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let addresses = ip_addresses(&msg.addresses)?;
     let routes = msg
         .routes
         .into_iter()
@@ -179,6 +191,16 @@ fn decode_routes(msg: pb::RouteConfig) -> Result<RouteConfig, String> {
         addresses,
         target_ports,
     })
+}
+
+/// A service's virtual IPs, each checked (`addresses[i]` names a bad one).
+fn ip_addresses(addresses: &[String]) -> Result<Vec<IpAddr>, String> {
+    (addresses.iter().enumerate())
+        .map(|(i, a)| {
+            a.parse::<IpAddr>()
+                .map_err(|_| format!("addresses[{i}]: {a:?} is not an IP address"))
+        })
+        .collect()
 }
 
 fn decode_route(r: pb::Route) -> Result<RouteSpec, String> {
@@ -414,6 +436,22 @@ fn decode_endpoints(msg: pb::Endpoints) -> Result<Vec<EndpointSpec>, String> {
     Ok(out)
 }
 
+fn decode_service_addresses(msg: pb::ServiceAddresses) -> Result<ServiceAddresses, String> {
+    let ports = (msg.ports.iter().enumerate())
+        .map(|(i, p)| port(*p, &format!("ports[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ServiceAddresses {
+        addresses: ip_addresses(&msg.addresses)?,
+        ports,
+        endpoints: (msg.endpoints.iter().enumerate())
+            .map(|(i, a)| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| format!("endpoints[{i}]: {a:?} is not ip:port"))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    })
+}
+
 fn decode_trust(msg: pb::TrustBundle) -> Result<super::TrustBundle, String> {
     if msg.roots_der.is_empty() {
         return Err("roots_der: a trust bundle needs at least one root".into());
@@ -543,6 +581,50 @@ mod tests {
             decode_routes_err(&routes(&[], &[80], &[70000])),
             "target_ports[0]: 70000 is not a port (1-65535)"
         );
+    }
+
+    #[test]
+    fn service_addresses_decode_and_bad_ones_name_the_field() {
+        let msg = |addresses: &[&str], ports: &[u32], endpoints: &[&str]| pb::ServiceAddresses {
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            ports: ports.to_vec(),
+            endpoints: endpoints.iter().map(|a| a.to_string()).collect(),
+        };
+        let decoded = |m: &pb::ServiceAddresses| {
+            let res = resource("default/web", m);
+            decode(type_url::SERVICE_ADDRESSES, &res).map_err(|e| e.to_string())
+        };
+        match decoded(&msg(&["fd00::10"], &[80], &["10.1.0.5:4143"])) {
+            Ok(Decoded::Addresses(a)) => {
+                assert_eq!(a.addresses, ["fd00::10".parse::<IpAddr>().unwrap()]);
+                assert_eq!(a.ports, [80]);
+                assert_eq!(
+                    a.endpoints,
+                    ["10.1.0.5:4143".parse::<SocketAddr>().unwrap()]
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let prefix = "trellis.config.v1.ServiceAddresses \"default/web\": ";
+        for (bad, reason) in [
+            (
+                msg(&["web"], &[], &[]),
+                "addresses[0]: \"web\" is not an IP address",
+            ),
+            (
+                msg(&[], &[80, 0], &[]),
+                "ports[1]: 0 is not a port (1-65535)",
+            ),
+            (
+                msg(&[], &[], &["10.1.0.5"]),
+                "endpoints[0]: \"10.1.0.5\" is not ip:port",
+            ),
+        ] {
+            assert_eq!(
+                decoded(&bad).expect_err("refused"),
+                format!("{prefix}{reason}")
+            );
+        }
     }
 
     #[test]

@@ -7,12 +7,14 @@
 mod addresses;
 mod build;
 mod decode;
+mod locator;
 pub mod policy;
 pub mod routes;
 
 pub use addresses::{AddressIndex, VirtualMatch, VirtualService};
 pub use build::{build_snapshot, Changes, ResourceCache};
-pub use decode::{decode, DecodeError, Decoded};
+pub use decode::{decode, DecodeError, Decoded, ServiceAddresses};
+pub use locator::{Located, ServiceLocator};
 pub use policy::{
     BreakerLimits, ClusterPolicy, HashKey, LbPolicy, OutlierConfig, RetryOn, RetryPolicy,
 };
@@ -52,6 +54,10 @@ pub struct MeshSnapshot {
     /// `clusters` and the route configs (`/config` shows the virtual addresses).
     #[serde(rename = "virtualAddresses")]
     pub addresses: AddressIndex,
+    /// Transparent mode on demand: every service's addresses, for destinations `addresses` cannot
+    /// place because their service is not held yet.
+    #[serde(skip)]
+    pub locator: ServiceLocator,
     pub trust: Option<TrustBundle>,
     /// Versions accepted per type URL and resource name.
     pub versions: BTreeMap<String, BTreeMap<String, String>>,

@@ -8,6 +8,10 @@
 //! One service is subscribed once however many requests wait for it: the first `want` adds it
 //! and wakes the client, the others find it in the set and wait on the same signal. Known hosts
 //! never come here: the router's hit path is the one snapshot load it always was.
+//!
+//! In transparent mode the outbound listener asks too, before it serves a connection whose
+//! original destination belongs to a service not held yet (`ServiceLocator`, from every
+//! service's `ServiceAddresses`, the one type subscribed with the wildcard there).
 
 use super::tracker::{Tracker, Want};
 use crate::errors::ProxyError;
@@ -21,7 +25,7 @@ use tokio::sync::{watch, Notify};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DiscoveryMode {
     /// Every service's routes, clusters and endpoints (`*`), whether the app calls it or not:
-    /// for small meshes, and what transparent mode always uses.
+    /// for small meshes.
     Wildcard,
     /// Only the services the app calls, added by name on their first request (the default).
     #[default]
@@ -60,18 +64,16 @@ impl Default for DiscoverySettings {
 }
 
 impl DiscoverySettings {
-    /// The shared on-demand handle for a sidecar in `namespace`; `None` in wildcard mode and in
-    /// transparent mode, which classifies original destinations by every service's virtual
-    /// and endpoint addresses and so subscribes to every service (docs/protocol.md).
+    /// The shared on-demand handle for a sidecar in `namespace`; `None` in wildcard mode. A
+    /// transparent sidecar also holds every service's addresses, to place original
+    /// destinations (docs/protocol.md).
     pub fn demand(&self, namespace: &str, transparent: bool) -> Option<std::sync::Arc<Demand>> {
         if self.mode == DiscoveryMode::Wildcard {
             return None;
         }
-        if transparent {
-            tracing::warn!("--discovery-mode on-demand does not apply with --transparent: classifying original destinations needs every service's addresses; subscribing to every service");
-            return None;
-        }
-        Some(std::sync::Arc::new(Demand::new(*self, namespace)))
+        let mut demand = Demand::new(*self, namespace);
+        demand.by_address = transparent;
+        Some(std::sync::Arc::new(demand))
     }
 }
 
@@ -90,6 +92,9 @@ pub struct Demand {
     pub settings: DiscoverySettings,
     /// The sidecar's namespace: where a bare host name (`hello`) is looked up.
     namespace: String,
+    /// Transparent mode: subscribe to every service's `ServiceAddresses`, so the outbound
+    /// listener can tell which service an original destination belongs to.
+    pub by_address: bool,
     pub(super) tracker: Mutex<Tracker>,
     /// Wakes the discovery client: the wanted set grew.
     pub(super) wanted: Notify,
@@ -102,6 +107,7 @@ impl Demand {
         Demand {
             settings,
             namespace: namespace.to_string(),
+            by_address: false,
             tracker: Mutex::new(Tracker::default()),
             wanted: Notify::new(),
             applied: watch::Sender::new(0),
@@ -112,14 +118,25 @@ impl Demand {
     /// `name.namespace`, `name.namespace.svc[.<cluster domain>]`); a bare name is looked up in
     /// this sidecar's namespace. `None` for anything else (an IP, an outside name).
     pub fn service_of_host(&self, host: &str) -> Option<String> {
-        let labels: Vec<&str> = host.split('.').collect();
-        let (name, namespace) = match labels.as_slice() {
-            [name] => (*name, self.namespace.as_str()),
-            [name, namespace] => (*name, *namespace),
-            [name, namespace, "svc", ..] => (*name, *namespace),
+        let (name, namespace) = self.name_and_namespace(host)?;
+        Some(format!("{namespace}/{name}"))
+    }
+
+    /// Whether a host names a service (`service_of_host`), without making the name.
+    pub fn names_service(&self, host: &str) -> bool {
+        self.name_and_namespace(host).is_some()
+    }
+
+    fn name_and_namespace<'h>(&'h self, host: &'h str) -> Option<(&'h str, &'h str)> {
+        let mut labels = host.split('.');
+        let name = labels.next()?;
+        let (namespace, rest) = (labels.next(), labels.next());
+        let namespace = match (namespace, rest) {
+            (None, _) => self.namespace.as_str(),
+            (Some(namespace), None | Some("svc")) => namespace,
             _ => return None,
         };
-        (is_label(name) && is_label(namespace)).then(|| format!("{namespace}/{name}"))
+        (is_label(name) && is_label(namespace)).then_some((name, namespace))
     }
 
     /// Adds `service` to the wanted set (waking the discovery client if it is new).
@@ -135,6 +152,14 @@ impl Demand {
         want
     }
 
+    /// Marks a held service used (an opaque connection to it, which moves no route counter),
+    /// so that the idle sweep keeps it; a service not in the set is left out.
+    pub fn touch(&self, service: &str) {
+        if let Ok(mut t) = self.tracker.lock() {
+            t.touch(service, Instant::now());
+        }
+    }
+
     fn missing(&self, lookup: &Lookup) -> bool {
         let Ok(t) = self.tracker.lock() else {
             return true;
@@ -146,7 +171,7 @@ impl Demand {
     }
 
     /// Tells waiters that the snapshot or the subscription state changed.
-    pub(super) fn notify_applied(&self) {
+    pub(crate) fn notify_applied(&self) {
         self.applied.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -228,6 +253,7 @@ impl Serialize for Demand {
         let missing: Vec<&String> = t.services().filter(|n| t.service_missing(n)).collect();
         serde_json::json!({
             "mode": "on-demand",
+            "byAddress": self.by_address,
             "waitTimeout": crate::config::human_duration(self.settings.wait),
             "idleTimeout": crate::config::human_duration(self.settings.idle),
             "services": idle_for,

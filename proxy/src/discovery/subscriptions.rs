@@ -1,6 +1,7 @@
 //! What the discovery client subscribes to, per type: by name its own inbound config and the
 //! trust bundle; the per-service types with `*` (wildcard mode) or by name, the services the app
-//! called (on-demand mode, `Demand`). On demand this file also sends the subscription changes
+//! called (on-demand mode, `Demand`); every service's addresses (`*`) in transparent mode on
+//! demand, nothing of that type otherwise. On demand this file also sends the subscription changes
 //! (new services, backends named by newly received route configs, idle services dropped) and
 //! forgets what an unsubscribe leaves unsubscribed, so the cache holds only subscribed names
 //! and a reconnect's `initial_resource_versions` names exactly what the proxy still wants.
@@ -20,6 +21,11 @@ impl DiscoveryClient {
         match t {
             type_url::INBOUND => vec![format!("{}/{}", self.node.namespace, self.node.service)],
             type_url::TRUST_BUNDLE => vec!["default".to_string()],
+            // Only a transparent sidecar on demand needs them; the others hold what they route.
+            type_url::SERVICE_ADDRESSES => match &self.demand {
+                Some(demand) if demand.by_address => vec![trellis_api::WILDCARD.to_string()],
+                _ => Vec::new(),
+            },
             _ => match &self.demand {
                 None => vec![trellis_api::WILDCARD.to_string()],
                 Some(demand) => {

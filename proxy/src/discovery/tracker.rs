@@ -74,6 +74,13 @@ impl Tracker {
         Want::New
     }
 
+    /// Marks `service` used if it is in the set.
+    pub fn touch(&mut self, service: &str, now: Instant) {
+        if let Some(t) = self.services.get_mut(service) {
+            t.last_used = now;
+        }
+    }
+
     pub fn services(&self) -> impl Iterator<Item = &String> {
         self.services.keys()
     }

@@ -171,6 +171,12 @@ fn hosts_name_services_as_the_control_plane_names_them() {
     assert_eq!(of("www.example.com"), None);
     assert_eq!(of("Bad_Name"), None);
     assert_eq!(of(""), None);
+    for host in ["hello", "hello.default", "hello.default.svc.cluster.local"] {
+        assert!(d.names_service(host), "{host}");
+    }
+    for host in ["10.0.0.1", "www.example.com", "Bad_Name", "", "a.b.c"] {
+        assert!(!d.names_service(host), "{host}");
+    }
 }
 
 #[tokio::test]

@@ -25,6 +25,8 @@ pub struct AppClient {
     /// One pool of HTTP/1.1 connections per app port asked for so far (an app has few ports).
     http1: Arc<ArcSwap<HashMap<u16, Arc<Http1Pool>>>>,
     h2c: Arc<ArcSwap<HashMap<u16, Arc<MeshConnection>>>>,
+    /// How long a WebSocket to the app may stay silent both ways (`Limits::tunnel_idle_timeout`).
+    tunnel_idle_timeout: std::time::Duration,
 }
 
 impl AppClient {
@@ -33,7 +35,18 @@ impl AppClient {
             host,
             http1: Arc::default(),
             h2c: Arc::default(),
+            tunnel_idle_timeout: crate::Limits::default().tunnel_idle_timeout,
         }
+    }
+
+    /// WebSockets to the app close after `after` without a byte either way.
+    pub fn with_tunnel_idle_timeout(mut self, after: std::time::Duration) -> Self {
+        self.tunnel_idle_timeout = after;
+        self
+    }
+
+    pub fn tunnel_idle_timeout(&self) -> std::time::Duration {
+        self.tunnel_idle_timeout
     }
 
     pub async fn send(

@@ -23,7 +23,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 #[derive(Clone, Debug, Default)]
-pub struct ForwardToMesh;
+pub struct ForwardToMesh {
+    /// How long a WebSocket may stay silent both ways (`Limits::tunnel_idle_timeout`).
+    tunnel_idle_timeout: std::time::Duration,
+}
+
+impl ForwardToMesh {
+    pub fn new(limits: &crate::Limits) -> Self {
+        ForwardToMesh {
+            tunnel_idle_timeout: limits.tunnel_idle_timeout,
+        }
+    }
+}
 
 impl tower::Service<Request<Body>> for ForwardToMesh {
     type Response = Response<Body>;
@@ -35,11 +46,14 @@ impl tower::Service<Request<Body>> for ForwardToMesh {
     }
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture {
-        Box::pin(forward(req))
+        Box::pin(forward(req, self.tunnel_idle_timeout))
     }
 }
 
-async fn forward(mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+async fn forward(
+    mut req: Request<Body>,
+    tunnel_idle_timeout: std::time::Duration,
+) -> Result<Response<Body>, ProxyError> {
     // Before hop-by-hop headers go: an upgrade travels as extended CONNECT (`upgrade`).
     let asked = upgrade::classify(&req)?;
     let target = req
@@ -113,7 +127,7 @@ async fn forward(mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     load.headers_received();
     record(Outcome::of_status(rsp.status().as_u16()));
     if let Some(client) = upgrading {
-        let mut rsp = upgrade::answer_client(rsp, client, addr, load)?;
+        let mut rsp = upgrade::answer_client(rsp, client, addr, load, tunnel_idle_timeout)?;
         *rsp.version_mut() = app_version;
         rsp.extensions_mut().insert(AnsweredBy(addr));
         return Ok(rsp);

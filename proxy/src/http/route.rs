@@ -52,12 +52,41 @@ pub struct Router<S> {
 }
 
 pub fn resolve(store: &SnapshotStore, req: &Request<Body>) -> Result<Target, ProxyError> {
+    resolve_with(store, req, ByDestination::UnlessHostIsPending)
+}
+
+/// When a request whose Host no held table answers for goes to its connection's destination
+/// cluster (transparent mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByDestination {
+    /// Unless, on demand, the Host names a service not held yet: the app named that service
+    /// (a call through a pod address with another service's name, such as a self-call), so it
+    /// is subscribed and waited for first.
+    UnlessHostIsPending,
+    /// Always: the wait found no such service (or no answer in time).
+    Always,
+}
+
+fn resolve_with(
+    store: &SnapshotStore,
+    req: &Request<Body>,
+    by_destination: ByDestination,
+) -> Result<Target, ProxyError> {
     let (host, port) =
         super::host_and_port(req).ok_or(ProxyError::BadRequest("missing or invalid authority"))?;
     let snapshot = store.load();
+    let pending = || {
+        by_destination == ByDestination::UnlessHostIsPending
+            && (snapshot.demand.as_ref()).is_some_and(|d| {
+                !snapshot.routes_by_host.contains_key(&*host) && d.names_service(&host)
+            })
+    };
     let table = snapshot
         .route_table(&host, port)
-        .or_else(|| destination_table(&snapshot, req))
+        .or_else(|| match pending() {
+            true => None,
+            false => destination_table(&snapshot, req),
+        })
         .ok_or_else(|| ProxyError::NoRoute {
             authority: format_authority(&host, port),
         })?;
@@ -156,12 +185,28 @@ where
                     let store = self.store.clone();
                     Box::pin(async move {
                         let Some(mut waiter) = demand.waiter(lookup) else {
-                            return Err(miss);
+                            // The set is full: the connection's destination, if it has one.
+                            let target = resolve_with(&store, &req, ByDestination::Always);
+                            req.extensions_mut().insert(target.map_err(|_| miss)?);
+                            return inner.call(req).await;
                         };
                         let target = loop {
-                            match resolve(&store, &req) {
+                            let miss = match resolve(&store, &req) {
                                 Ok(target) => break target,
-                                Err(miss) => waiter.retry_after(miss).await?,
+                                Err(miss) => miss,
+                            };
+                            match waiter.retry_after(miss).await {
+                                Ok(()) => {}
+                                // The Host named no service the control plane knows (or it did
+                                // not answer): the connection's destination, if it has one.
+                                Err(
+                                    e @ (ProxyError::UnknownService { .. }
+                                    | ProxyError::DiscoveryTimeout { .. }),
+                                ) if req.extensions().get::<DestinationCluster>().is_some() => {
+                                    break resolve_with(&store, &req, ByDestination::Always)
+                                        .map_err(|_| e)?;
+                                }
+                                Err(e) => return Err(e),
                             }
                         };
                         req.extensions_mut().insert(target);

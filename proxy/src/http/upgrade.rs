@@ -29,7 +29,10 @@
 //!    `Sec-WebSocket-Accept` computed from the app's own key (RFC 6455 §4.2.2), and splices the
 //!    app's connection with the HTTP/2 stream. Bytes then flow both ways unchanged (frames,
 //!    masks, pings and closes are the endpoints' business), with HTTP/2 flow control, until
-//!    either side ends.
+//!    either side ends or no byte has passed either way for `Limits::tunnel_idle_timeout`
+//!    (`limits::idle`). The client's socket keeps its place in the connection budget and its
+//!    claim on drain (`listeners::held`), so a draining proxy waits for open WebSockets up to
+//!    its grace period.
 //!
 //! Failures are never a silent 200: an app that answers 1xx/2xx other than 101 becomes a 502
 //! with `trellis-error` (`refused the upgrade`), a peer without extended CONNECT a 502, an app's
@@ -42,6 +45,7 @@ use super::body::Body;
 use super::headers::strip_hop_by_hop;
 use crate::balance::LoadGuard;
 use crate::errors::ProxyError;
+use crate::limits::idle::Activity;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -50,6 +54,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 pub static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 pub static SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
@@ -179,6 +184,7 @@ pub fn answer_client(
     client: ClientSide,
     addr: SocketAddr,
     load: LoadGuard,
+    idle_timeout: Duration,
 ) -> Result<Response<Body>, ProxyError> {
     let status = rsp.status();
     if status == StatusCode::OK {
@@ -194,7 +200,8 @@ pub fn answer_client(
             h.insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
             h.insert(SEC_WEBSOCKET_ACCEPT.clone(), accept);
         }
-        tokio::spawn(splice(client.on_upgrade, peer, load, "outbound"));
+        let (sides, side) = ((client.on_upgrade, peer), "outbound");
+        tokio::spawn(splice(sides, load, side, idle_timeout));
         return Ok(Response::from_parts(parts, Body::empty()));
     }
     if status.is_success() || status.is_informational() {
@@ -255,8 +262,8 @@ pub fn inbound_asked<B>(req: &Request<B>) -> Result<Option<Asked>, ProxyError> {
 pub async fn to_app<C>(
     mut req: Request<Body>,
     asked: Asked,
-    app: SocketAddr,
-    conn: C,
+    (app, conn): (SocketAddr, C),
+    idle_timeout: Duration,
 ) -> Result<Response<Body>, ProxyError>
 where
     C: Future<Output = Result<hyper::client::conn::http1::SendRequest<Body>, ProxyError>>,
@@ -338,13 +345,18 @@ where
         parts.status = StatusCode::OK;
         parts.version = Version::HTTP_2;
     }
-    tokio::spawn(splice(peer, app_side, (), "inbound"));
+    tokio::spawn(splice((peer, app_side), (), "inbound", idle_timeout));
     Ok(Response::from_parts(parts, Body::empty()))
 }
 
-/// Once both sides have switched, copies bytes both ways until both have ended; `hold` (the
-/// endpoint's load) is released with the connection.
-async fn splice<H: Send + 'static>(a: OnUpgrade, b: OnUpgrade, hold: H, side: &'static str) {
+/// Once both sides have switched, copies bytes both ways until both have ended or neither has
+/// sent a byte for `idle_timeout`; `hold` (the endpoint's load) is released with the connection.
+async fn splice<H: Send + 'static>(
+    (a, b): (OnUpgrade, OnUpgrade),
+    hold: H,
+    side: &'static str,
+    idle_timeout: Duration,
+) {
     let (a, b) = match tokio::try_join!(a, b) {
         Ok(both) => both,
         Err(e) => {
@@ -352,10 +364,19 @@ async fn splice<H: Send + 'static>(a: OnUpgrade, b: OnUpgrade, hold: H, side: &'
             return;
         }
     };
-    let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
-    match tokio::io::copy_bidirectional(&mut a, &mut b).await {
-        Ok((ab, ba)) => tracing::debug!(side, ab, ba, "upgraded connection ended"),
-        Err(e) => tracing::debug!(side, error = %e, "upgraded connection failed"),
+    let activity = Activity::default();
+    let (mut a, mut b) = (
+        activity.watch(TokioIo::new(a)),
+        activity.watch(TokioIo::new(b)),
+    );
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut a, &mut b) => match copied {
+            Ok((ab, ba)) => tracing::debug!(side, ab, ba, "upgraded connection ended"),
+            Err(e) => tracing::debug!(side, error = %e, "upgraded connection failed"),
+        },
+        _ = activity.silent_for(idle_timeout) => {
+            tracing::info!(side, ?idle_timeout, bytes = activity.bytes(), "upgraded connection idle; closed")
+        }
     }
     drop(hold);
 }

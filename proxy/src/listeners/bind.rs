@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 /// The addresses of one role, as given on the command line: comma-separated socket addresses.
@@ -122,6 +123,15 @@ impl Listener {
         }
     }
 
+    /// TCP keepalive (`keepalive`) on every socket; Linux passes it on to each connection
+    /// accepted afterwards, so no accepted connection pays a system call for it.
+    pub fn set_tcp_keepalive(&self, idle: Duration) -> io::Result<()> {
+        for socket in &self.sockets {
+            socket2::SockRef::from(socket).set_tcp_keepalive(&keepalive(idle))?;
+        }
+        Ok(())
+    }
+
     /// Every bound address.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         (self.sockets.iter())
@@ -145,6 +155,18 @@ impl Listener {
         })
         .await
     }
+}
+
+/// Unanswered keepalive probes before the kernel gives a connection up.
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Probes after `idle` of silence, then `KEEPALIVE_PROBES` probes `idle` apart: a peer gone
+/// without a word is found within four times `idle` (`Limits::tcp_keepalive`).
+pub fn keepalive(idle: Duration) -> socket2::TcpKeepalive {
+    (socket2::TcpKeepalive::new())
+        .with_time(idle)
+        .with_interval(idle)
+        .with_retries(KEEPALIVE_PROBES)
 }
 
 /// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) as the IPv4 address it is; others unchanged.
@@ -187,6 +209,30 @@ mod tests {
 
     fn ipv6_loopback_works() -> bool {
         std::net::TcpListener::bind("[::1]:0").is_ok()
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_the_listeners_tcp_keepalive() {
+        let listener = Listener::bind(&addrs("127.0.0.1:0")).await.unwrap();
+        listener.set_tcp_keepalive(Duration::from_secs(7)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (accepted, _) = accepted.unwrap();
+        // What the kernel reports for the accepted socket itself.
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        // Without it, the kernel's default: off.
+        let plain = Listener::bind(&addrs("127.0.0.1:0")).await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(TcpStream::connect(addr), plain.accept());
+        let (accepted, _) = accepted.unwrap();
+        assert!(!socket2::SockRef::from(&accepted).keepalive().unwrap());
     }
 
     #[test]

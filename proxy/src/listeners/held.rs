@@ -1,8 +1,10 @@
-//! An accepted connection together with its place in the listener's connection budget
-//! (`limits::Slot`). The place goes wherever the socket goes: when hyper hands an HTTP/1.1
-//! connection over to a WebSocket (a 101), the socket moves into the upgrade and outlives the
-//! HTTP server that accepted it; held here, the place moves with it, so tunnels count against
-//! `--max-connections` like any connection and a client cannot open more of them than the cap.
+//! An accepted connection together with what it holds for its whole life: its place in the
+//! listener's connection budget (`limits::Slot`) and its claim on drain (`DrainWatch`). They go
+//! wherever the socket goes: when hyper hands an HTTP/1.1 connection over to a WebSocket (a 101),
+//! the socket moves into the upgrade and outlives the HTTP server that accepted it; held here,
+//! the place and the claim move with it, so tunnels count against `--max-connections` like any
+//! connection (a client cannot open more of them than the cap), and a draining proxy waits for
+//! them up to its grace period.
 
 use std::io;
 use std::pin::Pin;

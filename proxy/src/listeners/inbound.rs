@@ -341,6 +341,6 @@ async fn upgrade_to_app(
             reason: "WebSocket upgrades need an http1 app port; this one speaks h2c".into(),
         });
     }
-    let conn = app.upgrade_connection(target);
-    crate::http::upgrade::to_app(req, asked, app.addr(target), conn).await
+    let to = (app.addr(target), app.upgrade_connection(target));
+    crate::http::upgrade::to_app(req, asked, to, app.tunnel_idle_timeout()).await
 }

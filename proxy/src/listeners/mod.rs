@@ -9,6 +9,7 @@
 //! framing refused, broken or stalled bodies answered as the client's fault and never ended
 //! upstream, an invalid HTTP/2 preface answered with GOAWAY) and `request_guard`
 //! (answers for those findings; closes connections whose client abandons most requests).
+//! `InPlace` hands each request to its connection's tower stack (HTTP/1 without cloning it).
 
 pub mod bind;
 pub mod h1_guard;
@@ -26,14 +27,19 @@ use crate::drain::DrainWatch;
 use crate::http::Body;
 use crate::limits::Slot;
 use crate::Limits;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tower::util::Oneshot;
+use tower::ServiceExt;
 
 pub use bind::{ListenAddrs, Listener};
 
@@ -185,16 +191,16 @@ pub async fn serve_connection<IO, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let io = held::Held::new(io, place);
+    // The socket keeps its place and its claim on drain wherever it goes, into a WebSocket too.
+    let io = held::Held::new(io, (place, drain.clone()));
     let (io, findings) = h1_guard::GuardedIo::new(io, server.max_head, server.body_idle);
     let service = request_guard::Guarded::new(service, findings.clone());
     // While draining, HTTP/1 responses say `Connection: close` (see `crate::drain`).
     let service = crate::drain::CloseOnDrain::new(service, drain.clone());
     // With upgrades: a WebSocket's 101 hands the connection to `crate::http::upgrade`.
-    let conn = server.builder.serve_connection_with_upgrades(
-        TokioIo::new(io),
-        hyper_util::service::TowerToHyperService::new(service),
-    );
+    let conn = server
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), InPlace::new(service));
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {
@@ -216,5 +222,57 @@ pub async fn serve_connection<IO, S>(
             // round trip, and the client has shown what it does with them.
             tracing::warn!("closing a connection whose client abandons most requests (rapid reset)");
         }
+    }
+}
+
+/// The connection's tower stack as hyper's service, HTTP/1 requests called in place. hyper calls
+/// its service through `&self`, tower through `&mut self`; hyper-util's `TowerToHyperService`
+/// bridges the two by cloning the whole stack for every request (several `Arc`s counted up and
+/// down, a watch receiver) and calling the clone when the request's future is first polled:
+/// ~400 instructions per request (issue #15). hyper calls one connection's service from that
+/// connection's task alone and never from inside a call, so a `RefCell` gives `call` its `&mut`
+/// without a clone. An HTTP/1 request's future is polled at once in that same task, so nothing
+/// else moves. An HTTP/2 request's future runs in a task of its own, spawned per stream: called in
+/// place, every stream's layers (routing, telemetry, authorization, the `request_guard` count)
+/// would run in the connection's one task at accept, ahead of the stream's own task, which on
+/// a peer's connection serializes what the workers share now, and would count a request as served
+/// before it is forwarded. HTTP/2 requests therefore take the clone, as before. Every layer of the
+/// proxy's stacks is always ready (none queues); should one ever not be, or the cell be borrowed,
+/// the request waits for readiness on a clone too.
+struct InPlace<S> {
+    service: RefCell<S>,
+    spare: S,
+}
+
+impl<S: Clone> InPlace<S> {
+    fn new(service: S) -> Self {
+        InPlace {
+            spare: service.clone(),
+            service: RefCell::new(service),
+        }
+    }
+}
+
+impl<S> hyper::service::Service<http::Request<Incoming>> for InPlace<S>
+where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<Body>, Error = Infallible>
+        + Clone,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Either<S::Future, Oneshot<S, http::Request<Incoming>>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        if req.version() != http::Version::HTTP_2 {
+            if let Ok(mut service) = self.service.try_borrow_mut() {
+                // A layer that is not ready would wake this no-op waker; the clone below waits
+                // with the connection's own instead.
+                let mut cx = Context::from_waker(Waker::noop());
+                if let Poll::Ready(Ok(())) = service.poll_ready(&mut cx) {
+                    return Either::Left(service.call(req));
+                }
+            }
+        }
+        Either::Right(self.spare.clone().oneshot(req))
     }
 }

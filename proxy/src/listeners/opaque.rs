@@ -12,6 +12,10 @@
 //! to the grace period. An opaque protocol cannot be asked to wind down, so the stream is left
 //! to end on its own and is cut only when the grace period is over.
 //!
+//! Silence: every connection a stream opens has TCP keepalive, and a stream that carries no byte
+//! either way for `Tunnel::idle_timeout` is closed (`limits::idle`), so a vanished peer or an abandoned
+//! stream does not hold its slot and descriptors for ever.
+//!
 //! Expiry: a stream over mTLS is cut when the peer's certificate expires (`crate::tls::expiry`),
 //! on both sides: the client here (`to_mesh`), the server through the drain watch the inbound
 //! listener gives it (`DrainWatch::until` with no grace), since an opaque protocol cannot be
@@ -20,6 +24,7 @@
 use crate::authz::{Attributes, AuthzStats, Peer};
 use crate::config::SnapshotStore;
 use crate::drain::DrainWatch;
+use crate::limits::idle::Activity;
 use crate::telemetry::metrics::{Direction, ProxyMetrics};
 use crate::tls::{record_retired, PeerExpiry, TlsContext};
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +40,37 @@ const HEADER_PREFIX: &str = "dst-port ";
 const MAX_HEADER: usize = 32;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a stream treats silence (`Limits::tcp_keepalive`, `Limits::tunnel_idle_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    pub keepalive: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Tunnel {
+    pub fn from_limits(limits: &crate::Limits) -> Tunnel {
+        Tunnel {
+            keepalive: limits.tcp_keepalive,
+            idle_timeout: limits.tunnel_idle_timeout,
+        }
+    }
+}
+
+impl Default for Tunnel {
+    fn default() -> Self {
+        Tunnel::from_limits(&crate::Limits::default())
+    }
+}
+
+/// What opening a stream to a peer sidecar needs besides its address and identity.
+#[derive(Clone, Copy)]
+pub struct Dial<'a> {
+    pub tls: &'a TlsContext,
+    /// Where a stream cut at the peer's certificate expiry is counted.
+    pub metrics: &'a ProxyMetrics,
+    pub tunnel: Tunnel,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpaqueError {
@@ -91,12 +127,15 @@ async fn read_header<IO: AsyncRead + Unpin>(io: &mut IO) -> Result<u16, OpaqueEr
 }
 
 /// Copies until both directions end; errors are the normal end of many TCP conversations.
-/// `drain` is held for as long as bytes flow, and cuts the stream when the grace period ends.
-async fn splice<A, B>(mut a: A, mut b: B, what: &str, drain: DrainWatch)
+/// `drain` is held for as long as bytes flow, and cuts the stream when the grace period ends;
+/// a stream silent both ways for `idle_timeout` is closed.
+async fn splice<A, B>(a: A, b: B, what: &str, drain: DrainWatch, idle_timeout: Duration)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    let activity = Activity::default();
+    let (mut a, mut b) = (activity.watch(a), activity.watch(b));
     tokio::select! {
         res = copy_bidirectional(&mut a, &mut b) => match res {
             Ok((up, down)) => tracing::debug!(what, up, down, "opaque stream closed"),
@@ -105,34 +144,45 @@ where
         _ = drain.aborted() => {
             tracing::debug!(what, "drain grace over or peer certificate expired; opaque stream closed")
         }
+        _ = activity.silent_for(idle_timeout) => {
+            tracing::info!(what, ?idle_timeout, bytes = activity.bytes(), "opaque stream idle; closed")
+        }
     }
     if drain.is_draining() {
         tracing::debug!(what, "opaque stream ended during drain");
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<TcpStream, OpaqueError> {
+/// A TCP connection for a stream, with `keepalive` (see `bind::keepalive`).
+async fn connect(addr: SocketAddr, keepalive: Duration) -> Result<TcpStream, OpaqueError> {
     let fail = |reason: String| OpaqueError::Connect { addr, reason };
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| fail("timed out".into()))?
         .map_err(|e| fail(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
+    let socket = socket2::SockRef::from(&tcp);
+    if let Err(e) = socket.set_tcp_keepalive(&super::bind::keepalive(keepalive)) {
+        tracing::debug!(%addr, error = %e, "TCP keepalive not set");
+    }
     Ok(tcp)
 }
 
 /// Carries `app` to a peer sidecar at `endpoint` (which must prove `identity`) over mTLS, for
-/// the peer's app port `port`, until either side ends it or the peer's certificate expires
-/// (counted in `metrics`).
+/// the peer's app port `port`, until either side ends it, it stays silent for the idle timeout
+/// or the peer's certificate expires (counted in `dial.metrics`).
 pub async fn to_mesh(
     app: TcpStream,
-    endpoint: SocketAddr,
-    identity: &str,
+    (endpoint, identity): (SocketAddr, &str),
     port: u16,
-    tls: &TlsContext,
     drain: DrainWatch,
-    metrics: &ProxyMetrics,
+    dial: Dial<'_>,
 ) -> Result<(), OpaqueError> {
+    let Dial {
+        tls,
+        metrics,
+        tunnel,
+    } = dial;
     let tls_err = |reason: String| OpaqueError::Tls {
         addr: endpoint,
         reason,
@@ -142,7 +192,7 @@ pub async fn to_mesh(
         .map_err(|e| tls_err(e.to_string()))?;
     let mut config = (*config).clone();
     config.alpn_protocols = vec![ALPN.to_vec()];
-    let tcp = connect(endpoint).await?;
+    let tcp = connect(endpoint, tunnel.keepalive).await?;
     let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(crate::tls::placeholder_server_name(), tcp)
         .await
@@ -158,7 +208,7 @@ pub async fn to_mesh(
         record_retired(Some(metrics), Direction::Outbound, identity, &expiry)
     });
     tokio::select! {
-        _ = splice(app, stream, "to mesh", drain) => {}
+        _ = splice(app, stream, "to mesh", drain, tunnel.idle_timeout) => {}
         never = expiring => match never {},
     }
     Ok(())
@@ -169,9 +219,10 @@ pub async fn passthrough(
     app: TcpStream,
     dst: SocketAddr,
     drain: DrainWatch,
+    tunnel: Tunnel,
 ) -> Result<(), OpaqueError> {
-    let upstream = connect(dst).await?;
-    splice(app, upstream, "passthrough", drain).await;
+    let upstream = connect(dst, tunnel.keepalive).await?;
+    splice(app, upstream, "passthrough", drain, tunnel.idle_timeout).await;
     Ok(())
 }
 
@@ -183,6 +234,7 @@ pub struct InboundOpaque {
     pub own_ports: Vec<u16>,
     pub store: SnapshotStore,
     pub authz: Arc<AuthzStats>,
+    pub tunnel: Tunnel,
 }
 
 /// Whether the handshake negotiated `trellis-opaque`.
@@ -204,8 +256,8 @@ where
         .await
         .map_err(|_| OpaqueError::Header("timed out"))??;
     authorize(&peer, port, ctx)?;
-    let app = connect(SocketAddr::new(ctx.app_host, port)).await?;
-    splice(io, app, "to app", drain).await;
+    let app = connect(SocketAddr::new(ctx.app_host, port), ctx.tunnel.keepalive).await?;
+    splice(io, app, "to app", drain, ctx.tunnel.idle_timeout).await;
     Ok(())
 }
 
@@ -219,8 +271,9 @@ pub async fn serve_plaintext(
     drain: DrainWatch,
 ) -> Result<(), OpaqueError> {
     authorize(&Peer::unauthenticated(), port, ctx)?;
-    let app = connect(SocketAddr::new(ctx.app_host, port)).await?;
-    splice(stream, app, "plaintext to app", drain).await;
+    let app = connect(SocketAddr::new(ctx.app_host, port), ctx.tunnel.keepalive).await?;
+    let idle_timeout = ctx.tunnel.idle_timeout;
+    splice(stream, app, "plaintext to app", drain, idle_timeout).await;
     Ok(())
 }
 
@@ -317,6 +370,7 @@ mod tests {
             own_ports: Vec::new(),
             store: crate::config::new_store(),
             authz: Arc::default(),
+            tunnel: Tunnel::default(),
         };
         let peer_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer_addr = peer_listener.local_addr().unwrap();
@@ -356,16 +410,12 @@ mod tests {
             let metrics = client_metrics.clone();
             tokio::spawn(async move {
                 let port = echo_addr.port();
-                to_mesh(
-                    accepted,
-                    peer_addr,
-                    SERVER,
-                    port,
-                    &client_tls,
-                    client_watch,
-                    &metrics,
-                )
-                .await
+                let dial = Dial {
+                    tls: &client_tls,
+                    metrics: &metrics,
+                    tunnel: Tunnel::default(),
+                };
+                to_mesh(accepted, (peer_addr, SERVER), port, client_watch, dial).await
             })
         };
         let mut buf = [0u8; 4];
@@ -398,6 +448,65 @@ mod tests {
         );
     }
 
+    /// A stream neither side says anything on is closed after the idle timeout, on both sides.
+    #[tokio::test]
+    async fn a_silent_stream_is_closed_after_the_idle_timeout() {
+        let outside = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dst = outside.local_addr().unwrap();
+        let (app_side, accepted) = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            (client, l.accept().await.unwrap().0)
+        };
+        let tunnel = Tunnel {
+            keepalive: Duration::from_secs(9),
+            idle_timeout: Duration::from_millis(300),
+        };
+        let (_drain, watch) = crate::drain::channel();
+        let started = tokio::time::Instant::now();
+        let carried = tokio::spawn(passthrough(accepted, dst, watch, tunnel));
+        let (mut far, _) = outside.accept().await.unwrap();
+        let mut app = app_side;
+        // One exchange, then silence.
+        app.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        far.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        let quiet_from = tokio::time::Instant::now();
+        let app_end = tokio::time::timeout(Duration::from_secs(3), app.read(&mut buf)).await;
+        assert!(
+            matches!(app_end, Ok(Ok(0)) | Ok(Err(_))),
+            "app side closed: {app_end:?}"
+        );
+        let far_end = tokio::time::timeout(Duration::from_secs(3), far.read(&mut buf)).await;
+        assert!(
+            matches!(far_end, Ok(Ok(0)) | Ok(Err(_))),
+            "far side closed: {far_end:?}"
+        );
+        let quiet = quiet_from.elapsed();
+        assert!(
+            quiet >= Duration::from_millis(250),
+            "closed after {quiet:?} of silence"
+        );
+        assert!(
+            quiet < Duration::from_secs(2),
+            "closed after {quiet:?} of silence"
+        );
+        assert!(carried.await.unwrap().is_ok());
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn streams_connect_with_tcp_keepalive() {
+        let far = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = connect(far.local_addr().unwrap(), Duration::from_secs(9))
+            .await
+            .unwrap();
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(9));
+    }
+
     /// A draining proxy waits for an opaque stream until it ends (the grace period is the
     /// caller's `timeout` around `drain`).
     #[tokio::test]
@@ -417,6 +526,7 @@ mod tests {
             own_ports: Vec::new(),
             store: crate::config::new_store(),
             authz: Arc::default(),
+            tunnel: Tunnel::default(),
         };
         let (drain, watch) = crate::drain::channel();
         let (mut client, server) = tokio::io::duplex(256);

@@ -43,7 +43,7 @@ pub async fn serve(
         .layer(TimeoutLayer)
         .layer(RetryLayer)
         .layer(BreakerLayer)
-        .service(ForwardToMesh);
+        .service(ForwardToMesh::new(&limits));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,

@@ -10,7 +10,8 @@
 //!   opaque TCP go over mTLS to that endpoint, or to one the service's balancer picks, at the
 //!   target port behind the service port (`opaque::to_mesh`), as does anything to another port
 //!   of a meshed pod (an endpoint's IP). Anything to a destination outside the mesh passes
-//!   through as plain TCP.
+//!   through as plain TCP. On demand (the default), a destination whose service is not held yet
+//!   waits for that service's resources first (`on_demand.rs`).
 //! - inbound: the app port is the original destination's port (`TargetPort`), unless the peer
 //!   addressed the inbound listener directly; a plaintext client (permissive or disabled mTLS)
 //!   that does not speak HTTP is carried to the app as opaque TCP.
@@ -134,6 +135,18 @@ pub struct Outbound {
     pub store: SnapshotStore,
     pub tls: TlsContext,
     pub metrics: Arc<ProxyMetrics>,
+    /// Keepalive and idle timeout of opaque streams.
+    pub tunnel: opaque::Tunnel,
+}
+
+impl Outbound {
+    fn dial(&self) -> opaque::Dial<'_> {
+        opaque::Dial {
+            tls: &self.tls,
+            metrics: &self.metrics,
+            tunnel: self.tunnel,
+        }
+    }
 }
 
 /// Serves one redirected outbound connection, holding its `place` in the listener's budget until
@@ -162,7 +175,13 @@ pub async fn outbound<S>(
         tracing::warn!(%dst, "outbound: connection to the proxy's own listener refused (loop)");
         return;
     }
-    let destination = classify(&ctx.store.load(), dst);
+    let destination = match on_demand::place(&ctx.store, dst).await {
+        Ok(destination) => destination,
+        Err(e) => {
+            tracing::info!(%dst, error = %e, "outbound: the service at this destination is not available; connection refused");
+            return;
+        }
+    };
     let protocol = if ctx.config.opaque_ports.contains(&dst.port()) {
         Protocol::Opaque
     } else {
@@ -198,18 +217,10 @@ pub async fn outbound<S>(
         (Destination::Mesh { endpoint, .. } | Destination::MeshPod { endpoint }, _)
             if !endpoint.plaintext =>
         {
-            opaque::to_mesh(
-                stream,
-                endpoint.addr,
-                &endpoint.identity,
-                dst.port(),
-                &ctx.tls,
-                drain,
-                &ctx.metrics,
-            )
-            .await
+            let to = (endpoint.addr, endpoint.identity.as_str());
+            opaque::to_mesh(stream, to, dst.port(), drain, ctx.dial()).await
         }
-        _ => opaque::passthrough(stream, dst, drain).await,
+        _ => opaque::passthrough(stream, dst, drain, ctx.tunnel).await,
     };
     if let Err(e) = result {
         tracing::info!(%dst, error = %e, "outbound opaque connection failed");
@@ -241,18 +252,10 @@ async fn to_service(
     tracing::debug!(%dst, service, endpoint = %endpoint.addr, target_port, "outbound: to a service");
     if endpoint.plaintext {
         let pod = SocketAddr::new(endpoint.addr.ip(), target_port);
-        return opaque::passthrough(stream, pod, drain).await;
+        return opaque::passthrough(stream, pod, drain, ctx.tunnel).await;
     }
-    opaque::to_mesh(
-        stream,
-        endpoint.addr,
-        &endpoint.identity,
-        target_port,
-        &ctx.tls,
-        drain,
-        &ctx.metrics,
-    )
-    .await
+    let to = (endpoint.addr, endpoint.identity.as_str());
+    opaque::to_mesh(stream, to, target_port, drain, ctx.dial()).await
 }
 
 /// The app port for an inbound connection in transparent mode: the original destination's port,
@@ -287,6 +290,8 @@ pub fn app_port_for(policy: &InboundPolicy, TargetPort(port): TargetPort) -> App
         protocol: AppProtocol::Http1,
     })
 }
+
+mod on_demand;
 
 #[cfg(test)]
 mod tests;

@@ -7,9 +7,11 @@
 use crate::config::{BreakerLimits, Cluster};
 use crate::errors::ProxyError;
 use crate::http::Body;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 #[derive(Debug, Default)]
 pub struct BreakerState {
@@ -125,7 +127,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = ProxyError;
-    type Future = crate::http::ResponseFuture;
+    type Future = BreakerFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -133,16 +135,54 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let Some(target) = req.extensions().get::<crate::http::route::Target>() else {
-            return crate::http::boxed(self.inner.call(req));
+            return BreakerFuture::Passed {
+                inner: self.inner.call(req),
+            };
         };
         let permit = match acquire(&target.cluster, Limit::Requests) {
             Ok(p) => p,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
+            Err(e) => return BreakerFuture::Refused { error: Some(e) },
         };
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let rsp = fut.await?;
-            Ok(rsp.map(|b| b.hold(permit)))
-        })
+        BreakerFuture::Held {
+            inner: self.inner.call(req),
+            permit: Some(permit),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's answer, its body holding the request's permit; or the refusal. Not
+    /// boxed: it runs per request, and a box is an allocation, a move and a virtual call more
+    /// (issue #15).
+    #[project = BreakerProj]
+    pub enum BreakerFuture<F> {
+        Passed { #[pin] inner: F },
+        Held { #[pin] inner: F, permit: Option<Permit> },
+        Refused { error: Option<ProxyError> },
+    }
+}
+
+impl<F> Future for BreakerFuture<F>
+where
+    F: Future<Output = Result<http::Response<Body>, ProxyError>>,
+{
+    type Output = Result<http::Response<Body>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            BreakerProj::Passed { inner } => inner.poll(cx),
+            BreakerProj::Held { inner, permit } => {
+                let result = ready!(inner.poll(cx));
+                // On an error the permit goes now, as the request is over.
+                let permit = permit.take();
+                Poll::Ready(result.map(|rsp| match permit {
+                    Some(permit) => rsp.map(|b| b.hold(permit)),
+                    None => rsp,
+                }))
+            }
+            BreakerProj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or(ProxyError::NotReady("breaker future polled after it ended")))),
+        }
     }
 }

@@ -35,7 +35,8 @@ use tower::ServiceExt;
 #[derive(Debug, Clone, Copy)]
 pub struct AvoidEndpoint(pub SocketAddr);
 
-/// Set on responses: how many attempts the request took.
+/// Set on responses that took more than one attempt: how many. A response without it took one
+/// (nearly all: inserting it into every response's extensions cost an allocation; issue #15).
 #[derive(Debug, Clone, Copy)]
 pub struct Attempts(pub u32);
 
@@ -104,17 +105,23 @@ pub fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 fn classify(result: &Result<Response<Body>, ProxyError>, policy: &RetryPolicy) -> Verdict {
     let on = &policy.retry_on;
     match result {
         Ok(rsp) => {
             let status = rsp.status().as_u16();
-            let grpc = rsp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u16>().ok());
-            if on.on_status(status) || grpc.is_some_and(|c| on.grpc_codes.contains(&c)) {
+            // Looked up only when the policy names gRPC codes: the lookup hashes the name.
+            let grpc = || {
+                rsp.headers()
+                    .get(&GRPC_STATUS)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u16>().ok())
+            };
+            if on.on_status(status)
+                || (!on.grpc_codes.is_empty() && grpc().is_some_and(|c| on.grpc_codes.contains(&c)))
+            {
                 Verdict::Retryable
             } else {
                 Verdict::Done
@@ -185,9 +192,7 @@ where
     if !matches!(crate::http::upgrade::classify(&req), Ok(None)) {
         // An upgrade is sent once and never buffered: its handshake has no body to replay, and
         // what follows a 101 is a connection, not a response (`http::upgrade`).
-        let mut rsp = inner.oneshot(req).await?;
-        rsp.extensions_mut().insert(Attempts(1));
-        return Ok(rsp);
+        return inner.oneshot(req).await;
     }
     let policy = rule.retry.as_ref().unwrap_or(&cluster.policy.retry);
     // Even without policy retries the body stays replayable (up to the buffer), for the
@@ -258,7 +263,9 @@ where
         };
         let finish = |result: Result<Response<Body>, ProxyError>| {
             result.map(|mut rsp| {
-                rsp.extensions_mut().insert(Attempts(tries));
+                if tries > 1 {
+                    rsp.extensions_mut().insert(Attempts(tries));
+                }
                 rsp
             })
         };

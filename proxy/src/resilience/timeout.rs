@@ -5,9 +5,11 @@
 
 use crate::errors::ProxyError;
 use crate::http::route::Target;
-use crate::http::{Body, ResponseFuture};
+use crate::http::Body;
 use http::{HeaderValue, Request, Response};
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -80,15 +82,17 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = ResponseFuture;
+    type Future = TimeoutFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let Some(target) = req.extensions().get::<Target>().cloned() else {
-            return crate::http::boxed(self.inner.call(req));
+            return TimeoutFuture::Passed {
+                inner: self.inner.call(req),
+            };
         };
         let configured = target
             .rule
@@ -104,17 +108,46 @@ where
             at,
             grpc: grpc.is_some(),
         });
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            match tokio::time::timeout_at(at, fut).await {
+        TimeoutFuture::Limited {
+            inner: tokio::time::timeout_at(at, self.inner.call(req)),
+            target,
+            limit,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's answer within the deadline. Not boxed: it runs per request, and a box
+    /// is an allocation, a move and a virtual call more (issue #15).
+    #[project = TimeoutProj]
+    pub enum TimeoutFuture<F> {
+        Passed { #[pin] inner: F },
+        Limited { #[pin] inner: tokio::time::Timeout<F>, target: Target, limit: Duration },
+    }
+}
+
+impl<F> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, ProxyError>>,
+{
+    type Output = Result<Response<Body>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            TimeoutProj::Passed { inner } => inner.poll(cx),
+            TimeoutProj::Limited {
+                inner,
+                target,
+                limit,
+            } => Poll::Ready(match ready!(inner.poll(cx)) {
                 Ok(result) => result,
                 Err(_) => {
                     target.rule.stats.timeouts.inc();
                     target.cluster.state.stats.timeouts.inc();
-                    Err(ProxyError::Timeout { after: limit })
+                    Err(ProxyError::Timeout { after: *limit })
                 }
-            }
-        })
+            }),
+        }
     }
 }
 

@@ -28,8 +28,9 @@
 //! - flags other than sampled (bit 0) and random (bit 1, Level 2) are not propagated; version `00`
 //!   is always sent (§3.4, "downgrade the version").
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::cell::RefCell;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -116,7 +117,7 @@ pub fn format_traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> 
     write_hex(&mut out[36..52], span_id);
     out[52] = b'-';
     write_hex(&mut out[53..55], &[flags & PROPAGATED_FLAGS]);
-    let mut value = HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
+    let mut value = shared_value(&out).unwrap_or_else(|| {
         HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00")
     });
     never_indexed(&mut value);
@@ -124,14 +125,46 @@ pub fn format_traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> 
 }
 
 /// A new `x-request-id`: 32 lowercase hex digits of a random non-zero id, never indexed. Written
-/// into a stack buffer and copied once into the value; through a `String` it was an allocation
-/// and ~400 instructions more per request (callgrind, issue #15).
+/// into a stack buffer and copied once into the value (`shared_value`); through a `String` it was
+/// an allocation and ~400 instructions more per request (callgrind, issue #15).
 pub fn new_request_id() -> HeaderValue {
     let mut out = [0u8; 32];
     write_hex(&mut out, &random_id::<16>());
-    let mut value = HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    let mut value = shared_value(&out).unwrap_or_else(|| HeaderValue::from_static("0"));
     never_indexed(&mut value);
     value
+}
+
+/// Room for the ids of about ten requests (`shared_value`). Small, because one value still in
+/// use (a request waiting long for its answer) keeps its whole chunk.
+const ID_CHUNK: usize = 1024;
+
+thread_local! {
+    /// What is left of the chunk that this thread's new ids are cut from (`shared_value`).
+    static ID_BYTES: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// `bytes` as a header value cut from a per-thread chunk, not copied into an allocation of its
+/// own as `HeaderValue::from_bytes` does. Cut from a chunk the value is already reference
+/// counted, so a copy of it (the retry layer's copy of the request's headers, the id kept for the
+/// access log) is a count; a value of its own is made shared on its first copy, an allocation
+/// more. With the allocation of the value itself that was four per request on the outbound side
+/// (traceparent and x-request-id; callgrind, issue #15). `BytesMut::reserve` takes the chunk
+/// back in place once every value cut from it is gone (with requests one at a time, each
+/// time), and a new one otherwise. `None` only while the thread is exiting.
+fn shared_value(bytes: &[u8]) -> Option<HeaderValue> {
+    let cut = ID_BYTES.try_with(|chunk| {
+        let mut chunk = chunk.try_borrow_mut().ok()?;
+        if chunk.capacity() < bytes.len() {
+            chunk.reserve(ID_CHUNK.max(bytes.len()));
+        }
+        chunk.extend_from_slice(bytes);
+        Some(chunk.split().freeze())
+    });
+    match cut {
+        Ok(Some(cut)) => HeaderValue::from_maybe_shared(cut).ok(),
+        _ => HeaderValue::from_bytes(bytes).ok(),
+    }
 }
 
 /// Marks a value that is new on every request (trace and span ids, request ids) for HPACK's
@@ -361,15 +394,32 @@ fn hex_byte(two: &[u8]) -> Option<u8> {
     Some(hex_val(*two.first()?)? << 4 | hex_val(*two.get(1)?)?)
 }
 
+/// Each byte's value as a lower-case hex digit, or `NOT_HEX`.
+static HEX_VALUES: [u8; 256] = {
+    let mut values = [NOT_HEX; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        values[HEX_DIGITS[digit] as usize] = digit as u8;
+        digit += 1;
+    }
+    values
+};
+const NOT_HEX: u8 = 0x10;
+
+/// Decoded by table with one check at the end: the inbound side decodes 24 bytes of ids from
+/// every `traceparent`, and a branch per digit cost ~400 instructions per request (issue #15).
 fn hex_array<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     if s.len() != 2 * N {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        out[i] = hex_byte(pair)?;
+    let mut seen = 0;
+    for (byte, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let (high, low) = (HEX_VALUES[pair[0] as usize], HEX_VALUES[pair[1] as usize]);
+        seen |= high | low;
+        *byte = high << 4 | low;
     }
-    Some(out)
+    (seen & NOT_HEX == 0).then_some(out)
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -77,16 +77,11 @@ fn a_virtual_address_on_another_port_passes_through() {
     }
 }
 
-#[test]
-fn a_snapshot_from_the_protocol_knows_its_virtual_addresses() {
-    use crate::config::{build_snapshot, decode, ResourceCache};
+/// Service web as the control plane sends it: its route config (ports 80 and 25 to 8080 and
+/// 2525, virtual address 10.96.0.10) and its one endpoint, 10.1.0.5:4143.
+pub(super) fn web_resources() -> Vec<(&'static str, Vec<u8>)> {
     use prost::Message;
-    use trellis_api::{config as pb, discovery::Resource, type_url};
-    let resource = |payload: Vec<u8>| Resource {
-        name: "default/web".into(),
-        version: "1".into(),
-        payload,
-    };
+    use trellis_api::{config as pb, type_url};
     let routes = pb::RouteConfig {
         hosts: vec!["web".into()],
         ports: vec![80, 25],
@@ -104,19 +99,32 @@ fn a_snapshot_from_the_protocol_knows_its_virtual_addresses() {
             plaintext: false,
         }],
     };
-    let mut cache = ResourceCache::new();
-    for (t, payload) in [
+    vec![
         (type_url::ROUTES, routes.encode_to_vec()),
         (type_url::ENDPOINTS, endpoints.encode_to_vec()),
-    ] {
-        let decoded = decode(t, &resource(payload)).expect("valid");
-        cache
-            .entry(t.to_string())
-            .or_default()
-            .insert("default/web".into(), ("1".into(), decoded));
+    ]
+}
+
+/// The snapshot a sidecar builds from `resources` (type URL, payload), each named default/web.
+pub(super) fn snapshot_of(resources: Vec<(&'static str, Vec<u8>)>) -> MeshSnapshot {
+    use crate::config::{build_snapshot, decode, ResourceCache};
+    let mut cache = ResourceCache::new();
+    for (t, payload) in resources {
+        let res = trellis_api::discovery::Resource {
+            name: "default/web".into(),
+            version: "1".into(),
+            payload,
+        };
+        let decoded = decode(t, &res).expect("valid");
+        (cache.entry(t.to_string()).or_default()).insert(res.name, ("1".into(), decoded));
     }
     let connector = crate::transport::MeshConnector::for_tests();
-    let s = build_snapshot(&cache, &MeshSnapshot::default(), &connector);
+    build_snapshot(&cache, &MeshSnapshot::default(), &connector)
+}
+
+#[test]
+fn a_snapshot_from_the_protocol_knows_its_virtual_addresses() {
+    let s = snapshot_of(web_resources());
     assert!(matches!(
         classify(&s, "10.96.0.10:25".parse().unwrap()),
         Destination::Service { ref cluster, target_port: 2525, .. } if cluster == "default/web"
@@ -163,6 +171,7 @@ async fn opaque_tcp_to_a_service_reaches_an_endpoint_at_the_target_port() {
         store: Arc::new(arc_swap::ArcSwap::from_pointee(s)),
         tls: TlsContext::default(),
         metrics: Arc::new(ProxyMetrics::new("test".into())),
+        tunnel: opaque::Tunnel::default(),
     };
     let (pair, accepted) = {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

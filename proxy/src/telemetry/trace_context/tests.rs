@@ -492,3 +492,25 @@ fn per_request_ids_are_sent_never_indexed() {
         assert!(h.get(name).is_some_and(|v| v.is_sensitive()), "{name}");
     }
 }
+
+#[test]
+fn ids_cut_from_shared_chunks_stay_whole_and_distinct() {
+    // Kept alive together, they fill several chunks; chunks freed in between are reused.
+    let ids: Vec<HeaderValue> = (0..200).map(|_| new_request_id()).collect();
+    let parents: Vec<HeaderValue> = (0..50)
+        .map(|i| format_traceparent(&[1; 16], &[i + 1; 8], FLAG_SAMPLED))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for id in &ids {
+        assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(|b| b.is_ascii_hexdigit()));
+        assert!(id.is_sensitive());
+        assert!(seen.insert(id.as_bytes().to_vec()), "repeated id");
+    }
+    for (i, parent) in parents.iter().enumerate() {
+        let ctx = parse_traceparent(parent.as_bytes());
+        assert_eq!(ctx.map(|c| c.parent_id), Some([i as u8 + 1; 8]));
+    }
+    drop(ids);
+    assert_eq!(new_request_id().len(), 32);
+}
