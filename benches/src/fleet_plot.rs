@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 pub struct FleetRun {
     pub proxies: u64,
     pub services: u64,
-    /// `wildcard`, `on-demand K` or `transparent, on-demand K`.
+    /// `wildcard`, `on demand K=…` or `transparent K=…` (K: the services each proxy calls).
     pub mode: String,
     pub kib_per_proxy: f64,
     pub push_p50_ms: f64,
@@ -31,8 +31,8 @@ impl FleetRun {
         let transparent = v["transparent"].as_bool().unwrap_or(false);
         let mode = match (on_demand, transparent) {
             (0, _) => "wildcard".to_string(),
-            (k, false) => format!("on-demand {k}"),
-            (k, true) => format!("transparent, on-demand {k}"),
+            (k, false) => format!("on demand K={k}"),
+            (k, true) => format!("transparent K={k}"),
         };
         Some(FleetRun {
             proxies: v["proxies"].as_u64()?,
@@ -47,10 +47,7 @@ impl FleetRun {
     }
 
     fn label(&self) -> String {
-        format!(
-            "{} proxies × {} services, {}",
-            self.proxies, self.services, self.mode
-        )
+        format!("{} × {}, {}", self.proxies, self.services, self.mode)
     }
 
     /// Sorts by mode, then size, so that a mode's bars stand together.
@@ -210,15 +207,12 @@ mod tests {
             .iter()
             .map(|r| (r.mode.as_str(), r.kib_per_proxy))
             .collect();
-        assert_eq!(
-            seen,
-            [("transparent, on-demand 5", 15.0), ("wildcard", 40.0)]
-        );
+        assert_eq!(seen, [("transparent K=5", 15.0), ("wildcard", 40.0)]);
         let out = dir.path().join("plots");
         let written = super::run(dir.path(), &out).expect("plots");
         assert_eq!(written.len(), 4);
         let memory = std::fs::read_to_string(out.join("fleet-memory.svg")).expect("svg");
-        assert!(memory.contains("100 proxies × 100 services, wildcard"));
+        assert!(memory.contains("100 × 100, wildcard"));
         assert!(memory.contains("40.000 KiB"));
         let push = std::fs::read_to_string(out.join("fleet-push.svg")).expect("svg");
         assert!(push.contains("p99") && push.contains("20.000 ms"));

@@ -244,9 +244,22 @@ impl StreamTask {
             (self.metrics).stream_connected(crate::proxies::ConnectedProxy::new(&node, &granted));
         self.node_id = node.id;
         tracing::info!(node_id = %self.node_id, identity = %granted, "discovery stream connected");
-        let place = tokio::select! {
-            place = first_syncs.acquire_owned() => place,
-            _ = shutdown.changed() => return,
+        // While the stream waits for its place, its opening requests are read (at most one per
+        // type): left unread they would hold the HTTP/2 connection's flow-control window, and
+        // on a connection shared by many proxies (a multiplexing load balancer, the fleet
+        // bench) stall the ACKs of the streams that hold a place until their hold ran out.
+        let mut opening = Vec::new();
+        let acquire = first_syncs.acquire_owned();
+        tokio::pin!(acquire);
+        let place = loop {
+            tokio::select! {
+                place = &mut acquire => break place,
+                _ = shutdown.changed() => return,
+                next = requests.message(), if opening.len() < catalog::TYPES => match next {
+                    Ok(Some(request)) => opening.push(request),
+                    Ok(None) | Err(_) => return,
+                },
+            }
         };
         let Ok(place) = place else { return };
         self.syncing = Some(Syncing {
@@ -254,7 +267,14 @@ impl StreamTask {
             unanswered: 0,
             until: tokio::time::Instant::now() + SYNC_HOLD,
         });
-        if self.handle(first, &snapshots).await.is_ok() {
+        let mut opened = self.handle(first, &snapshots).await;
+        for request in opening {
+            if opened.is_err() {
+                break;
+            }
+            opened = self.handle(request, &snapshots).await;
+        }
+        if opened.is_ok() {
             self.serve(&mut requests, &snapshots, &mut shutdown).await;
         }
         tracing::info!(node_id = %self.node_id, "discovery stream disconnected");

@@ -492,3 +492,84 @@ async fn running_out_of_descriptors_backs_off_instead_of_spinning_and_recovers()
     let took = reconnect(&served, &token, Duration::from_secs(5)).await;
     eprintln!("a new client got in {took:?} after the flood closed");
 }
+
+/// Proxies sharing one HTTP/2 connection (a multiplexing load balancer in front of the control
+/// plane, the fleet bench) open more streams at once than the first-sync gate admits (64), each
+/// resuming with large opening requests (`initial_resource_versions`). The requests of the
+/// streams that wait for a place are read meanwhile; unread, they filled the connection's
+/// flow-control window, the ACKs of the streams holding a place could not get through, and each
+/// place was freed only by its 10 s hold (the bench's storm crawled at 6–8 streams a second).
+#[tokio::test]
+async fn streams_waiting_for_a_first_sync_place_do_not_stall_a_shared_connection() {
+    use trellis_api::discovery::aggregated_discovery_client::AggregatedDiscoveryClient;
+    use trellis_api::discovery::{DeltaDiscoveryRequest, Node};
+    const STREAMS: usize = 100;
+    let plane = Plane::start(|c| c.max_streams_per_identity = 1000).await;
+    let channel = connect(plane.addr, &plane.ca_pem).await.unwrap();
+    // 2,000 held names per type: about 60 KB per opening request, 300 KB per stream.
+    let held: std::collections::HashMap<String, String> = (0..2000)
+        .map(|i| (format!("default/held-service-{i:05}"), format!("{i:016x}")))
+        .collect();
+    let started = Instant::now();
+    let mut streams = Vec::new();
+    for i in 0..STREAMS {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut opening = vec![DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: format!("shared-{i}"),
+                service: "hello".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            type_url: trellis_api::type_url::TRUST_BUNDLE.into(),
+            resource_names_subscribe: vec!["default".into()],
+            ..Default::default()
+        }];
+        for t in &trellis_api::type_url::ALL[1..] {
+            opening.push(DeltaDiscoveryRequest {
+                type_url: (*t).into(),
+                resource_names_subscribe: vec![trellis_api::WILDCARD.into()],
+                initial_resource_versions: held.clone(),
+                ..Default::default()
+            });
+        }
+        for request in opening {
+            tx.send(request).await.unwrap();
+        }
+        let mut client = AggregatedDiscoveryClient::new(channel.clone());
+        let token = plane.token("hello").to_owned();
+        streams.push(tokio::spawn(async move {
+            let request = authorized(tokio_stream::wrappers::ReceiverStream::new(rx), &token);
+            let mut responses = client.delta_resources(request).await?.into_inner();
+            // A proxy: every response ACKed; done once each type was answered.
+            let mut answered = std::collections::HashSet::new();
+            while answered.len() < trellis_api::type_url::ALL.len() {
+                let Some(response) = responses.message().await? else {
+                    return Err(tonic::Status::aborted("stream ended"));
+                };
+                let ack = DeltaDiscoveryRequest {
+                    type_url: response.type_url.clone(),
+                    response_nonce: response.nonce.clone(),
+                    ..Default::default()
+                };
+                let _ = tx.send(ack).await;
+                answered.insert(response.type_url);
+            }
+            Ok::<_, tonic::Status>((started.elapsed(), tx, responses))
+        }));
+    }
+    let mut slowest = Duration::ZERO;
+    for (i, stream) in streams.into_iter().enumerate() {
+        let synced = tokio::time::timeout(Duration::from_secs(30), stream)
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} not in sync after 30 s"))
+            .unwrap();
+        let (took, _tx, _responses) = synced.unwrap_or_else(|e| panic!("stream {i}: {e}"));
+        slowest = slowest.max(took);
+    }
+    // Without reading the waiting streams, the 36 beyond the gate wait for 10 s holds.
+    assert!(
+        slowest < Duration::from_secs(8),
+        "the last of {STREAMS} streams on one connection was in sync after {slowest:?}"
+    );
+}
