@@ -80,6 +80,9 @@ fn check_promises(decoded: &Decoded) {
                 assert!(p.port != 0 && p.target_port != 0);
             }
         }
+        Decoded::Addresses(a) => {
+            assert!(a.ports.iter().all(|p| *p != 0));
+        }
         Decoded::Cluster(_) | Decoded::Trust(_) => {}
     }
 }
