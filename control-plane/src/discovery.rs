@@ -43,6 +43,11 @@ const STREAM_BUFFER: usize = 16;
 
 /// Streams sending their first full answers at the same time.
 const FIRST_SYNCS: usize = 64;
+/// Opening requests read ahead, in all, by the streams waiting for a first-sync place: each is
+/// one resumed type's `initial_resource_versions` (up to a few hundred KB decoded with a large
+/// mesh), so the read-ahead that keeps shared connections moving is bounded, not one per type
+/// for every waiting proxy of a reconnect storm (which doubled the storm's peak memory).
+const OPENING_READ_AHEAD: usize = 1024;
 /// The longest a stream keeps its first-sync place while its proxy does not answer.
 const SYNC_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -62,6 +67,8 @@ pub struct DiscoveryService {
     /// The hub task, started with the first stream (inside the runtime).
     hub: Arc<OnceLock<()>>,
     first_syncs: Arc<Semaphore>,
+    /// Places for opening requests read ahead (`OPENING_READ_AHEAD`).
+    read_ahead: Arc<Semaphore>,
 }
 
 impl DiscoveryService {
@@ -83,6 +90,7 @@ impl DiscoveryService {
             fanout: Arc::default(),
             hub: Arc::default(),
             first_syncs: Arc::new(Semaphore::new(FIRST_SYNCS)),
+            read_ahead: Arc::new(Semaphore::new(OPENING_READ_AHEAD)),
         }
     }
 
@@ -138,12 +146,12 @@ impl DiscoveryService {
         // The node is checked inside the task: waiting for the first message here would delay the
         // response headers until the proxy sends, which some clients only do after the headers.
         let (snapshots, shutdown) = (self.snapshots.clone(), self.shutdown.clone());
-        let first_syncs = self.first_syncs.clone();
+        let gates = (self.first_syncs.clone(), self.read_ahead.clone());
         tokio::spawn(async move {
             // Held for the task's life: the place is released however the stream ends.
             let _permit = permit;
             stream
-                .run(grant, requests, snapshots, shutdown, first_syncs)
+                .run(grant, requests, snapshots, shutdown, gates)
                 .await;
         });
         Ok(rx)
@@ -213,7 +221,7 @@ impl StreamTask {
         mut requests: Streaming<DeltaDiscoveryRequest>,
         snapshots: watch::Receiver<SharedSnapshot>,
         mut shutdown: watch::Receiver<bool>,
-        first_syncs: Arc<Semaphore>,
+        (first_syncs, read_ahead): (Arc<Semaphore>, Arc<Semaphore>),
     ) {
         let first = match requests.message().await {
             Ok(Some(first)) => first,
@@ -245,22 +253,28 @@ impl StreamTask {
         self.node_id = node.id;
         tracing::info!(node_id = %self.node_id, identity = %granted, "discovery stream connected");
         // While the stream waits for its place, its opening requests are read (at most one per
-        // type): left unread they would hold the HTTP/2 connection's flow-control window, and
-        // on a connection shared by many proxies (a multiplexing load balancer, the fleet
-        // bench) stall the ACKs of the streams that hold a place until their hold ran out.
+        // type, within the shared read-ahead bound): left unread they would hold the HTTP/2
+        // connection's flow-control window, and on a connection shared by many proxies (a
+        // multiplexing load balancer, the fleet bench) stall the ACKs of the streams that hold a
+        // place until their hold ran out.
         let mut opening = Vec::new();
         let acquire = first_syncs.acquire_owned();
         tokio::pin!(acquire);
+        let mut ahead = read_ahead.clone().try_acquire_owned().ok();
         let place = loop {
             tokio::select! {
                 place = &mut acquire => break place,
                 _ = shutdown.changed() => return,
-                next = requests.message(), if opening.len() < catalog::TYPES => match next {
-                    Ok(Some(request)) => opening.push(request),
-                    Ok(None) | Err(_) => return,
-                },
+                next = requests.message(), if ahead.is_some() && opening.len() < catalog::TYPES => {
+                    match next {
+                        Ok(Some(request)) => opening.push((request, ahead.take())),
+                        Ok(None) | Err(_) => return,
+                    }
+                    ahead = read_ahead.clone().try_acquire_owned().ok();
+                }
             }
         };
+        drop(ahead);
         let Ok(place) = place else { return };
         self.syncing = Some(Syncing {
             _place: place,
@@ -268,7 +282,7 @@ impl StreamTask {
             until: tokio::time::Instant::now() + SYNC_HOLD,
         });
         let mut opened = self.handle(first, &snapshots).await;
-        for request in opening {
+        for (request, _ahead) in opening {
             if opened.is_err() {
                 break;
             }
