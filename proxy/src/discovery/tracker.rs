@@ -59,8 +59,7 @@ pub struct Tracker {
 impl Tracker {
     /// Adds `service` to the set, or marks it used.
     pub fn want(&mut self, service: &str, now: Instant) -> Want {
-        if let Some(t) = self.services.get_mut(service) {
-            t.last_used = now;
+        if self.touch(service, now) {
             return Want::Known;
         }
         if self.services.len() >= MAX_SERVICES {
@@ -74,11 +73,10 @@ impl Tracker {
         Want::New
     }
 
-    /// Marks `service` used if it is in the set.
-    pub fn touch(&mut self, service: &str, now: Instant) {
-        if let Some(t) = self.services.get_mut(service) {
-            t.last_used = now;
-        }
+    /// Marks `service` used if it is in the set; whether it was.
+    pub fn touch(&mut self, service: &str, now: Instant) -> bool {
+        let tracked = self.services.get_mut(service);
+        tracked.map(|t| t.last_used = now).is_some()
     }
 
     pub fn services(&self) -> impl Iterator<Item = &String> {

@@ -45,7 +45,7 @@ use super::body::Body;
 use super::headers::strip_hop_by_hop;
 use crate::balance::LoadGuard;
 use crate::errors::ProxyError;
-use crate::limits::idle::Activity;
+use crate::limits::idle::{copy_until_idle, Ended};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -364,18 +364,16 @@ async fn splice<H: Send + 'static>(
             return;
         }
     };
-    let activity = Activity::default();
-    let (mut a, mut b) = (
-        activity.watch(TokioIo::new(a)),
-        activity.watch(TokioIo::new(b)),
-    );
-    tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut a, &mut b) => match copied {
-            Ok((ab, ba)) => tracing::debug!(side, ab, ba, "upgraded connection ended"),
-            Err(e) => tracing::debug!(side, error = %e, "upgraded connection failed"),
-        },
-        _ = activity.silent_for(idle_timeout) => {
-            tracing::info!(side, ?idle_timeout, bytes = activity.bytes(), "upgraded connection idle; closed")
+    match copy_until_idle(TokioIo::new(a), TokioIo::new(b), idle_timeout).await {
+        Ended::Closed(ab, ba) => tracing::debug!(side, ab, ba, "upgraded connection ended"),
+        Ended::Failed(e) => tracing::debug!(side, error = %e, "upgraded connection failed"),
+        Ended::Idle { bytes } => {
+            tracing::info!(
+                side,
+                ?idle_timeout,
+                bytes,
+                "upgraded connection idle; closed"
+            )
         }
     }
     drop(hold);

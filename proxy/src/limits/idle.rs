@@ -55,6 +55,35 @@ impl Activity {
     }
 }
 
+/// How `copy_until_idle` ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Both sides ended: the bytes copied from `a` to `b` and from `b` to `a`.
+    Closed(u64, u64),
+    /// A side failed (often the normal end of a TCP conversation).
+    Failed(std::io::Error),
+    /// No byte moved either way for the idle timeout; `bytes` moved before.
+    Idle { bytes: u64 },
+}
+
+/// The tunnel both opaque streams and WebSockets are: bytes copied both ways until both sides
+/// end, or until neither has sent a byte for `idle`.
+pub async fn copy_until_idle<A, B>(a: A, b: B, idle: Duration) -> Ended
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::default();
+    let (mut a, mut b) = (activity.watch(a), activity.watch(b));
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut a, &mut b) => match copied {
+            Ok((ab, ba)) => Ended::Closed(ab, ba),
+            Err(e) => Ended::Failed(e),
+        },
+        () = activity.silent_for(idle) => Ended::Idle { bytes: activity.bytes() },
+    }
+}
+
 /// An I/O object whose reads count as its tunnel's activity.
 #[derive(Debug)]
 pub struct Watched<IO> {

@@ -24,13 +24,13 @@
 use crate::authz::{Attributes, AuthzStats, Peer};
 use crate::config::SnapshotStore;
 use crate::drain::DrainWatch;
-use crate::limits::idle::Activity;
+use crate::limits::idle::{copy_until_idle, Ended};
 use crate::telemetry::metrics::{Direction, ProxyMetrics};
 use crate::tls::{record_retired, PeerExpiry, TlsContext};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{copy_bidirectional, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The ALPN protocol of an opaque stream between sidecars.
@@ -134,18 +134,16 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let activity = Activity::default();
-    let (mut a, mut b) = (activity.watch(a), activity.watch(b));
     tokio::select! {
-        res = copy_bidirectional(&mut a, &mut b) => match res {
-            Ok((up, down)) => tracing::debug!(what, up, down, "opaque stream closed"),
-            Err(e) => tracing::debug!(what, error = %e, "opaque stream ended with an error"),
+        ended = copy_until_idle(a, b, idle_timeout) => match ended {
+            Ended::Closed(up, down) => tracing::debug!(what, up, down, "opaque stream closed"),
+            Ended::Failed(e) => tracing::debug!(what, error = %e, "opaque stream ended with an error"),
+            Ended::Idle { bytes } => {
+                tracing::info!(what, ?idle_timeout, bytes, "opaque stream idle; closed")
+            }
         },
         _ = drain.aborted() => {
             tracing::debug!(what, "drain grace over or peer certificate expired; opaque stream closed")
-        }
-        _ = activity.silent_for(idle_timeout) => {
-            tracing::info!(what, ?idle_timeout, bytes = activity.bytes(), "opaque stream idle; closed")
         }
     }
     if drain.is_draining() {
