@@ -8,6 +8,7 @@
 
 mod fold;
 mod svg;
+pub mod syscalls;
 
 pub use fold::{fold, Folded};
 pub use svg::render;
@@ -29,6 +30,8 @@ pub struct FlameConfig {
     pub frequency: u32,
     /// `--workers` of each sidecar.
     pub workers: usize,
+    /// Count system calls and context switches instead of sampling stacks (`syscalls.rs`).
+    pub syscalls: bool,
     pub out: PathBuf,
 }
 
@@ -37,7 +40,9 @@ pub struct FlameConfig {
 pub struct Flame {
     /// `a-outbound` or `b-inbound`.
     pub name: String,
+    /// Stack samples, or with `syscalls` the events recorded.
     pub samples: u64,
+    /// The flame graph, or with `syscalls` the table of counts (`syscalls.md`).
     pub svg: PathBuf,
 }
 
@@ -66,18 +71,33 @@ pub async fn run(cfg: &FlameConfig) -> anyhow::Result<(Vec<Flame>, load::LoadRes
     load_cfg.warmup = warmup;
     let load = tokio::spawn(async move { load::run(&load_cfg).await });
     tokio::time::sleep(warmup).await;
-    let mut recordings = Vec::new();
+    let mut recordings: Vec<Recording> = Vec::new();
     for (name, pid) in &sidecars {
         let data = work.join(format!("{name}.perf.data"));
-        let child = tokio::process::Command::new(&perf)
-            .args([
-                "record",
+        let mut perf_record = tokio::process::Command::new(&perf);
+        perf_record.arg("record");
+        if cfg.syscalls {
+            perf_record.args([
+                "-e",
+                "raw_syscalls:sys_enter",
+                "-e",
+                "context-switches",
+                "-c",
+                "1",
+            ]);
+        } else {
+            let frequency = cfg.frequency.to_string();
+            perf_record.args([
                 "-e",
                 "cpu-clock",
                 "-F",
-                &cfg.frequency.to_string(),
-            ])
-            .args(["--call-graph", "dwarf,16384", "-p", &pid.to_string(), "-o"])
+                &frequency,
+                "--call-graph",
+                "dwarf,16384",
+            ]);
+        }
+        let child = perf_record
+            .args(["-p", &pid.to_string(), "-o"])
             .arg(&data)
             .arg("--")
             .args(["sleep", &format!("{:.3}", cfg.duration.as_secs_f64())])
@@ -95,11 +115,67 @@ pub async fn run(cfg: &FlameConfig) -> anyhow::Result<(Vec<Flame>, load::LoadRes
     }
     let result = load.await.context("the load task")??;
     drop(procs);
+    if cfg.syscalls {
+        return count_syscalls(&perf, recordings, cfg, result);
+    }
     let mut flames = Vec::new();
     for (name, data, _) in recordings {
         flames.push(draw(&perf, &name, &data, cfg, &result)?);
     }
     Ok((flames, result))
+}
+
+type Recording = (String, PathBuf, tokio::process::Child);
+
+/// `--syscalls`: the counts of every sidecar in one table, per request answered in the recorded
+/// window (the rate times the duration: the load's own count includes the warm-up).
+fn count_syscalls(
+    perf: &Path,
+    recordings: Vec<Recording>,
+    cfg: &FlameConfig,
+    result: load::LoadResult,
+) -> anyhow::Result<(Vec<Flame>, load::LoadResult)> {
+    let requests = (cfg.rate * cfg.duration.as_secs_f64()).round() as u64;
+    let table_path = cfg.out.join("syscalls.md");
+    let mut sides = Vec::new();
+    let mut flames = Vec::new();
+    for (name, data, _) in recordings {
+        let counts = syscalls::count(&perf_script(perf, &name, &data)?);
+        flames.push(Flame {
+            name: name.clone(),
+            samples: counts.total_calls() + counts.context_switches,
+            svg: table_path.clone(),
+        });
+        sides.push((name, counts));
+    }
+    let title = format!(
+        "{} at {} rps for {:.0} s ({} answered, {} errors, warm-up included), per request of \
+         the recorded window ({requests}):\n\n",
+        cfg.protocol.name(),
+        cfg.rate,
+        cfg.duration.as_secs_f64(),
+        result.ok,
+        result.errors,
+    );
+    let text = title + &syscalls::table(&sides, requests);
+    print!("{text}");
+    std::fs::write(&table_path, text)?;
+    Ok((flames, result))
+}
+
+fn perf_script(perf: &Path, name: &str, data: &Path) -> anyhow::Result<String> {
+    let script = std::process::Command::new(perf)
+        .args(["script", "-i"])
+        .arg(data)
+        .output()
+        .context("perf script")?;
+    if !script.status.success() {
+        bail!(
+            "perf script of {name}: {}",
+            String::from_utf8_lossy(&script.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&script.stdout).into_owned())
 }
 
 /// `loadgen` (the client's pod) is sidecar A, outbound; `bench` sidecar B, inbound.
@@ -120,18 +196,7 @@ fn draw(
     cfg: &FlameConfig,
     result: &load::LoadResult,
 ) -> anyhow::Result<Flame> {
-    let script = std::process::Command::new(perf)
-        .args(["script", "-i"])
-        .arg(data)
-        .output()
-        .context("perf script")?;
-    if !script.status.success() {
-        bail!(
-            "perf script of {name}: {}",
-            String::from_utf8_lossy(&script.stderr)
-        );
-    }
-    let folded = fold(&String::from_utf8_lossy(&script.stdout));
+    let folded = fold(&perf_script(perf, name, data)?);
     let samples: u64 = folded.values().sum();
     let text: String = (folded.iter())
         .map(|(stack, n)| format!("{stack} {n}\n"))

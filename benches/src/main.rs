@@ -218,6 +218,10 @@ enum Command {
         frequency: u32,
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Count each sidecar's system calls and context switches per request instead
+        /// (`perf record -e raw_syscalls:sys_enter -e context-switches`; syscalls.md).
+        #[arg(long)]
+        syscalls: bool,
         #[arg(long)]
         trellis: Option<PathBuf>,
         #[arg(long)]
@@ -487,6 +491,7 @@ fn main() -> anyhow::Result<()> {
             duration,
             frequency,
             workers,
+            syscalls,
             trellis,
             out,
         } => {
@@ -500,6 +505,7 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration),
                 frequency,
                 workers,
+                syscalls,
                 out: dir.clone(),
             };
             let (flames, load) = runtime(1)?.block_on(async {

@@ -176,6 +176,12 @@ pub struct Args {
     /// On demand: a service without requests for this long is unsubscribed.
     #[arg(long, env = "TRELLIS_DISCOVERY_IDLE_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604800))]
     discovery_idle_seconds: u64,
+    /// How the app's HTTP/1.x requests travel to peer sidecars: `http1`, as HTTP/1.1 on pooled
+    /// mutual-TLS connections (one per concurrent request, closed after 4-6 s idle); `h2`, as
+    /// streams of one HTTP/2 connection per peer. gRPC, h2c and upgrades always take HTTP/2.
+    /// docs/architecture.md.
+    #[arg(long, env = "TRELLIS_HTTP1_TO_PEERS", value_enum, default_value_t)]
+    http1_to_peers: crate::transport::Http1ToPeers,
 }
 
 /// The discovery mode (on demand without `--discovery-mode`) and its timings.
@@ -336,6 +342,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
         admin_open_diagnostics: args.admin_open_diagnostics,
         app_probes,
         discovery: discovery_settings(&args),
+        http1_to_peers: args.http1_to_peers,
     };
     let transparent = transparent_config(&args)?;
     let (workers, warnings) = crate::limits::workers::choose(args.workers.map(usize::from));
@@ -343,8 +350,18 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Resul
         tracing::warn!("worker count: ignoring {warning}");
     }
     tracing::info!(workers = workers.count, source = %workers.source, "runtime workers");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.count)
+    // One worker runs on tokio's current-thread scheduler: the same single thread, without the
+    // work-stealing scheduler's shared queues and cross-thread wake-ups that only pay off with
+    // more than one worker.
+    let mut builder = match workers.count {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the runtime")?;

@@ -52,6 +52,9 @@ pub struct ProxyConfig {
     pub app_probes: crate::probes::AppProbes,
     /// Wildcard or on-demand discovery of the per-service resources (`discovery/demand.rs`).
     pub discovery: crate::discovery::DiscoverySettings,
+    /// HTTP/1.x to peer sidecars as HTTP/1.1 on pooled connections, or over HTTP/2
+    /// (`transport::http1`).
+    pub http1_to_peers: crate::transport::Http1ToPeers,
 }
 
 /// Tracing, metrics and access-log settings.
@@ -127,7 +130,9 @@ pub async fn run(
     let (identity_tx, identity_rx) = tokio::sync::watch::channel(None);
     let discovery_status = SharedStatus::default();
     let telemetry = Arc::new(telemetry(&config)?);
-    let connector = MeshConnector::new(tls.clone()).with_metrics(telemetry.metrics.clone());
+    let connector = MeshConnector::new(tls.clone())
+        .with_metrics(telemetry.metrics.clone())
+        .with_http1_to_peers(config.http1_to_peers);
 
     let identity = IdentityManager {
         client: IdentityClient::new(channel.clone()),

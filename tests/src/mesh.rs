@@ -125,6 +125,8 @@ pub struct MeshBuilder {
     control_plane_replicas: usize,
     /// On-demand (default) or wildcard discovery in every sidecar.
     discovery: trellis_proxy::discovery::DiscoverySettings,
+    /// How every sidecar sends HTTP/1.x to its peers (`--http1-to-peers`).
+    http1_to_peers: trellis_proxy::transport::Http1ToPeers,
 }
 
 impl MeshBuilder {
@@ -148,6 +150,12 @@ impl MeshBuilder {
     /// Keepalive, deadlines and silence bound of every sidecar's control-plane link.
     pub fn control_plane_link(mut self, link: trellis_proxy::LinkSettings) -> Self {
         self.link = link;
+        self
+    }
+
+    /// Every sidecar sends HTTP/1.x to its peers this way (`--http1-to-peers`).
+    pub fn http1_to_peers(mut self, way: trellis_proxy::transport::Http1ToPeers) -> Self {
+        self.http1_to_peers = way;
         self
     }
 
@@ -217,6 +225,7 @@ impl MeshBuilder {
             limits: self.limits.clone(),
             link: self.link,
             discovery: self.discovery,
+            http1_to_peers: self.http1_to_peers,
             relay: None,
             replicas: Vec::new(),
             mesh_yaml: self.mesh_yaml.clone(),
@@ -312,6 +321,7 @@ pub struct Mesh {
     limits: trellis_proxy::Limits,
     link: trellis_proxy::LinkSettings,
     discovery: trellis_proxy::discovery::DiscoverySettings,
+    http1_to_peers: trellis_proxy::transport::Http1ToPeers,
     /// Between the sidecars and the control plane, when the builder asked for it.
     relay: Option<ChaosRelay>,
     /// The control planes after the first (`MeshBuilder::control_plane_replicas`).
@@ -535,6 +545,7 @@ impl Mesh {
             admin_open_diagnostics: false,
             app_probes: Default::default(),
             discovery: self.discovery,
+            http1_to_peers: self.http1_to_peers,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         w.stop = Some(stop);
@@ -581,6 +592,7 @@ impl Mesh {
             admin_open_diagnostics: false,
             app_probes: Default::default(),
             discovery: self.discovery,
+            http1_to_peers: self.http1_to_peers,
         };
         Ok(Sidecar {
             inbound: listeners.inbound_addr()?,

@@ -193,6 +193,11 @@ async fn one_abusive_client_does_not_fail_or_delay_the_others() {
         // default reset limits, the burst of cancellations reaches the app's own connection,
         // which the app then closes: not covered here (see the report in the issue).
         .service(Service::http1("hello"))
+        // Every client's requests on the one HTTP/2 connection, the sharing this test is about:
+        // with HTTP/1.1 to peers (the default) the HTTP/1.1 clients would have pooled
+        // connections of their own, and new ones opened in the run would read as the shared
+        // connection closing.
+        .http1_to_peers(trellis_proxy::transport::Http1ToPeers::H2)
         .start()
         .await
         .expect("mesh starts");

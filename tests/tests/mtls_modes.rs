@@ -146,7 +146,8 @@ async fn impostor(mesh: &Mesh, identity: &str, completed: Arc<AtomicBool>) -> So
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
         .expect("server config");
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // What a sidecar's inbound offers: sidecars send HTTP/1.1 as such (ALPN `http/1.1`).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

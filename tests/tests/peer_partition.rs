@@ -57,8 +57,9 @@ async fn a_silent_peer_connection_costs_a_bounded_number_of_requests_and_is_clos
     relay.freeze_open_connections();
     let frozen_at = Instant::now();
 
-    // The sidecar gives up on the silent connection (HTTP/2 keepalive, also while no request
-    // uses it) and closes it.
+    // The sidecar gives up on the silent connection and closes it: over HTTP/1.1 (the default)
+    // when the request stuck on it ends (here the caller's 5 s timeout), or the pool's idle sweep
+    // when none is; over HTTP/2 by keepalive, also while no request uses it.
     let dropped = wait_until(Duration::from_secs(30), || async {
         relay.frozen() >= 1 && relay.frozen_closed() >= relay.frozen()
     })
@@ -78,7 +79,11 @@ async fn a_silent_peer_connection_costs_a_bounded_number_of_requests_and_is_clos
     tokio::time::sleep(Duration::from_secs(2)).await;
     let counts = traffic.finish().await;
     eprintln!("silent peer connection: {counts:?}");
-    assert!(counts.sent > 500, "{counts:?}");
+    // One request at a time every 10 ms: about 100 a second unless requests hang.
+    assert!(
+        counts.sent - during.sent >= 100,
+        "the traffic flows once the silent connection is gone: {during:?} then {counts:?}"
+    );
     assert!(
         counts.failed <= 3,
         "a bounded number of requests fail: {counts:?}"

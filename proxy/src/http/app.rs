@@ -5,7 +5,7 @@
 //! dedicated HTTP/1.1 connection of its own (`upgrade_connection`), since the connection becomes
 //! the WebSocket.
 
-use super::app_pool::Http1Pool;
+use super::app_pool::{AppDial, Http1Pool};
 use super::body::Body;
 use super::headers::{strip_hop_by_hop, PROXY_ERROR};
 use crate::config::{AppPort, AppProtocol};
@@ -23,7 +23,7 @@ use std::time::Duration;
 pub struct AppClient {
     host: IpAddr,
     /// One pool of HTTP/1.1 connections per app port asked for so far (an app has few ports).
-    http1: Arc<ArcSwap<HashMap<u16, Arc<Http1Pool>>>>,
+    http1: Arc<ArcSwap<HashMap<u16, Arc<Http1Pool<AppDial>>>>>,
     h2c: Arc<ArcSwap<HashMap<u16, Arc<MeshConnection>>>>,
     /// How long a WebSocket to the app may stay silent both ways (`Limits::tunnel_idle_timeout`).
     tunnel_idle_timeout: std::time::Duration,
@@ -90,6 +90,11 @@ impl AppClient {
                 rsp.map(|b| Body::from(b).pooled(pooled))
             }
             AppProtocol::H2c => {
+                // An HTTP/1.1 request (from a peer sending HTTP/1.1, or a plain-text caller)
+                // names its authority in Host; HTTP/2 wants `:scheme` and `:authority`.
+                if authority.is_none() {
+                    to_absolute_form(&mut req, || self.addr(port).to_string())?;
+                }
                 *req.version_mut() = Version::HTTP_2;
                 let conn = self.h2c_connection(port);
                 let mut sender = match conn.live() {
@@ -135,7 +140,7 @@ impl AppClient {
     }
 
     /// The connection pool of app port `port`, made on first use.
-    fn http1_pool(&self, port: u16) -> Arc<Http1Pool> {
+    fn http1_pool(&self, port: u16) -> Arc<Http1Pool<AppDial>> {
         if let Some(p) = self.http1.load().get(&port) {
             return p.clone();
         }
@@ -177,9 +182,52 @@ impl AppClient {
     }
 }
 
+/// Absolute-form target (`http://host:port/path`) from the Host header (or `default`, the app's
+/// address, when there is none), and no Host header: the form an h2c app's HTTP/2 wants.
+fn to_absolute_form(
+    req: &mut Request<Body>,
+    default: impl FnOnce() -> String,
+) -> Result<(), ProxyError> {
+    let host = match req.headers_mut().remove(header::HOST) {
+        Some(host) => host.to_str().map(str::to_string).ok(),
+        None => Some(default()),
+    };
+    let authority = host
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .ok_or(ProxyError::BadRequest("missing or invalid authority"))?;
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_form_takes_the_host_header_or_the_default() {
+        let mut req = Request::get("/p?q")
+            .header("host", "hello:80")
+            .body(Body::empty())
+            .unwrap();
+        assert!(to_absolute_form(&mut req, || "127.0.0.1:9".into()).is_ok());
+        assert_eq!(req.uri().to_string(), "http://hello:80/p?q");
+        assert!(req.headers().get(header::HOST).is_none());
+        let mut bare = Request::get("/").body(Body::empty()).unwrap();
+        assert!(to_absolute_form(&mut bare, || "127.0.0.1:9".into()).is_ok());
+        assert_eq!(bare.uri().to_string(), "http://127.0.0.1:9/");
+        let mut bad = Request::get("/")
+            .header("host", "a b")
+            .body(Body::empty())
+            .unwrap();
+        assert!(to_absolute_form(&mut bad, || "x".into()).is_err());
+    }
 
     #[tokio::test]
     async fn one_pool_per_app_port() {

@@ -1,4 +1,6 @@
-//! Idle HTTP/1.1 connections to one app port, reused request after request.
+//! Idle HTTP/1.1 connections to one address, reused request after request: an app port (the
+//! inbound side) or a peer sidecar over mutual TLS (`transport::http1`, the outbound side). How a
+//! connection is opened is the pool's `Dial`.
 //!
 //! hyper-util's legacy client did this before, at ~6,000 instructions per request (callgrind): a
 //! SipHash of the pool key, a checkout future and a waiter list, and a task spawned per request
@@ -12,24 +14,69 @@
 //! `IDLE_TIMEOUT / 2`, without a clock read per request: each connection carries the sweep epoch
 //! it was put back in.
 //!
-//! Sockets are `app_conn::ResetOnAbort`: a connection dropped mid-request resets.
+//! App sockets are `app_conn::ResetOnAbort`: a connection dropped mid-request resets. A
+//! connection may carry a time after which it takes no new request (a peer certificate's
+//! expiry, `Dialed::retire_at`); only such connections cost a clock read when taken.
 
 use super::app_conn::ResetOnAbort;
 use super::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Idle connections are closed after this long unused (30 to 45 s: see the sweep).
+/// App connections are closed after this long unused (30 to 45 s: see the sweep).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub struct Http1Pool {
+/// How a pool opens a connection. The future is boxed by the pool: only requests that open a
+/// connection pay for it.
+pub trait Dial: Send + Sync + 'static {
+    type Error: std::fmt::Display + Send;
+    fn dial(&self) -> impl Future<Output = Result<Dialed, Self::Error>> + Send;
+}
+
+/// A new connection's handle, its task already spawned.
+pub struct Dialed {
+    pub sender: SendRequest<Body>,
+    /// No request is sent on the connection from then on (a peer certificate's expiry).
+    pub retire_at: Option<Instant>,
+}
+
+/// A request that did not get a response head.
+#[derive(Debug)]
+pub enum PoolError<E> {
+    /// No connection could be opened.
+    Dial(E),
+    /// The connection failed the request; `unsent` when hyper handed it back unwritten (the
+    /// connection closed first), so the peer cannot have processed it.
+    Request { error: hyper::Error, unsent: bool },
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for PoolError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolError::Dial(e) => e.fmt(f),
+            PoolError::Request { error, .. } => error.fmt(f),
+        }
+    }
+}
+
+/// What trying a pool's idle connections came to (`Http1Pool::send_on_idle`).
+pub enum FromIdle<E> {
+    Answered(Response<Incoming>, Pooled),
+    Failed(PoolError<E>),
+    /// No idle connection took the request: here it is back, for a new connection.
+    NoneIdle(Request<Body>),
+}
+
+pub struct Http1Pool<D> {
     addr: SocketAddr,
+    dial: D,
     idle: Mutex<Vec<Idle>>,
     /// Sweeps so far; a connection put back in epoch `e` is closed by the sweep that makes it
     /// `e + SWEEPS_TO_CLOSE`.
@@ -37,80 +84,33 @@ pub struct Http1Pool {
 }
 
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Conn,
     epoch: u64,
 }
 
-/// Sweeps every `IDLE_TIMEOUT / 2`; two full periods idle (30 to 45 s) close a connection.
+/// A connection's handle and when it retires.
+struct Conn {
+    sender: SendRequest<Body>,
+    retire_at: Option<Instant>,
+}
+
+impl Conn {
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && self.retire_at.is_none_or(|at| Instant::now() < at)
+    }
+}
+
+/// Sweeps every `idle / 2`; two full periods idle (`idle` to 1.5 × `idle`) close a connection.
 const SWEEPS_TO_CLOSE: u64 = 2;
 
-impl Http1Pool {
-    /// A pool for the app at `addr`, with its idle sweep (ends when the pool is dropped).
-    pub fn new(addr: SocketAddr) -> Arc<Http1Pool> {
-        let pool = Arc::new(Http1Pool {
-            addr,
-            idle: Mutex::default(),
-            epoch: AtomicU64::new(0),
-        });
-        tokio::spawn(sweep(Arc::downgrade(&pool)));
-        pool
-    }
+/// Opens plain TCP connections to an app port.
+pub struct AppDial(SocketAddr);
 
-    /// Sends `req` on an idle connection, or on a new one. The response comes with the
-    /// connection, to be put back when its body has been read (`Pooled::release`).
-    pub async fn send(
-        self: &Arc<Self>,
-        mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Pooled), String> {
-        while let Some(mut sender) = self.take() {
-            // Put back only after its response was read, so it is ready at once unless the app
-            // closed it meanwhile.
-            if !sender.is_ready() && sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(rsp) => return Ok((rsp, self.pooled(sender))),
-                // Never written (the connection closed first): try the next one.
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Err(e.into_error().to_string()),
-                },
-            }
-        }
-        let mut sender = self.connect().await?;
-        let rsp = (sender.send_request(req).await).map_err(|e| e.to_string())?;
-        Ok((rsp, self.pooled(sender)))
-    }
+impl Dial for AppDial {
+    type Error = String;
 
-    fn pooled(self: &Arc<Self>, sender: SendRequest<Body>) -> Pooled {
-        Pooled {
-            sender: Some(sender),
-            pool: self.clone(),
-        }
-    }
-
-    fn take(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() {
-                return Some(conn.sender);
-            }
-        }
-        None
-    }
-
-    fn put(&self, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
-        let epoch = self.epoch.load(Ordering::Relaxed);
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(Idle { sender, epoch });
-        }
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Body>, String> {
-        let addr = self.addr;
+    async fn dial(&self) -> Result<Dialed, String> {
+        let addr = self.0;
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connect to {addr}: timed out"))?
@@ -124,7 +124,102 @@ impl Http1Pool {
                 tracing::debug!(%addr, error = %e, "app connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Dialed {
+            sender,
+            retire_at: None,
+        })
+    }
+}
+
+impl Http1Pool<AppDial> {
+    /// A pool for the app at `addr`, with its idle sweep (ends when the pool is dropped).
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Http1Pool::with_dial(addr, AppDial(addr), IDLE_TIMEOUT)
+    }
+}
+
+impl<D: Dial> Http1Pool<D> {
+    /// A pool for `addr` whose connections `dial` opens, closed after `idle` unused (to 1.5 ×
+    /// `idle`), with its sweep (ends when the pool is dropped).
+    pub fn with_dial(addr: SocketAddr, dial: D, idle: Duration) -> Arc<Self> {
+        let pool = Arc::new(Http1Pool {
+            addr,
+            dial,
+            idle: Mutex::default(),
+            epoch: AtomicU64::new(0),
+        });
+        tokio::spawn(sweep(Arc::downgrade(&pool), idle));
+        pool
+    }
+
+    /// Sends `req` on an idle connection, or on a new one. The response comes with the
+    /// connection, to be put back when its body has been read (`Pooled::release`).
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Pooled), PoolError<D::Error>> {
+        match self.send_on_idle(req).await {
+            FromIdle::Answered(rsp, pooled) => Ok((rsp, pooled)),
+            FromIdle::Failed(e) => Err(e),
+            FromIdle::NoneIdle(req) => self.send_on_new(req).await,
+        }
+    }
+
+    /// Sends `req` on an idle connection if one takes it.
+    pub async fn send_on_idle(self: &Arc<Self>, mut req: Request<Body>) -> FromIdle<D::Error> {
+        while let Some(mut conn) = self.take() {
+            // Put back only after its response was read, so it is ready at once unless the peer
+            // closed it meanwhile.
+            if !conn.sender.is_ready() && conn.sender.ready().await.is_err() {
+                continue;
+            }
+            match conn.sender.try_send_request(req).await {
+                Ok(rsp) => return FromIdle::Answered(rsp, self.pooled(conn)),
+                // Never written (the connection closed first): try the next one.
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return FromIdle::Failed(request_error(e.into_error(), false)),
+                },
+            }
+        }
+        FromIdle::NoneIdle(req)
+    }
+
+    /// Sends `req` on a connection opened for it (boxed: only requests that open one pay for the
+    /// size of the future).
+    pub async fn send_on_new(
+        self: &Arc<Self>,
+        req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Pooled), PoolError<D::Error>> {
+        let dialed = Box::pin(self.dial.dial()).await.map_err(PoolError::Dial)?;
+        let mut conn = Conn {
+            sender: dialed.sender,
+            retire_at: dialed.retire_at,
+        };
+        match conn.sender.try_send_request(req).await {
+            Ok(rsp) => Ok((rsp, self.pooled(conn))),
+            Err(mut e) => {
+                let unsent = e.take_message().is_some();
+                Err(request_error(e.into_error(), unsent))
+            }
+        }
+    }
+
+    fn pooled(self: &Arc<Self>, conn: Conn) -> Pooled {
+        Pooled {
+            conn: Some(conn),
+            pool: self.clone(),
+        }
+    }
+
+    fn take(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(idle) = idle.pop() {
+            if idle.conn.usable() {
+                return Some(idle.conn);
+            }
+        }
+        None
     }
 
     /// Closes the connections idle since `SWEEPS_TO_CLOSE` sweeps ago, and those already closed.
@@ -133,7 +228,11 @@ impl Http1Pool {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        idle.retain(|c| !c.sender.is_closed() && c.epoch + SWEEPS_TO_CLOSE > epoch);
+        idle.retain(|c| c.conn.usable() && c.epoch + SWEEPS_TO_CLOSE > epoch);
+    }
+
+    pub fn dial(&self) -> &D {
+        &self.dial
     }
 
     #[cfg(test)]
@@ -142,8 +241,34 @@ impl Http1Pool {
     }
 }
 
-async fn sweep(pool: Weak<Http1Pool>) {
-    let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
+fn request_error<E>(error: hyper::Error, unsent: bool) -> PoolError<E> {
+    PoolError::Request { error, unsent }
+}
+
+/// Where a released connection goes back: its pool, whatever the pool's `Dial`.
+trait PutBack: Send + Sync {
+    fn put(&self, conn: Conn);
+    fn addr(&self) -> SocketAddr;
+}
+
+impl<D: Dial> PutBack for Http1Pool<D> {
+    fn put(&self, conn: Conn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(Idle { conn, epoch });
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+async fn sweep<D: Dial>(pool: Weak<Http1Pool<D>>, idle: Duration) {
+    let mut tick = tokio::time::interval(idle / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
@@ -157,15 +282,15 @@ async fn sweep(pool: Weak<Http1Pool>) {
 
 /// A connection lent to one response; back to its pool on `release`, closed if dropped before.
 pub struct Pooled {
-    sender: Option<SendRequest<Body>>,
-    pool: Arc<Http1Pool>,
+    conn: Option<Conn>,
+    pool: Arc<dyn PutBack>,
 }
 
 impl Pooled {
     /// The response was read to its end: the connection can carry the next request.
     pub fn release(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.pool.put(sender);
+        if let Some(conn) = self.conn.take() {
+            self.pool.put(conn);
         }
     }
 }
@@ -173,7 +298,7 @@ impl Pooled {
 impl std::fmt::Debug for Pooled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pooled")
-            .field("addr", &self.pool.addr)
+            .field("addr", &self.pool.addr())
             .finish()
     }
 }

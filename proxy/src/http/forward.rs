@@ -5,6 +5,7 @@
 //! An upgrade (WebSocket) is recognised before the hop-by-hop headers go and sent as an RFC 8441
 //! extended CONNECT on the same connection; `upgrade` answers the client and splices the streams.
 
+use super::app_pool::Pooled;
 use super::body::Body;
 use super::headers::{strip_hop_by_hop, CLIENT_ID};
 use super::route::Target;
@@ -17,6 +18,7 @@ use crate::resilience::breaker::{self, Limit};
 use crate::resilience::outlier::Outcome;
 use crate::resilience::retry::{AnsweredBy, AvoidEndpoint};
 use crate::resilience::timeout::{format_grpc_timeout, Deadline, GRPC_TIMEOUT};
+use crate::transport::{Blame, Http1Sent};
 use http::{header, Request, Response, Uri, Version};
 use hyper::client::conn::http2::SendRequest;
 use std::sync::Arc;
@@ -69,7 +71,15 @@ async fn forward(
             cluster: target.cluster.name.clone(),
         })?;
     let app_version = req.version();
-    to_mesh_form(&mut req)?;
+    // HTTP/1.x stays HTTP/1.1 on a pooled connection to the peer (`transport::http1`), unless it
+    // asks for an upgrade, which travels as extended CONNECT on the HTTP/2 connection.
+    let keep_http1 =
+        asked.is_none() && app_version <= Version::HTTP_11 && endpoint.state.conn.carries_http1();
+    if keep_http1 {
+        to_peer_http1_form(&mut req)?;
+    } else {
+        to_mesh_form(&mut req)?;
+    }
     let upgrading = match &asked {
         Some(asked) => Some(upgrade::to_extended_connect(&mut req, asked)?),
         None => None,
@@ -91,34 +101,38 @@ async fn forward(
         );
     };
     let mut load = LoadGuard::start(&endpoint.state);
-    let mut sender = match connection(cluster, &endpoint).await {
-        Ok(s) => s,
-        Err(e) => {
-            if e.is_connect_failure() {
-                cluster.state.stats.connect_failures.inc();
-                record(Outcome::GatewayError);
+    let addr = endpoint.addr;
+    let sent = if keep_http1 {
+        load.sent();
+        let sent = send_http1(cluster, &endpoint, req).await;
+        sent.map(|(rsp, pooled)| (rsp, Some(pooled)))
+    } else {
+        match connection(cluster, &endpoint).await {
+            Ok(mut sender) => {
+                load.sent();
+                let sent = crate::transport::send_judged(&mut sender, req, addr).await;
+                let sent = match upgrading {
+                    Some(_) => sent.map_err(|(e, blame)| (upgrade::connect_failed(e), blame)),
+                    None => sent,
+                };
+                sent.map(|rsp| (rsp, None))
             }
-            return Err(e);
+            // Opening a connection failed: the endpoint's fault when it could not be reached;
+            // a circuit breaker's refusal is not.
+            Err(e) if e.is_connect_failure() => Err((e, Blame::Endpoint)),
+            Err(e) => Err((e, Blame::Local)),
         }
     };
-    let addr = endpoint.addr;
-    load.sent();
-    let mut blame = crate::transport::Blame::Endpoint;
-    let sent = (crate::transport::send_judged(&mut sender, req, addr).await).map_err(|(e, b)| {
-        blame = b;
-        e
-    });
-    let sent = match upgrading {
-        Some(_) => sent.map_err(upgrade::connect_failed),
-        None => sent,
-    };
-    let mut rsp = match sent {
-        Ok(rsp) => rsp,
-        Err(e) => {
+    let (mut rsp, pooled) = match sent {
+        Ok(sent) => sent,
+        Err((e, blame)) => {
+            if e.is_connect_failure() {
+                cluster.state.stats.connect_failures.inc();
+            }
             // A stream refused by a draining peer, one this side reset for its client, or one the
             // peer ended because this side's clients reset too much, says nothing about the
             // endpoint's health (`transport::Blame`).
-            if blame == crate::transport::Blame::Endpoint {
+            if blame == Blame::Endpoint {
                 record(Outcome::GatewayError);
             }
             return Err(e);
@@ -135,7 +149,27 @@ async fn forward(
     strip_hop_by_hop(rsp.headers_mut());
     *rsp.version_mut() = app_version;
     rsp.extensions_mut().insert(AnsweredBy(addr));
-    Ok(rsp.map(|b| Body::from(b).hold_load(load)))
+    Ok(rsp.map(|b| {
+        let body = Body::from(b).hold_load(load);
+        match pooled {
+            Some(pooled) => body.pooled(pooled),
+            None => body,
+        }
+    }))
+}
+
+/// An HTTP/1.x request on a pooled HTTP/1.1 connection to the endpoint: an idle one, else a new
+/// one (boxed: the connecting future is large and only the requests that open one pay for it).
+async fn send_http1(
+    cluster: &Arc<Cluster>,
+    endpoint: &Endpoint,
+    req: Request<Body>,
+) -> Result<(Response<hyper::body::Incoming>, Pooled), (ProxyError, Blame)> {
+    match endpoint.state.conn.send_http1_on_idle(req).await {
+        Http1Sent::Answered(rsp, pooled) => Ok((rsp, pooled)),
+        Http1Sent::Failed(e) => Err(e),
+        Http1Sent::NoneIdle(req) => Box::pin(open_http1(cluster, endpoint, req)).await,
+    }
 }
 
 /// A connection to the endpoint: the live one, or a new one if the breaker allows it.
@@ -159,12 +193,38 @@ async fn open_connection(
     endpoint: &Endpoint,
 ) -> Result<SendRequest<Body>, ProxyError> {
     let _pending = breaker::acquire(cluster, Limit::Pending)?;
+    below_max_connections(cluster)?;
+    endpoint
+        .state
+        .conn
+        .sender(cluster.policy.connect_timeout)
+        .await
+}
+
+/// An HTTP/1.1 request that found no idle pooled connection: a new one, if the breaker allows it
+/// (opening it is a pending request, and it counts against `max connections`).
+async fn open_http1(
+    cluster: &Arc<Cluster>,
+    endpoint: &Endpoint,
+    req: Request<Body>,
+) -> Result<(Response<hyper::body::Incoming>, Pooled), (ProxyError, Blame)> {
+    let admitted = breaker::acquire(cluster, Limit::Pending).and_then(|pending| {
+        below_max_connections(cluster)?;
+        Ok(pending)
+    });
+    let _pending = admitted.map_err(|e| (e, Blame::Local))?;
+    (endpoint.state.conn)
+        .send_http1_on_new(req, cluster.policy.connect_timeout)
+        .await
+}
+
+/// Refuses a new connection when the cluster's endpoints have `max connections` open: HTTP/2
+/// connections (one per endpoint at most) and pooled HTTP/1.1 ones.
+fn below_max_connections(cluster: &Cluster) -> Result<(), ProxyError> {
     let max = cluster.policy.breaker.max_connections;
-    let open = cluster
-        .endpoints
-        .iter()
-        .filter(|e| e.state.conn.is_live())
-        .count();
+    let open: usize = (cluster.endpoints.iter())
+        .map(|e| usize::from(e.state.conn.is_live()) + e.state.conn.http1_open())
+        .sum();
     if open >= max as usize {
         cluster.state.stats.overflow_connections.inc();
         return Err(ProxyError::Overflow {
@@ -173,11 +233,29 @@ async fn open_connection(
             max,
         });
     }
-    endpoint
-        .state
-        .conn
-        .sender(cluster.policy.connect_timeout)
-        .await
+    Ok(())
+}
+
+/// HTTP/1.1 form for a peer: the authority in the Host header (from an absolute-form target if
+/// the app sent one; a request without either is refused, as in HTTP/2 form), origin-form target,
+/// no hop-by-hop headers, no client-identity header. Most requests already have their Host and
+/// an origin-form target, and are left as they are but for the headers removed.
+fn to_peer_http1_form(req: &mut Request<Body>) -> Result<(), ProxyError> {
+    if let Some(authority) = req.uri().authority() {
+        let host = header::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ProxyError::BadRequest("missing or invalid authority"))?;
+        let path = (req.uri().path_and_query().cloned())
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        req.headers_mut().insert(header::HOST, host);
+        *req.uri_mut() = Uri::from(path);
+    } else if !req.headers().contains_key(header::HOST) {
+        return Err(ProxyError::BadRequest("missing or invalid authority"));
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    headers.remove(&CLIENT_ID);
+    Ok(())
 }
 
 /// HTTP/2 form: absolute URI carrying the authority (which becomes `:authority`), no Host header,
@@ -213,6 +291,41 @@ fn to_mesh_form(req: &mut Request<Body>) -> Result<(), ProxyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_http1_form_keeps_host_and_drops_hop_by_hop_and_identity() {
+        let mut req = Request::get("/path?q=1")
+            .header("host", "hello:80")
+            .header("connection", "close")
+            .header(&CLIENT_ID, "spiffe://forged")
+            .header("x-app", "1")
+            .version(Version::HTTP_10)
+            .body(Body::empty())
+            .unwrap_or_default();
+        assert!(to_peer_http1_form(&mut req).is_ok());
+        assert_eq!(req.uri().to_string(), "/path?q=1");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "hello:80");
+        assert!(req.headers().get("connection").is_none());
+        assert!(req.headers().get(&CLIENT_ID).is_none());
+        assert!(req.headers().get("x-app").is_some());
+    }
+
+    #[test]
+    fn peer_http1_form_moves_an_absolute_target_into_host() {
+        let mut req = Request::get("http://hello:8080/x")
+            .header("host", "other")
+            .body(Body::empty())
+            .unwrap_or_default();
+        assert!(to_peer_http1_form(&mut req).is_ok());
+        assert_eq!(req.uri().to_string(), "/x");
+        assert_eq!(req.headers()["host"], "hello:8080");
+        let mut no_host = Request::get("/x").body(Body::empty()).unwrap_or_default();
+        assert!(matches!(
+            to_peer_http1_form(&mut no_host),
+            Err(ProxyError::BadRequest(_))
+        ));
+    }
 
     #[test]
     fn mesh_form_moves_host_into_authority() {

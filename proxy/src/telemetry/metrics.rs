@@ -402,7 +402,7 @@ impl Collector for MetricsCollector {
         counter(
             &mut e,
             "trellis_tls_peer_expired_closes",
-            "mTLS connections closed because the peer's certificate expired, by direction.",
+            "mTLS connections retired because the peer's certificate expired (outbound also: pooled HTTP/1.1 connections retired a second before this sidecar's own expires), by direction.",
             &conn_series(|c| &c.peer_expired_closes),
         )?;
         counter(

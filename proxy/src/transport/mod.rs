@@ -1,6 +1,7 @@
 //! Connections between sidecars: one multiplexed HTTP/2 connection over mutual TLS per endpoint,
-//! opened on first use and reopened when it closes. HTTP/2 carries every request the app makes,
-//! whatever protocol the app speaks, so a handful of connections serve any concurrency.
+//! opened on first use and reopened when it closes. It carries the app's gRPC, h2c and upgrade
+//! requests, whatever their concurrency; the app's HTTP/1.x requests go on pooled HTTP/1.1
+//! connections instead (`http1`), unless `--http1-to-peers h2` sends them here too.
 //!
 //! A peer that drains sends GOAWAY: hyper then refuses new streams on that connection (the handle
 //! reports closed), the next request opens a new connection, and a request caught in between is
@@ -39,7 +40,9 @@ use tokio::net::TcpStream;
 const MESH_KEEPALIVE: Duration = Duration::from_secs(10);
 
 mod expiry;
+mod http1;
 mod send;
+pub use http1::{Http1Sent, Http1ToPeers};
 pub use send::{send, send_judged, Blame};
 
 /// Makes `MeshConnection`s that share this proxy's TLS context.
@@ -48,11 +51,22 @@ pub struct MeshConnector {
     tls: TlsContext,
     /// Where connections retired at their peer's certificate expiry are counted.
     metrics: Option<Arc<ProxyMetrics>>,
+    http1_to_peers: Http1ToPeers,
 }
 
 impl MeshConnector {
     pub fn new(tls: TlsContext) -> Self {
-        MeshConnector { tls, metrics: None }
+        MeshConnector {
+            tls,
+            metrics: None,
+            http1_to_peers: Http1ToPeers::default(),
+        }
+    }
+
+    /// How HTTP/1.x requests travel to peers (`--http1-to-peers`).
+    pub fn with_http1_to_peers(mut self, way: Http1ToPeers) -> Self {
+        self.http1_to_peers = way;
+        self
     }
 
     /// Counts connections retired because the peer's certificate expired in `metrics`.
@@ -76,6 +90,8 @@ impl MeshConnector {
             connecting: tokio::sync::Mutex::new(()),
             last_used: AtomicU64::new(0),
             metrics: self.metrics.clone(),
+            http1_to_peers: self.http1_to_peers,
+            http1: OnceLock::new(),
         }
     }
 }
@@ -95,6 +111,9 @@ pub struct MeshConnection {
     last_used: AtomicU64,
     /// Where a retirement at the peer's expiry is counted (`MeshConnector::with_metrics`).
     metrics: Option<Arc<ProxyMetrics>>,
+    /// How HTTP/1.x requests travel to this peer, and their pool when it is HTTP/1.1 (`http1`).
+    http1_to_peers: Http1ToPeers,
+    http1: OnceLock<Arc<crate::http::app_pool::Http1Pool<http1::PeerDial>>>,
 }
 
 fn clock_ms() -> u64 {
@@ -123,6 +142,8 @@ impl MeshConnection {
             connecting: tokio::sync::Mutex::new(()),
             last_used: AtomicU64::new(0),
             metrics: None,
+            http1_to_peers: Http1ToPeers::H2,
+            http1: OnceLock::new(),
         }
     }
 
@@ -185,25 +206,8 @@ impl MeshConnection {
     /// A new connection, its sender as the slot will hold it.
     async fn connect(&self) -> Result<Arc<SendRequest<Body>>, ProxyError> {
         let addr = self.addr;
-        // In TLS 1.3 the client learns that the server refused its certificate only from the
-        // first read after the handshake, as a bare connection error; say it plainly instead.
-        let own = (self.own.as_ref()).and_then(|c| c.get());
-        if own.is_some_and(|key| PeerExpiry::of_chain(&key.cert).is_some_and(|e| e.has_passed())) {
-            return Err(ProxyError::Tls {
-                addr,
-                reason: "this sidecar's certificate expired (renewal is failing); peers refuse it"
-                    .into(),
-            });
-        }
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| ProxyError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
-        let _ = tcp.set_nodelay(true);
         let Some(tls) = &self.tls else {
-            let (sender, conn) = handshake(addr, tcp).await?;
+            let (sender, conn) = handshake(addr, tcp_connect(addr).await?).await?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(%addr, error = %e, "connection closed");
@@ -215,22 +219,7 @@ impl MeshConnection {
             addr,
             reason: e.to_string(),
         })?;
-        let stream = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(crate::tls::placeholder_server_name(), tcp)
-            .await
-            .map_err(|e| ProxyError::Tls {
-                addr,
-                reason: e.to_string(),
-            })?;
-        // The verifier accepted the chain, so it parses and has not expired; this only catches an
-        // expiry reached during the handshake, refused rather than retired at once.
-        let expiry = PeerExpiry::of(stream.get_ref().1)
-            .filter(|e| !e.has_passed())
-            .ok_or_else(|| ProxyError::Tls {
-                addr,
-                reason: "peer certificate expired".into(),
-            })?;
-        let stream = expiry::CutAt::new(stream, expiry.at + EXPIRY_GRACE);
+        let (stream, expiry) = peer_tls(addr, tls, self.own.as_deref()).await?;
         let (sender, conn) = handshake(addr, stream).await?;
         let sender = Arc::new(sender);
         let retire = expiry::Retire {
@@ -249,6 +238,57 @@ impl MeshConnection {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+}
+
+async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| ProxyError::Connect {
+            addr,
+            reason: e.to_string(),
+        })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// A peer's socket: mutual TLS that fails `EXPIRY_GRACE` after the peer's certificate expires.
+type PeerStream = expiry::CutAt<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// TCP and the mutual-TLS handshake with the peer sidecar at `addr`, whose identity `tls`
+/// verifies; with the peer certificate's expiry.
+async fn peer_tls(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    own: Option<&CertStore>,
+) -> Result<(PeerStream, PeerExpiry), ProxyError> {
+    // In TLS 1.3 the client learns that the server refused its certificate only from the
+    // first read after the handshake, as a bare connection error; say it plainly instead.
+    if (own.and_then(|c| c.get()))
+        .is_some_and(|key| PeerExpiry::of_chain(&key.cert).is_some_and(|e| e.has_passed()))
+    {
+        return Err(ProxyError::Tls {
+            addr,
+            reason: "this sidecar's certificate expired (renewal is failing); peers refuse it"
+                .into(),
+        });
+    }
+    let tcp = tcp_connect(addr).await?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(crate::tls::placeholder_server_name(), tcp)
+        .await
+        .map_err(|e| ProxyError::Tls {
+            addr,
+            reason: e.to_string(),
+        })?;
+    // The verifier accepted the chain, so it parses and has not expired; this only catches an
+    // expiry reached during the handshake, refused rather than retired at once.
+    let expiry = PeerExpiry::of(stream.get_ref().1)
+        .filter(|e| !e.has_passed())
+        .ok_or_else(|| ProxyError::Tls {
+            addr,
+            reason: "peer certificate expired".into(),
+        })?;
+    Ok((expiry::CutAt::new(stream, expiry.at + EXPIRY_GRACE), expiry))
 }
 
 /// Streams reset by this side that h2 remembers (for 30 s each), so that late frames on them are

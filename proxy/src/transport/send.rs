@@ -50,16 +50,22 @@ pub async fn send_judged(
         Err(mut e) => {
             // The request handed back: it never reached the connection.
             let returned = e.take_message().is_some();
-            let error = e.into_error();
-            let proxy_error = classify(addr, returned, &error);
-            let blame = match proxy_error {
-                ProxyError::Unprocessed { .. } => Blame::Unprocessed,
-                _ if caused_locally(&error) => Blame::Local,
-                _ => Blame::Endpoint,
-            };
-            Err((proxy_error, blame))
+            Err(judge(addr, returned, &e.into_error()))
         }
     }
+}
+
+/// A failed send as an error and its blame; `returned` when hyper handed the request back.
+/// Shared by HTTP/2 and the pooled HTTP/1.1 connections (`http1`), whose errors never carry an
+/// h2 reason and so are judged by `returned` and hyper's own kinds alone.
+pub(super) fn judge(addr: SocketAddr, returned: bool, error: &hyper::Error) -> (ProxyError, Blame) {
+    let proxy_error = classify(addr, returned, error);
+    let blame = match proxy_error {
+        ProxyError::Unprocessed { .. } => Blame::Unprocessed,
+        _ if caused_locally(error) => Blame::Local,
+        _ => Blame::Endpoint,
+    };
+    (proxy_error, blame)
 }
 
 /// The failure was this side's doing: hyper canceled the request or its body failed, h2 reset the
