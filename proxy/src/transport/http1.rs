@@ -118,27 +118,32 @@ impl Dial for PeerDial {
             tokio::spawn(async move {
                 let _counted = counted;
                 tokio::pin!(conn);
-                tokio::select! {
-                    // The timer first: the pool drops the connection once it has passed, which
-                    // ends `conn` too, and the retirement is still to be counted.
-                    biased;
-                    _ = tokio::time::sleep_until(retire) => {}
-                    res = &mut conn => {
-                        if let Err(e) = res {
-                            tracing::debug!(%addr, error = %e, "HTTP/1.1 mesh connection closed");
-                        }
+                let ended = tokio::select! {
+                    _ = tokio::time::sleep_until(retire) => None,
+                    res = &mut conn => Some(res),
+                };
+                // The pool stops lending the connection at `retire` and drops it when it next
+                // looks, which ends `conn`, possibly before the timer's tick: that is a
+                // retirement too.
+                if let Some(res) = &ended {
+                    if let Err(e) = res {
+                        tracing::debug!(%addr, error = %e, "HTTP/1.1 mesh connection closed");
+                    }
+                    if tokio::time::Instant::now() < retire {
                         return;
                     }
                 }
-                // The pool no longer lends it; a request in flight may finish (within the grace
-                // after the peer's expiry, when the socket fails).
                 if own_first {
                     record_own_expiry(metrics.as_deref(), &identity);
                 } else {
                     record_retired(metrics.as_deref(), Direction::Outbound, &identity, &expiry);
                 }
-                if let Err(e) = conn.await {
-                    tracing::debug!(%addr, error = %e, "retired HTTP/1.1 mesh connection closed");
+                // A request in flight may finish (within the grace after the peer's expiry, when
+                // the socket fails).
+                if ended.is_none() {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%addr, error = %e, "retired HTTP/1.1 mesh connection closed");
+                    }
                 }
             });
             tracing::debug!(%addr, not_after = expiry.not_after, "HTTP/1.1 mesh connection established");
