@@ -177,7 +177,6 @@ impl MeshConnection {
     /// (`Body::pooled`). `NoneIdle` hands the request back for `send_http1_on_new`, which the
     /// caller's circuit breaker may refuse first.
     pub async fn send_http1_on_idle(&self, req: Request<Body>) -> Http1Sent {
-        self.touch();
         let idempotent = req.method().is_idempotent();
         match self.http1_pool().send_on_idle(req).await {
             FromIdle::Answered(rsp, pooled) => Http1Sent::Answered(rsp, pooled),
