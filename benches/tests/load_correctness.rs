@@ -56,9 +56,17 @@ fn check(r: &load::LoadResult) {
         "p99 {} µs hides the 100 ms stalls",
         r.latency.p99_us
     );
-    assert!(r.latency.max_us >= 90_000 && r.latency.max_us < 200_000);
-    // Most requests are not near a stall.
-    assert!(r.latency.p50_us < 10_000, "p50 {} µs", r.latency.p50_us);
+    // The longest wait is a stall plus the host's own scheduling delays: on a busy shared host
+    // (CI, 2026-12-03) the direct path's p50 alone reached 19 ms and its max 352 ms, so the upper
+    // bound only rules out a generator that piles stall upon stall.
+    assert!(
+        r.latency.max_us >= 90_000 && r.latency.max_us < 600_000,
+        "max {} µs",
+        r.latency.max_us
+    );
+    // Most requests are not near a stall: a generator that held every request behind the stalls
+    // would put the median near the stall's length.
+    assert!(r.latency.p50_us < 50_000, "p50 {} µs", r.latency.p50_us);
     // What a closed-loop generator would see is smaller: the backlog after a stall is sent at once.
     assert!(r.uncorrected.p99_us < r.latency.p99_us);
 }
