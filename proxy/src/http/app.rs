@@ -195,15 +195,7 @@ fn to_absolute_form(
     let authority = host
         .and_then(|h| h.parse::<http::uri::Authority>().ok())
         .ok_or(ProxyError::BadRequest("missing or invalid authority"))?;
-    let mut parts = req.uri().clone().into_parts();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    *req.uri_mut() =
-        Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-    Ok(())
+    super::set_absolute_target(req, authority)
 }
 
 #[cfg(test)]

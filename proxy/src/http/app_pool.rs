@@ -178,7 +178,13 @@ impl<D: Dial> Http1Pool<D> {
                 // Never written (the connection closed first): try the next one.
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
-                    None => return FromIdle::Failed(request_error(e.into_error(), false)),
+                    None => {
+                        let error = e.into_error();
+                        return FromIdle::Failed(PoolError::Request {
+                            error,
+                            unsent: false,
+                        });
+                    }
                 },
             }
         }
@@ -200,7 +206,10 @@ impl<D: Dial> Http1Pool<D> {
             Ok(rsp) => Ok((rsp, self.pooled(conn))),
             Err(mut e) => {
                 let unsent = e.take_message().is_some();
-                Err(request_error(e.into_error(), unsent))
+                Err(PoolError::Request {
+                    error: e.into_error(),
+                    unsent,
+                })
             }
         }
     }
@@ -239,10 +248,6 @@ impl<D: Dial> Http1Pool<D> {
     fn idle_count(&self) -> usize {
         self.idle.lock().map_or(0, |i| i.len())
     }
-}
-
-fn request_error<E>(error: hyper::Error, unsent: bool) -> PoolError<E> {
-    PoolError::Request { error, unsent }
 }
 
 /// Where a released connection goes back: its pool, whatever the pool's `Dial`.

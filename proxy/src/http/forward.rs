@@ -270,16 +270,7 @@ fn to_mesh_form(req: &mut Request<Body>) -> Result<(), ProxyError> {
             .and_then(|h| h.parse().ok())
             .ok_or(ProxyError::BadRequest("missing or invalid authority"))?,
     };
-    let mut parts = req.uri().clone().into_parts();
-    parts.authority = Some(authority);
-    if parts.scheme.is_none() {
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-    }
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    *req.uri_mut() =
-        Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    super::set_absolute_target(req, authority)?;
     *req.version_mut() = Version::HTTP_2;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);

@@ -73,6 +73,26 @@ pub fn host_and_port<B>(req: &Request<B>) -> Option<(Cow<'_, str>, Option<u16>)>
     Some((host, port))
 }
 
+/// Puts the request's target in absolute form (`scheme://authority/path`) with `authority`, as
+/// HTTP/2 wants it: the scheme stays if the target had one, else `http`; the path `/` if it had
+/// none. Shared by the mesh's HTTP/2 form and the inbound's requests to an h2c app.
+pub fn set_absolute_target<B>(
+    req: &mut Request<B>,
+    authority: http::uri::Authority,
+) -> Result<(), ProxyError> {
+    let mut parts = req.uri().clone().into_parts();
+    parts.authority = Some(authority);
+    if parts.scheme.is_none() {
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+    }
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    Ok(())
+}
+
 /// The port of the request's authority, as `authority` finds it, without the host: callers that
 /// want only the port (the inbound side, twice per request) spared the host's lower-casing.
 pub fn authority_port<B>(req: &Request<B>) -> Option<u16> {
