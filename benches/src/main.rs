@@ -299,6 +299,32 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
+/// Ctrl-C, or SIGTERM from whatever runs the bench (a CI job's timeout, `kill`).
+async fn stop_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map(|()| "interrupted").context("listening for Ctrl-C"),
+        _ = term.recv() => Ok("terminated"),
+    }
+}
+
+/// Runs `work` on a runtime of `threads` workers until it ends or the bench is told to stop.
+/// Stopped, `work` is dropped before the process exits, and with it every process it started
+/// (`kill_on_drop`): a signal's default action would end the bench without dropping anything and
+/// leave its control plane, sidecars, peers and upstream running.
+fn run_until_stopped<T>(
+    threads: usize,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    runtime(threads)?.block_on(async {
+        tokio::select! {
+            r = work => r,
+            why = stop_signal() => anyhow::bail!("{}", why?),
+        }
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -339,7 +365,7 @@ fn main() -> anyhow::Result<()> {
             cfg.pingora = pingora;
             cfg.templates = peers;
             // One worker for the generator (plus the pacer thread): the proxies need the cores.
-            let report = runtime(1)?.block_on(suite::run(&cfg))?;
+            let report = run_until_stopped(1, suite::run(&cfg))?;
             report.write(&dir)?;
             print!("{}", std::fs::read_to_string(dir.join("report.md"))?);
             eprintln!("\nresults in {}", dir.display());
@@ -352,7 +378,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Load { args, rate } => {
             let c = load_config(&args, rate)?;
-            let r = runtime(1)?.block_on(load::run(&c))?;
+            let r = run_until_stopped(1, load::run(&c))?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
         Command::Saturate {
@@ -369,7 +395,7 @@ fn main() -> anyhow::Result<()> {
                 max_rps,
                 p99_bound_us,
             };
-            let r = runtime(1)?.block_on(load::saturate(&c, &sat))?;
+            let r = run_until_stopped(1, load::saturate(&c, &sat))?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             eprintln!(
                 "highest rate held with p99 ≤ {p99_bound_us} µs: {:.0} rps",
@@ -396,7 +422,7 @@ fn main() -> anyhow::Result<()> {
             cfg.p99_bound_us = p99_bound_us;
             cfg.saturation_rps = saturation_rps;
             cfg.trellis = trellis;
-            let r = runtime(1)?.block_on(trellis_bench::overload::run(&cfg))?;
+            let r = run_until_stopped(1, trellis_bench::overload::run(&cfg))?;
             print!("{}", trellis_bench::overload::markdown(&r));
             eprintln!("\nresults in {}", dir.display());
         }
@@ -421,7 +447,7 @@ fn main() -> anyhow::Result<()> {
                 Duration::try_from_secs_f64(sample_every).context("--sample-every")?;
             cfg.rss_bound_kib = rss_bound_kib;
             cfg.trellis = trellis;
-            let r = runtime(1)?.block_on(trellis_bench::soak::run(&cfg))?;
+            let r = run_until_stopped(1, trellis_bench::soak::run(&cfg))?;
             print!("{}", trellis_bench::soak::markdown(&r));
             eprintln!("\nresults in {}", dir.display());
             if !r.held {
@@ -446,7 +472,7 @@ fn main() -> anyhow::Result<()> {
             cfg.workers = workers.into_iter().map(|w| w.max(1)).collect();
             cfg.peers = !no_peers;
             cfg.trellis = trellis;
-            let r = runtime(1)?.block_on(trellis_bench::instructions::run(&cfg))?;
+            let r = run_until_stopped(1, trellis_bench::instructions::run(&cfg))?;
             let md = trellis_bench::instructions::markdown(&r);
             std::fs::write(dir.join("instructions.md"), &md)?;
             std::fs::write(
@@ -472,12 +498,7 @@ fn main() -> anyhow::Result<()> {
                 workers,
                 out: dir.clone(),
             };
-            let r = runtime(1)?.block_on(async {
-                tokio::select! {
-                    r = trellis_bench::footprint::run(&cfg) => r,
-                    _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
-                }
-            })?;
+            let r = run_until_stopped(1, trellis_bench::footprint::run(&cfg))?;
             std::fs::write(
                 dir.join("footprint.json"),
                 serde_json::to_string_pretty(&r)?,
@@ -508,12 +529,7 @@ fn main() -> anyhow::Result<()> {
                 syscalls,
                 out: dir.clone(),
             };
-            let (flames, load) = runtime(1)?.block_on(async {
-                tokio::select! {
-                    r = trellis_bench::flame::run(&cfg) => r,
-                    _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
-                }
-            })?;
+            let (flames, load) = run_until_stopped(1, trellis_bench::flame::run(&cfg))?;
             println!("{} answered, {} errors", load.ok, load.errors);
             for f in flames {
                 println!("{}: {} samples, {}", f.name, f.samples, f.svg.display());
@@ -556,12 +572,7 @@ fn main() -> anyhow::Result<()> {
             cfg.trellis = trellis;
             // Two workers: ten thousand streams' ACKs are work too, and on Ctrl-C the run is
             // dropped so that the control plane it started is killed.
-            let r = runtime(2)?.block_on(async {
-                tokio::select! {
-                    r = trellis_bench::fleet::run(&cfg) => r,
-                    _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
-                }
-            })?;
+            let r = run_until_stopped(2, trellis_bench::fleet::run(&cfg))?;
             std::fs::write(dir.join("fleet.json"), serde_json::to_string_pretty(&r)?)?;
             print!("{}", trellis_bench::fleet::markdown(&r));
             eprintln!("\nresults in {}", dir.display());
@@ -576,7 +587,7 @@ fn main() -> anyhow::Result<()> {
                     );
                     servers.push(trellis_bench::upstream::Upstream::start(addr, None).await?);
                 }
-                tokio::signal::ctrl_c().await?;
+                stop_signal().await?;
                 drop(servers);
                 Ok::<_, anyhow::Error>(())
             })?;

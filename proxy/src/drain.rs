@@ -10,6 +10,7 @@
 //! does not say so; `CloseOnDrain` adds `Connection: close` (RFC 9112 §9.6) to HTTP/1 responses
 //! written once drain has begun, so the client knows not to reuse the connection.
 
+use crate::seldom::SeldomReady;
 use http::{header, HeaderValue, Request, Response, Version};
 use std::future::Future;
 use std::pin::Pin;
@@ -52,10 +53,16 @@ impl Drain {
 }
 
 impl DrainWatch {
-    /// Completes once drain is signalled (or the `Drain` is dropped).
-    pub async fn signaled(&self) {
+    /// Completes once drain is signalled (or the `Drain` is dropped). Cheap to poll again
+    /// (`seldom`): every connection's task polls it at each wake-up.
+    pub fn signaled(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.signal.clone();
-        let _ = rx.wait_for(|v| *v).await;
+        let sent = self.signal.clone();
+        let wait = async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        // Anything sent (only `true` ever is) or the sender gone: poll the wait.
+        SeldomReady::new(wait, move |_: &_| sent.has_changed().unwrap_or(true))
     }
 
     /// Completes once the `Drain` is gone: the grace period ran out (its `drain()` future was

@@ -8,7 +8,7 @@
 //! certificate renewal), `control_plane` (the link both use: keepalive, deadlines, error causes),
 //! `discovery` (the delta-xDS client), `config` (the snapshot the proxy
 //! serves with), `admin`, `probes` (the app's own probes, performed for the kubelet on the admin
-//! port), `drain`, `limits` (the bounds on what a client or a flood may cost), `redirect` (the `trellis-proxy redirect` init step: iptables
+//! port), `drain` (and `seldom`: futures a connection polls often that are seldom ready), `limits` (the bounds on what a client or a flood may cost), `redirect` (the `trellis-proxy redirect` init step: iptables
 //! rules), `detect` (protocol detection), and `proxy` (wiring). Transparent mode (original
 //! destination, opaque TCP, passthrough) lives in `listeners`.
 // `unsafe` is denied everywhere except `listeners::original_dst` (one getsockopt call).
@@ -33,6 +33,7 @@ mod proxy;
 pub mod random;
 pub mod redirect;
 pub mod resilience;
+pub mod seldom;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;

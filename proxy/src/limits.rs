@@ -28,7 +28,9 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// An HTTP/1 request head must arrive within this (slowloris).
+    /// An HTTP/1 connection that waits this long for a request head and gets none (a head
+    /// dribbled in, slowloris, or an idle keep-alive connection) is closed, after one to two of
+    /// these (`listeners::head_wait`).
     pub header_read_timeout: Duration,
     /// Largest HTTP/1 request head (request line plus headers), in bytes.
     pub max_header_bytes: usize,
@@ -98,15 +100,38 @@ pub struct Budget {
     active: AtomicIsize,
 }
 
-/// What one client connection holds of a `Budget` (`Budget::try_take_for`).
-#[derive(Debug, Default)]
+/// What one client connection holds of a `Budget` (`Budget::try_take_for`). Its count is also
+/// how the connection's reader tells an idle connection from one waiting on a response
+/// (`h1_guard`'s head timer): a slot is held until the response body ends.
+#[derive(Debug)]
 pub struct Share {
     held: AtomicUsize,
+    /// Whether the connection may be refused for holding more than its fair share.
+    fair: bool,
 }
 
 impl Share {
+    /// A connection's share, refused past its fair part of a busy budget.
     pub fn new() -> Arc<Share> {
-        Arc::default()
+        Share::with(true)
+    }
+
+    /// A connection's share that is only counted, never judged fair or not (and not counted
+    /// among the budget's active connections, which only fairness reads).
+    pub fn counted() -> Arc<Share> {
+        Share::with(false)
+    }
+
+    /// A share of the same kind for another connection.
+    pub fn another(&self) -> Arc<Share> {
+        Share::with(self.fair)
+    }
+
+    fn with(fair: bool) -> Arc<Share> {
+        Arc::new(Share {
+            held: AtomicUsize::new(0),
+            fair,
+        })
     }
 
     pub fn held(&self) -> usize {
@@ -151,18 +176,18 @@ impl Budget {
     }
 
     /// A slot for a request of the connection whose holdings are `share`: refused if the budget
-    /// is full, or if it is at least half used and the connection already holds its fair share
-    /// (see the module comment).
+    /// is full, or, for a fair share, if it is at least half used and the connection already
+    /// holds its fair part (see `resilience::shed`).
     pub fn try_take_for(self: &Arc<Self>, share: &Arc<Share>) -> Option<Slot> {
         let held = share.held.fetch_add(1, Ordering::AcqRel);
-        if held == 0 {
+        if held == 0 && share.fair {
             self.active.fetch_add(1, Ordering::AcqRel);
         }
         let max = self.max;
         let mut unfair = false;
         // Only a connection at or over the floor can be over its share: the common case (a
         // client with a few requests out) never reads the active count.
-        let fair = (held >= FAIR_SHARE_FLOOR).then(|| {
+        let fair = (share.fair && held >= FAIR_SHARE_FLOOR).then(|| {
             let active = self.active.load(Ordering::Acquire).max(1) as usize;
             (max / (active + 1)).max(FAIR_SHARE_FLOOR)
         });
@@ -187,7 +212,7 @@ impl Budget {
     }
 
     fn give_back_share(&self, share: &Share) {
-        if share.held.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if share.held.fetch_sub(1, Ordering::AcqRel) == 1 && share.fair {
             self.active.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -241,6 +266,22 @@ mod tests {
         drop(a);
         assert!(budget.try_take().is_some(), "a freed place is usable again");
         assert_eq!(budget.in_use(), 1, "the slot above was dropped at once");
+    }
+
+    #[test]
+    fn a_counted_share_is_counted_but_never_judged_fair() {
+        use super::Share;
+        let budget = Budget::new(40);
+        let share = Share::counted();
+        // A fair share alone would get half the budget; a counted one gets all of it.
+        let held: Vec<_> = (0..41).map_while(|_| budget.try_take_for(&share)).collect();
+        assert_eq!(
+            (held.len(), share.held(), budget.refused_unfair()),
+            (40, 40, 0)
+        );
+        assert_eq!(budget.active_connections(), 0, "only fairness reads it");
+        drop(held);
+        assert_eq!((share.held(), budget.in_use()), (0, 0));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 use trellis_proxy::transport::Http1ToPeers;
+use trellis_tests::client::{collect, full};
 use trellis_tests::{Mesh, Service, TestClient};
 
 const HELLO: usize = 1;
@@ -82,9 +83,9 @@ async fn with_h2_concurrent_http1_requests_share_one_connection() {
     assert_eq!(metric(&mesh, HELLO, OPENED).await - before, 1);
 }
 
-/// The peer's inbound closes an HTTP/1.1 connection idle for its header read timeout (here 1 s,
-/// below the pool's own 4 s): the pool notices the close and the next requests open new
-/// connections without an error reaching the app.
+/// The peer's inbound closes an HTTP/1.1 connection idle for one to two header read timeouts
+/// (here 1 s; `listeners::head_wait`), before the pool's own 4 s: the pool notices the close and
+/// the next requests open new connections without an error reaching the app.
 #[tokio::test]
 async fn connections_the_peer_closed_while_pooled_are_replaced_without_errors() {
     let limits = trellis_proxy::Limits {
@@ -95,7 +96,63 @@ async fn connections_the_peer_closed_while_pooled_are_replaced_without_errors() 
     mesh.workload("hello").app.delay(Duration::from_millis(200));
     let before = metric(&mesh, HELLO, OPENED).await;
     burst(&mesh, 3).await;
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
     burst(&mesh, 3).await;
     assert_eq!(metric(&mesh, HELLO, OPENED).await - before, 6);
+}
+
+/// A connection waiting on a slow response is not waiting for a head: an answer that takes
+/// longer than two header read timeouts still arrives, on the client's connection to its sidecar
+/// and on the sidecars' own, and the kept connection carries the next request.
+#[tokio::test]
+async fn a_response_slower_than_the_header_read_timeout_is_not_cut() {
+    let limits = trellis_proxy::Limits {
+        header_read_timeout: Duration::from_millis(500),
+        ..trellis_proxy::Limits::default()
+    };
+    let mesh = mesh(Http1ToPeers::Http1, limits).await;
+    mesh.workload("hello")
+        .app
+        .delay(Duration::from_millis(1600));
+    let before = metric(&mesh, HELLO, OPENED).await;
+    burst(&mesh, 1).await;
+    mesh.workload("hello").app.delay(Duration::ZERO);
+    burst(&mesh, 1).await;
+    assert_eq!(metric(&mesh, HELLO, OPENED).await - before, 1);
+}
+
+/// POST is not idempotent: it takes the peer's HTTP/2 connection, whose GOAWAY tells a request
+/// the draining peer took from one it never read (an HTTP/1.1 connection closed as the request
+/// goes out cannot; `rollout.rs` lost POSTs that way). Six at once share that one connection,
+/// and the app still hears HTTP/1.1 with the body intact.
+#[tokio::test]
+async fn post_requests_share_the_http2_connection_in_http1_mode() {
+    let mesh = mesh(Http1ToPeers::Http1, trellis_proxy::Limits::default()).await;
+    mesh.workload("hello").app.delay(Duration::from_millis(300));
+    let before = metric(&mesh, HELLO, OPENED).await;
+    let clients: Vec<TestClient> = (0..6).map(|_| mesh.client("client", false)).collect();
+    let calls = clients.iter().enumerate().map(|(i, c)| {
+        let req = http::Request::post("http://hello/echo")
+            .body(full(format!("post {i}")))
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        c.send(req)
+    });
+    for (i, result) in futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let rsp = result.unwrap_or_else(|e| panic!("request {i}: {e:#}"));
+        let (head, body) = collect(rsp)
+            .await
+            .unwrap_or_else(|e| panic!("body {i}: {e:#}"));
+        assert_eq!(head.status(), 200, "request {i}");
+        assert_eq!(head.headers()["x-echo-version"], "HTTP/1.1", "request {i}");
+        assert_eq!(body, format!("post {i}").as_bytes(), "request {i}");
+    }
+    assert_eq!(
+        metric(&mesh, HELLO, OPENED).await - before,
+        1,
+        "one HTTP/2 connection"
+    );
 }

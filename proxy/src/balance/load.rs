@@ -83,6 +83,7 @@ impl Load {
 #[derive(Debug)]
 pub struct LoadGuard {
     endpoint: Arc<EndpointState>,
+    /// When the request went out (`sent`); meaningless before, and never read then.
     started: Instant,
     /// Sent, and no response head yet.
     awaiting_head: bool,
@@ -93,7 +94,8 @@ impl LoadGuard {
         endpoint.load.outstanding.fetch_add(1, Ordering::Relaxed);
         LoadGuard {
             endpoint: endpoint.clone(),
-            started: Instant::now(),
+            // No clock read until the request is sent: only `sent` starts the measurement.
+            started: endpoint.load.epoch,
             awaiting_head: false,
         }
     }
@@ -107,10 +109,11 @@ impl LoadGuard {
 
     /// Response headers arrived: the latency sample.
     pub fn headers_received(&mut self) {
-        self.awaiting_head = false;
-        self.endpoint
-            .load
-            .observe(self.started.elapsed().as_nanos() as f64);
+        if std::mem::take(&mut self.awaiting_head) {
+            self.endpoint
+                .load
+                .observe(self.started.elapsed().as_nanos() as f64);
+        }
     }
 }
 

@@ -37,7 +37,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// connection pay for it.
 pub trait Dial: Send + Sync + 'static {
     type Error: std::fmt::Display + Send;
-    fn dial(&self) -> impl Future<Output = Result<Dialed, Self::Error>> + Send;
+    /// A connection, or an error once `timeout` has passed.
+    fn dial(&self, timeout: Duration) -> impl Future<Output = Result<Dialed, Self::Error>> + Send;
 }
 
 /// A new connection's handle, its task already spawned.
@@ -88,6 +89,9 @@ struct Idle {
     epoch: u64,
 }
 
+/// A connection just opened for a request (`Http1Pool::open`), not yet pooled.
+pub struct NewConn(Conn);
+
 /// A connection's handle and when it retires.
 struct Conn {
     sender: SendRequest<Body>,
@@ -109,9 +113,9 @@ pub struct AppDial(SocketAddr);
 impl Dial for AppDial {
     type Error = String;
 
-    async fn dial(&self) -> Result<Dialed, String> {
+    async fn dial(&self, timeout: Duration) -> Result<Dialed, String> {
         let addr = self.0;
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connect to {addr}: timed out"))?
             .map_err(|e| format!("connect to {addr}: {e}"))?;
@@ -161,7 +165,10 @@ impl<D: Dial> Http1Pool<D> {
         match self.send_on_idle(req).await {
             FromIdle::Answered(rsp, pooled) => Ok((rsp, pooled)),
             FromIdle::Failed(e) => Err(e),
-            FromIdle::NoneIdle(req) => self.send_on_new(req).await,
+            FromIdle::NoneIdle(req) => {
+                let conn = self.open(CONNECT_TIMEOUT).await.map_err(PoolError::Dial)?;
+                self.send_on_new(conn, req).await
+            }
         }
     }
 
@@ -191,17 +198,24 @@ impl<D: Dial> Http1Pool<D> {
         FromIdle::NoneIdle(req)
     }
 
-    /// Sends `req` on a connection opened for it (boxed: only requests that open one pay for the
-    /// size of the future).
-    pub async fn send_on_new(
-        self: &Arc<Self>,
-        req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Pooled), PoolError<D::Error>> {
-        let dialed = Box::pin(self.dial.dial()).await.map_err(PoolError::Dial)?;
-        let mut conn = Conn {
+    /// Opens a connection for a request that found none idle (boxed: only requests that open
+    /// one pay for the size of the future). Apart from sending on it, so that the caller can
+    /// tell the time to open it from the time the request took (`balance::LoadGuard::sent`).
+    pub async fn open(&self, timeout: Duration) -> Result<NewConn, D::Error> {
+        let dialed = Box::pin(self.dial.dial(timeout)).await?;
+        Ok(NewConn(Conn {
             sender: dialed.sender,
             retire_at: dialed.retire_at,
-        };
+        }))
+    }
+
+    /// Sends `req` on a connection `open` made for it.
+    pub async fn send_on_new(
+        self: &Arc<Self>,
+        conn: NewConn,
+        req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Pooled), PoolError<D::Error>> {
+        let NewConn(mut conn) = conn;
         match conn.sender.try_send_request(req).await {
             Ok(rsp) => Ok((rsp, self.pooled(conn))),
             Err(mut e) => {

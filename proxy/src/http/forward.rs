@@ -72,9 +72,15 @@ async fn forward(
         })?;
     let app_version = req.version();
     // HTTP/1.x stays HTTP/1.1 on a pooled connection to the peer (`transport::http1`), unless it
-    // asks for an upgrade, which travels as extended CONNECT on the HTTP/2 connection.
-    let keep_http1 =
-        asked.is_none() && app_version <= Version::HTTP_11 && endpoint.state.conn.carries_http1();
+    // asks for an upgrade (extended CONNECT on the HTTP/2 connection) or is not idempotent. A
+    // peer that drains closes its idle HTTP/1.1 connections, and a request written as one closes
+    // cannot tell whether the peer read it: an idempotent one is retried (RFC 9112 §9.3.1), a
+    // POST would be lost (a 502 in a rolling restart). On HTTP/2 the peer's GOAWAY names the
+    // last stream it took, so a request it never processed is retried whatever its method.
+    let keep_http1 = asked.is_none()
+        && app_version <= Version::HTTP_11
+        && req.method().is_idempotent()
+        && endpoint.state.conn.carries_http1();
     if keep_http1 {
         to_peer_http1_form(&mut req)?;
     } else {
@@ -103,8 +109,7 @@ async fn forward(
     let mut load = LoadGuard::start(&endpoint.state);
     let addr = endpoint.addr;
     let sent = if keep_http1 {
-        load.sent();
-        let sent = send_http1(cluster, &endpoint, req).await;
+        let sent = send_http1(cluster, &endpoint, req, &mut load).await;
         sent.map(|(rsp, pooled)| (rsp, Some(pooled)))
     } else {
         match connection(cluster, &endpoint).await {
@@ -160,15 +165,19 @@ async fn forward(
 
 /// An HTTP/1.x request on a pooled HTTP/1.1 connection to the endpoint: an idle one, else a new
 /// one (boxed: the connecting future is large and only the requests that open one pay for it).
+/// `load` is marked sent when the request goes out on a connection, so a handshake is no part
+/// of the endpoint's latency, as on HTTP/2.
 async fn send_http1(
     cluster: &Arc<Cluster>,
     endpoint: &Endpoint,
     req: Request<Body>,
+    load: &mut LoadGuard,
 ) -> Result<(Response<hyper::body::Incoming>, Pooled), (ProxyError, Blame)> {
+    load.sent();
     match endpoint.state.conn.send_http1_on_idle(req).await {
         Http1Sent::Answered(rsp, pooled) => Ok((rsp, pooled)),
         Http1Sent::Failed(e) => Err(e),
-        Http1Sent::NoneIdle(req) => Box::pin(open_http1(cluster, endpoint, req)).await,
+        Http1Sent::NoneIdle(req) => Box::pin(open_http1(cluster, endpoint, req, load)).await,
     }
 }
 
@@ -207,15 +216,21 @@ async fn open_http1(
     cluster: &Arc<Cluster>,
     endpoint: &Endpoint,
     req: Request<Body>,
+    load: &mut LoadGuard,
 ) -> Result<(Response<hyper::body::Incoming>, Pooled), (ProxyError, Blame)> {
     let admitted = breaker::acquire(cluster, Limit::Pending).and_then(|pending| {
         below_max_connections(cluster)?;
         Ok(pending)
     });
-    let _pending = admitted.map_err(|e| (e, Blame::Local))?;
-    (endpoint.state.conn)
-        .send_http1_on_new(req, cluster.policy.connect_timeout)
+    let pending = admitted.map_err(|e| (e, Blame::Local))?;
+    let conn = (endpoint.state.conn)
+        .open_http1(cluster.policy.connect_timeout)
         .await
+        .map_err(|e| (e, Blame::Endpoint))?;
+    // Pending until it has a connection, as on HTTP/2.
+    drop(pending);
+    load.sent();
+    endpoint.state.conn.send_http1_on_new(conn, req).await
 }
 
 /// Refuses a new connection when the cluster's endpoints have `max connections` open: HTTP/2

@@ -20,6 +20,9 @@
 //! empty SETTINGS (the server preface) and GOAWAY; hyper would take them for an HTTP/1.1 request
 //! and answer 400. Until the first bytes decide, at most 24 of them are held back from hyper.
 //!
+//! The guard also keeps the connection's request-head read timeout (`head_wait`), where the
+//! scanner says whether a head is awaited.
+//!
 //! hyper serves an HTTP/1 connection's requests one at a time and in order, so the n-th call of
 //! the service is the n-th head the scanner saw; one finding per connection is enough, since the
 //! connection ends with the request it names. Per request this costs one atomic increment and
@@ -28,11 +31,13 @@
 //! lines, skipping chunk data and Content-Length bodies in one step.
 
 use super::h1_scan::{Finding, Problem, Scanner};
+use super::head_wait::HeadWait;
+use crate::seldom::SeldomReady;
 use futures_util::task::AtomicWaker;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -48,8 +53,10 @@ pub struct Findings {
     pub(super) served: AtomicU64,
     /// Requests the client gave up on before their response began.
     pub(super) abandoned: AtomicU64,
-    /// Signalled once the connection is to be closed for abuse.
-    pub(super) abusive: Notify,
+    /// Signalled once the connection is to be closed for abuse (`mark_abusive`).
+    abusive: Notify,
+    /// Set before `abusive` is signalled: what `abusive()` looks at on a wake-up.
+    abusive_marked: AtomicBool,
     /// `Scanner::cleared`: requests that may be forwarded as far as their framing goes.
     cleared: AtomicU64,
     /// The request waiting to be cleared (HTTP/1 has one at a time).
@@ -64,6 +71,7 @@ impl Default for Findings {
             served: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             abusive: Notify::new(),
+            abusive_marked: AtomicBool::new(false),
             cleared: AtomicU64::new(u64::MAX),
             gate: AtomicWaker::new(),
         }
@@ -112,9 +120,17 @@ impl Findings {
             .map(|f| f.problem)
     }
 
-    /// Resolves when the connection should be closed for abuse (see `request_guard`).
-    pub async fn abusive(&self) {
-        self.abusive.notified().await
+    /// Resolves when the connection should be closed for abuse (see `request_guard`). Cheap to
+    /// poll again (`seldom`): the connection's task polls it at each wake-up.
+    pub fn abusive(&self) -> impl Future<Output = ()> + Send + '_ {
+        SeldomReady::new(self.abusive.notified(), |_: &_| {
+            self.abusive_marked.load(Ordering::Acquire)
+        })
+    }
+
+    pub(super) fn mark_abusive(&self) {
+        self.abusive_marked.store(true, Ordering::Release);
+        self.abusive.notify_one();
     }
 }
 
@@ -132,6 +148,7 @@ pin_project_lite::pin_project! {
         preface: Preface,
         // The scanner refused the body: reads fail from here on.
         failed: Option<&'static str>,
+        head_wait: Option<HeadWait>,
     }
 }
 
@@ -205,8 +222,14 @@ impl<IO> GuardedIo<IO> {
                 len: 0,
             },
             failed: None,
+            head_wait: None,
         };
         (io, findings)
+    }
+
+    /// Ends the connection when it waits too long for a request head (`head_wait`).
+    pub fn wait_for_heads(&mut self, wait: HeadWait) {
+        self.head_wait = Some(wait);
     }
 }
 
@@ -289,6 +312,26 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let polled = self.as_mut().poll_read_judged(cx, buf);
+        if polled.is_pending() {
+            let this = self.project();
+            if let Some(wait) = this.head_wait {
+                if let Poll::Ready(timed_out) = wait.poll_expired(cx, this.scanner) {
+                    return Poll::Ready(Err(timed_out));
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite> GuardedIo<IO> {
+    /// The read as hyper sees it: preface check, scanner, body idle timeout.
+    fn poll_read_judged(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !matches!(self.preface, Preface::Passed) {
             let before = buf.filled().len();
             if !ready!(self.as_mut().poll_preface(cx, buf))? || buf.filled().len() > before {
@@ -303,6 +346,9 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<IO> {
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 *this.idle_armed = false;
+                if let Some(wait) = this.head_wait.as_mut().filter(|_| this.scanner.in_body()) {
+                    wait.note_activity();
+                }
                 let found = this.scanner.feed(&buf.filled()[before..]);
                 if let Some(finding) = found {
                     if let Problem::MalformedBody(why) = finding.problem {
@@ -355,14 +401,22 @@ impl<IO: AsyncWrite> AsyncWrite for GuardedIo<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        if let Some(wait) = this.head_wait {
+            wait.note_activity();
+        }
+        this.inner.poll_write(cx, buf)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        if let Some(wait) = this.head_wait {
+            wait.note_activity();
+        }
+        this.inner.poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -237,6 +237,8 @@ async fn serve_http<IO>(
             .unwrap_or_else(|| HeaderValue::from_static("unauthenticated")),
     );
     let io = Counted::new(io, inbound.telemetry.metrics.clone(), Direction::Inbound);
+    let shed = ShedLayer::of(&inbound.telemetry.metrics, Direction::Inbound);
+    let owed = shed.share().clone();
     // The identity header is set (or removed) before authorization, so header rules can never
     // match a copy sent by the caller.
     let service = ServiceBuilder::new()
@@ -249,10 +251,7 @@ async fn serve_http<IO>(
             req
         })
         .layer(RescueLayer)
-        .layer(ShedLayer::of(
-            &inbound.telemetry.metrics,
-            Direction::Inbound,
-        ))
+        .layer(shed)
         .layer(observe)
         .layer(AuthzLayer::new(
             inbound.store.clone(),
@@ -263,7 +262,7 @@ async fn serve_http<IO>(
             store: inbound.store,
             app: inbound.app,
         });
-    serve_connection(io, place, service, drain, server).await;
+    serve_connection(io, (place, owed), service, drain, server).await;
 }
 
 /// Replaces any `trellis-client-id` from the network with the proven identity, if there is one.

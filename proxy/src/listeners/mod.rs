@@ -14,6 +14,7 @@
 pub mod bind;
 pub mod h1_guard;
 pub mod h1_scan;
+mod head_wait;
 pub mod held;
 pub mod inbound;
 pub mod opaque;
@@ -25,9 +26,10 @@ pub mod transparent;
 
 use crate::drain::DrainWatch;
 use crate::http::Body;
-use crate::limits::Slot;
+use crate::limits::{Share, Slot};
 use crate::Limits;
 use futures_util::future::Either;
+use head_wait::HeadWait;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -92,6 +94,7 @@ pub struct HttpServer {
     mesh_peer: Arc<auto::Builder<TokioExecutor>>,
     max_head: usize,
     body_idle: Duration,
+    header_read_timeout: Duration,
     /// Close connections whose client abandons most requests (`request_guard`).
     police_abandons: bool,
 }
@@ -105,8 +108,9 @@ impl HttpServer {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            // `h1_guard` keeps this timeout, one timer per connection (`head_wait`); hyper's
+            // makes one per request.
+            .header_read_timeout(None)
             .max_buf_size(max_head);
         builder
             .http2()
@@ -146,6 +150,7 @@ impl HttpServer {
             mesh_peer: Arc::new(mesh_peer),
             max_head,
             body_idle: limits.body_idle_timeout,
+            header_read_timeout: limits.header_read_timeout,
             police_abandons: true,
         }
     }
@@ -177,9 +182,11 @@ pub fn mesh_peer_pending_accept_resets(limits: &Limits) -> usize {
 /// HTTP/1.1 `Connection: close`) and then returns. Requests pass the connection's guards
 /// (`h1_guard` under hyper, `request_guard` above it) first. `place` is the connection's place in
 /// its listener's budget: it stays with the socket, into a WebSocket upgrade too (`held`).
+/// `owed` is the connection's share of its listener's in-flight budget (`ShedLayer::share` of
+/// the layer in `service`): the requests whose responses have not ended.
 pub async fn serve_connection<IO, S>(
     io: IO,
-    place: Slot,
+    (place, owed): (Slot, Arc<Share>),
     service: S,
     drain: DrainWatch,
     server: HttpServer,
@@ -193,7 +200,8 @@ pub async fn serve_connection<IO, S>(
 {
     // The socket keeps its place and its claim on drain wherever it goes, into a WebSocket too.
     let io = held::Held::new(io, (place, drain.clone()));
-    let (io, findings) = h1_guard::GuardedIo::new(io, server.max_head, server.body_idle);
+    let (mut io, findings) = h1_guard::GuardedIo::new(io, server.max_head, server.body_idle);
+    io.wait_for_heads(HeadWait::new(server.header_read_timeout, owed));
     let service = request_guard::Guarded::new(service, findings.clone());
     // While draining, HTTP/1 responses say `Connection: close` (see `crate::drain`).
     let service = crate::drain::CloseOnDrain::new(service, drain.clone());

@@ -55,15 +55,17 @@ pub async fn serve(
                     tracing::debug!(%peer, "outbound connection limit reached; closed");
                     continue;
                 };
+                let shed = shed.for_connection();
+                let owed = shed.share().clone();
                 let service = ServiceBuilder::new()
                     .map_request(|req: http::Request<Incoming>| req.map(Body::from))
                     .layer(RescueLayer)
-                    .layer(shed.for_connection())
+                    .layer(shed)
                     .service(routed.clone());
                 let _ = stream.set_nodelay(true);
                 if let Some(ctx) = &transparent {
                     let conn = super::transparent::outbound(
-                        (stream, permit),
+                        (stream, permit, owed),
                         ctx.clone(),
                         service,
                         drain.clone(),
@@ -73,7 +75,13 @@ pub async fn serve(
                     continue;
                 }
                 let stream = Counted::new(stream, metrics.clone(), Direction::Outbound);
-                let conn = serve_connection(stream, permit, service, drain.clone(), server.clone());
+                let conn = serve_connection(
+                    stream,
+                    (permit, owed),
+                    service,
+                    drain.clone(),
+                    server.clone(),
+                );
                 tokio::spawn(conn);
             }
             Err(e) => {

@@ -105,7 +105,7 @@ impl Drop for Abandon {
         let abandoned = findings.abandoned.fetch_add(1, Ordering::AcqRel) + 1;
         let served = findings.served.load(Ordering::Acquire);
         if served >= ABUSE_MIN_REQUESTS && abandoned * 2 >= served {
-            findings.abusive.notify_one();
+            findings.mark_abusive();
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::detect::{peek_protocol, Protocol};
 use crate::drain::DrainWatch;
 use crate::http::route::DestinationCluster;
 use crate::http::Body;
-use crate::limits::Slot;
+use crate::limits::{Share, Slot};
 use crate::telemetry::io::Counted;
 use crate::telemetry::metrics::{Direction, ProxyMetrics};
 use crate::tls::TlsContext;
@@ -152,7 +152,7 @@ impl Outbound {
 /// Serves one redirected outbound connection, holding its `place` in the listener's budget until
 /// it ends (into a WebSocket upgrade too); `http` is the outbound HTTP stack.
 pub async fn outbound<S>(
-    (stream, place): (TcpStream, Slot),
+    (stream, place, owed): (TcpStream, Slot, Arc<Share>),
     ctx: Outbound,
     http: S,
     drain: DrainWatch,
@@ -203,7 +203,7 @@ pub async fn outbound<S>(
                     req
                 });
             let stream = Counted::new(stream, ctx.metrics.clone(), Direction::Outbound);
-            serve_connection(stream, place, http, drain, server).await;
+            serve_connection(stream, (place, owed), http, drain, server).await;
             Ok(())
         }
         (

@@ -19,7 +19,8 @@
 //! streams is shed before the other clients are. Not on the inbound listener: its clients are
 //! peer sidecars, each the sum of many apps' clients already shared fairly at its own outbound,
 //! and a fair share that keeps room for one more connection would halve what a lone caller may
-//! send.
+//! send. There a connection's slots are only counted (`Share::counted`): on both listeners the
+//! count tells the connection's reader whether a response is still owed (`listeners::head_wait`).
 
 use crate::errors::ProxyError;
 use crate::http::Body;
@@ -30,12 +31,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-/// The tower layer; clones share one budget and, if the budget is shared fairly, one client
-/// connection's share of it.
+/// The tower layer; clones share one budget and one client connection's share of it.
 #[derive(Clone, Debug)]
 pub struct ShedLayer {
     budget: Arc<Budget>,
-    share: Option<Arc<Share>>,
+    share: Arc<Share>,
 }
 
 impl ShedLayer {
@@ -43,29 +43,33 @@ impl ShedLayer {
     pub fn new(budget: Arc<Budget>) -> ShedLayer {
         ShedLayer {
             budget,
-            share: Some(Share::new()),
+            share: Share::new(),
         }
     }
 
     /// The layer of one of the proxy's listeners, with the budget its metrics report: shared
-    /// fairly between client connections on the outbound listener (see the module comment).
+    /// fairly between client connections on the outbound listener, only counted per connection
+    /// on the inbound one (see the module comment).
     pub fn of(metrics: &ProxyMetrics, listener: Direction) -> ShedLayer {
         let budget = metrics.in_flight(listener).clone();
-        match listener {
-            Direction::Outbound => ShedLayer::new(budget),
-            Direction::Inbound => ShedLayer {
-                budget,
-                share: None,
-            },
-        }
+        let share = match listener {
+            Direction::Outbound => Share::new(),
+            Direction::Inbound => Share::counted(),
+        };
+        ShedLayer { budget, share }
     }
 
     /// The layer for another client connection on the same budget.
     pub fn for_connection(&self) -> ShedLayer {
         ShedLayer {
             budget: self.budget.clone(),
-            share: self.share.as_ref().map(|_| Share::new()),
+            share: self.share.another(),
         }
+    }
+
+    /// The connection's requests in flight, counted until their response bodies end.
+    pub fn share(&self) -> &Arc<Share> {
+        &self.share
     }
 }
 
@@ -84,7 +88,7 @@ impl<S> tower::Layer<S> for ShedLayer {
 pub struct Shed<S> {
     inner: S,
     budget: Arc<Budget>,
-    share: Option<Arc<Share>>,
+    share: Arc<Share>,
 }
 
 impl<S> tower::Service<http::Request<Body>> for Shed<S>
@@ -102,11 +106,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let admitted = match &self.share {
-            Some(share) => self.budget.try_take_for(share),
-            None => self.budget.try_take(),
-        };
-        let Some(admitted) = admitted else {
+        let Some(admitted) = self.budget.try_take_for(&self.share) else {
             let max = self.budget.max();
             return ShedFuture::Refused { max };
         };

@@ -165,7 +165,6 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> ResponseFuture {
         let started = Instant::now();
-        let started_wall = SystemTime::now();
         let layer = self.layer.clone();
         let t = layer.telemetry.clone();
         let ids = propagate(&t, req.headers_mut());
@@ -241,7 +240,6 @@ where
                     peer,
                     route,
                     elapsed,
-                    started_wall,
                     request_id: &request_id,
                 };
                 if let (Some(sink), true) = (&t.spans, ids.sampled) {
@@ -261,6 +259,8 @@ where
 
 /// What the span and the access log need from the request head.
 struct RequestDetail {
+    /// Wall-clock start, read only for requests that are traced, logged or tapped.
+    started_wall: SystemTime,
     method: String,
     host: String,
     port: Option<u16>,
@@ -272,6 +272,7 @@ impl RequestDetail {
     fn of(req: &Request<Body>) -> Self {
         let (host, port) = crate::http::authority(req).unwrap_or_default();
         RequestDetail {
+            started_wall: SystemTime::now(),
             method: req.method().as_str().to_string(),
             host,
             port,
@@ -293,7 +294,6 @@ struct Finished<'a> {
     peer: String,
     route: Option<String>,
     elapsed: std::time::Duration,
-    started_wall: SystemTime,
     request_id: &'a HeaderValue,
 }
 
@@ -332,7 +332,7 @@ impl Finished<'_> {
         if self.error.is_some() {
             attributes.push(("error.type", Value::Str(self.status.to_string())));
         }
-        let start = unix_nanos(self.started_wall);
+        let start = unix_nanos(d.started_wall);
         SpanRecord {
             trace_id: self.ids.trace_id,
             span_id: self.ids.span_id,
@@ -362,7 +362,7 @@ impl Finished<'_> {
         let mut span = String::with_capacity(16);
         trace_context::push_hex(&mut span, &self.ids.span_id);
         serde_json::json!({
-            "timestamp_unix_ms": unix_nanos(self.started_wall) / 1_000_000,
+            "timestamp_unix_ms": unix_nanos(d.started_wall) / 1_000_000,
             "direction": direction.as_str(),
             "method": d.method,
             "authority": d.host,

@@ -65,6 +65,11 @@ pub struct Incoming {
 
 /// Reads the context: W3C first; B3 only when there is no `traceparent` header at all.
 pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
+    // Most requests from apps carry no trace context: one pass over the few names present is
+    // cheaper than the three hashed lookups that would each find nothing (~300 instructions).
+    if !(headers.keys()).any(|n| n == TRACEPARENT || n == B3 || n == B3_TRACE_ID) {
+        return None;
+    }
     let mut parents = headers.get_all(&TRACEPARENT).iter();
     if let Some(first) = parents.next() {
         if parents.next().is_some() {
@@ -425,10 +430,21 @@ fn hex_array<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Writes `bytes` as lower-case hex into `out`, which is twice as long.
+/// Each byte's two hex digits, so that writing an id is one table read per byte (ids are written
+/// on every request: `traceparent`, `x-request-id`).
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX_DIGITS[b >> 4], HEX_DIGITS[b & 0xf]];
+        b += 1;
+    }
+    pairs
+};
+
 fn write_hex(out: &mut [u8], bytes: &[u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX_DIGITS[(b >> 4) as usize];
-        pair[1] = HEX_DIGITS[(b & 0xf) as usize];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 

@@ -8,9 +8,11 @@
 //! `EXPIRY_GRACE` after the expiry: `CutAt` fails the socket then.
 //!
 //! The cost is per connection (one timer, one task that existed already); the request path is
-//! untouched but for the socket wrapper, which polls that timer in each read.
+//! untouched but for the socket wrapper, which polls that timer in each read (`seldom`: one
+//! atomic load while it has not fired).
 
 use crate::http::body::Body;
+use crate::seldom::{self, Deadline};
 use crate::telemetry::metrics::{Direction, ProxyMetrics};
 use crate::tls::{record_retired, PeerExpiry};
 use arc_swap::ArcSwapOption;
@@ -23,7 +25,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// What the connection task needs to retire its connection.
 pub(super) struct Retire {
@@ -52,7 +54,7 @@ pub(super) async fn serve_until_expiry<T>(
             }
             return;
         }
-        _ = tokio::time::sleep_until(retire.expiry.at) => {}
+        _ = seldom::deadline(retire.expiry.at) => {}
     }
     // `conn` (hyper's dispatch) is dropped by now: the connection takes no new request.
     if let (Some(slot), Some(entry)) = (retire.slot.upgrade(), retire.entry.upgrade()) {
@@ -71,14 +73,14 @@ pub(super) async fn serve_until_expiry<T>(
 /// grace closes (hyper's connection runs in a task of its own that nothing else can stop).
 pub(super) struct CutAt<T> {
     io: T,
-    cut: Pin<Box<Sleep>>,
+    cut: Deadline,
 }
 
 impl<T> CutAt<T> {
     pub fn new(io: T, cut: Instant) -> Self {
         CutAt {
             io,
-            cut: Box::pin(tokio::time::sleep_until(cut)),
+            cut: seldom::deadline(cut),
         }
     }
 }
@@ -97,7 +99,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for CutAt<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         // The connection always has a read pending, so the timer wakes it even when idle.
-        if self.cut.as_mut().poll(cx).is_ready() {
+        if Pin::new(&mut self.cut).poll(cx).is_ready() {
             return Poll::Ready(Err(cut_error()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -110,7 +112,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CutAt<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.cut.is_elapsed() {
+        if self.cut.get().is_elapsed() {
             return Poll::Ready(Err(cut_error()));
         }
         Pin::new(&mut self.io).poll_write(cx, buf)
@@ -121,7 +123,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CutAt<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.cut.is_elapsed() {
+        if self.cut.get().is_elapsed() {
             return Poll::Ready(Err(cut_error()));
         }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)

@@ -6,8 +6,8 @@
 //! spawned per request by hyper's client and one per stream by its server, and every request
 //! moved into them. An HTTP/1.1 request is written by the request's own task. What it costs:
 //! one connection (and TLS handshake) per concurrent request instead of one per peer, kept idle
-//! for `IDLE` (the peer's inbound closes an idle HTTP/1.1 connection after its header read
-//! timeout, 10 s by default, so the pool lets go first and the keep-alive race stays rare). A
+//! for `IDLE` (the peer's inbound closes an idle HTTP/1.1 connection after one to two header read
+//! timeouts, 10 s by default, so the pool lets go first and the keep-alive race stays rare). A
 //! connection that goes silent costs the one request on it, which ends at its own timeout and
 //! closes the connection; an idle one is closed by the sweep. No PING is needed.
 //! Envoy's sidecars make the same choice by default (Istio's `h2UpgradePolicy: DO_NOT_UPGRADE`);
@@ -23,7 +23,7 @@
 use super::send::{judge, Blame};
 use super::{peer_tls, MeshConnection};
 use crate::errors::ProxyError;
-use crate::http::app_pool::{Dial, Dialed, FromIdle, Http1Pool, PoolError, Pooled};
+use crate::http::app_pool::{Dial, Dialed, FromIdle, Http1Pool, NewConn, PoolError, Pooled};
 use crate::http::body::Body;
 use crate::telemetry::metrics::{Direction, ProxyMetrics};
 use crate::tls::{record_retired, CertStore, PeerExpiry};
@@ -31,7 +31,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,8 +88,6 @@ pub struct PeerDial {
     /// The peer's expected identity and where retirements are counted (as for HTTP/2).
     identity: String,
     metrics: Option<Arc<ProxyMetrics>>,
-    /// The cluster's connect timeout as of the last connection opened (the policy may change).
-    connect_timeout_ms: AtomicU64,
     /// Connections open now, for the circuit breaker's `max connections`.
     open: Arc<AtomicUsize>,
 }
@@ -97,9 +95,8 @@ pub struct PeerDial {
 impl Dial for PeerDial {
     type Error = ProxyError;
 
-    async fn dial(&self) -> Result<Dialed, ProxyError> {
+    async fn dial(&self, after: Duration) -> Result<Dialed, ProxyError> {
         let addr = self.addr;
-        let after = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
         let open = async {
             let tls = (self.tls.as_ref()).map_err(|reason| ProxyError::Tls {
                 addr,
@@ -119,7 +116,7 @@ impl Dial for PeerDial {
                 let _counted = counted;
                 tokio::pin!(conn);
                 let ended = tokio::select! {
-                    _ = tokio::time::sleep_until(retire) => None,
+                    _ = crate::seldom::deadline(retire) => None,
                     res = &mut conn => Some(res),
                 };
                 // The pool stops lending the connection at `retire` and drops it when it next
@@ -198,16 +195,18 @@ impl MeshConnection {
         }
     }
 
-    /// Sends `req` on a new connection to the peer, opened within `connect_timeout`.
+    /// A new connection to the peer for one request, opened within `connect_timeout`.
+    pub async fn open_http1(&self, connect_timeout: Duration) -> Result<NewConn, ProxyError> {
+        self.http1_pool().open(connect_timeout).await
+    }
+
+    /// Sends `req` on the connection `open_http1` made for it.
     pub async fn send_http1_on_new(
         &self,
+        conn: NewConn,
         req: Request<Body>,
-        connect_timeout: Duration,
     ) -> Result<(Response<Incoming>, Pooled), (ProxyError, Blame)> {
-        let pool = self.http1_pool();
-        let timeout_ms = connect_timeout.as_millis().min(u128::from(u64::MAX)) as u64;
-        (pool.dial().connect_timeout_ms).store(timeout_ms, Ordering::Relaxed);
-        pool.send_on_new(req).await.map_err(|e| self.judged(e))
+        (self.http1_pool().send_on_new(conn, req).await).map_err(|e| self.judged(e))
     }
 
     fn judged(&self, e: PoolError<ProxyError>) -> (ProxyError, Blame) {
@@ -234,7 +233,6 @@ impl MeshConnection {
                 own: self.own.clone(),
                 identity: self.identity.clone(),
                 metrics: self.metrics.clone(),
-                connect_timeout_ms: AtomicU64::new(0),
                 open: Arc::default(),
             };
             Http1Pool::with_dial(self.addr, dial, IDLE)
