@@ -110,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
         let t = text.trim();
         assert!(t.starts_with(|c: char| c.is_ascii_digit()), "{t:?}");
         assert!(
-            ["ms", "s", "m", "h"].iter().any(|u| t.ends_with(u)),
+            ["ms", "s", "m", "h", "d"].iter().any(|u| t.ends_with(u)),
             "{t:?}"
         );
     }
