@@ -37,7 +37,7 @@ use futures_util::task::AtomicWaker;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -61,6 +61,11 @@ pub struct Findings {
     cleared: AtomicU64,
     /// The request waiting to be cleared (HTTP/1 has one at a time).
     gate: AtomicWaker,
+    /// The request that asked for an upgrade (`u64::MAX`: none) and, once answered, its status
+    /// (0 until then): the reader waits for it before reading on (`Scanner::upgrade_answered`).
+    upgrade_asked: AtomicU64,
+    upgrade_status: AtomicU16,
+    upgrade_answer: AtomicWaker,
 }
 
 impl Default for Findings {
@@ -74,6 +79,9 @@ impl Default for Findings {
             abusive_marked: AtomicBool::new(false),
             cleared: AtomicU64::new(u64::MAX),
             gate: AtomicWaker::new(),
+            upgrade_asked: AtomicU64::new(u64::MAX),
+            upgrade_status: AtomicU16::new(0),
+            upgrade_answer: AtomicWaker::new(),
         }
     }
 }
@@ -92,6 +100,38 @@ impl Findings {
             self.cleared.store(cleared, Ordering::Release);
             self.gate.wake();
         }
+    }
+
+    /// Publishes the scanner's upgrade request, if any, before hyper hands it to the service.
+    fn ask_upgrade(&self, asked: Option<u64>) {
+        let Some(request) = asked else { return };
+        if self.upgrade_asked.load(Ordering::Relaxed) != request {
+            self.upgrade_status.store(0, Ordering::Relaxed);
+            self.upgrade_asked.store(request, Ordering::Release);
+        }
+    }
+
+    /// The response to `request` began with `status`: if it was the upgrade request, the reader
+    /// may read on.
+    pub(super) fn answered(&self, request: u64, status: http::StatusCode) {
+        if self.upgrade_asked.load(Ordering::Acquire) == request {
+            self.upgrade_status
+                .store(status.as_u16(), Ordering::Release);
+            self.upgrade_answer.wake();
+        }
+    }
+
+    /// The status the upgrade request was answered with, once it was.
+    fn poll_upgrade_answer(&self, cx: &mut Context<'_>) -> Poll<u16> {
+        let status = || match self.upgrade_status.load(Ordering::Acquire) {
+            0 => None,
+            status => Some(status),
+        };
+        if let Some(status) = status() {
+            return Poll::Ready(status);
+        }
+        self.upgrade_answer.register(cx.waker());
+        status().map_or(Poll::Pending, Poll::Ready)
     }
 
     /// Whether `request` may be forwarded as far as its framing goes.
@@ -276,6 +316,7 @@ impl<IO: AsyncRead + AsyncWrite> GuardedIo<IO> {
                     if let Some(finding) = this.scanner.feed(&buf.filled()[before..]) {
                         this.findings.record(finding);
                     }
+                    this.findings.ask_upgrade(this.scanner.upgrade_asked());
                     this.findings.clear(this.scanner.cleared());
                     return Poll::Ready(Ok(true));
                 }
@@ -342,6 +383,12 @@ impl<IO: AsyncRead + AsyncWrite> GuardedIo<IO> {
         if let Some(why) = this.failed {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, *why)));
         }
+        if this.scanner.upgrade_pending() {
+            // Not a byte read until the answer says what the next bytes are: HTTP/1 to judge
+            // (a refused upgrade keeps the connection, and its head timeout) or a tunnel's.
+            let status = ready!(this.findings.poll_upgrade_answer(cx));
+            this.scanner.upgrade_answered(status);
+        }
         let before = buf.filled().len();
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -359,6 +406,7 @@ impl<IO: AsyncRead + AsyncWrite> GuardedIo<IO> {
                     }
                     this.findings.record(finding);
                 }
+                this.findings.ask_upgrade(this.scanner.upgrade_asked());
                 this.findings.clear(this.scanner.cleared());
                 match this.failed {
                     Some(why) if buf.filled().len() == before => {

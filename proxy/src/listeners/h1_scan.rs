@@ -8,7 +8,8 @@
 //! parser (httparse) and the same body framing rules (hyper's chunked decoder, mirrored state for
 //! state), so it knows where each request head starts; it reports the first request that must be
 //! refused, or whose chunked body is malformed. Where it cannot follow (a head hyper will refuse
-//! anyway, an upgrade, HTTP/2) it stops judging rather than guess.
+//! anyway, an accepted upgrade, HTTP/2) it stops judging rather than guess; after an upgrade request
+//! it waits for the answer (`upgrade_answered`), since a refused upgrade leaves HTTP/1.
 //!
 //! Where hyper is lenient about chunked framing in ways that do not matter to it (it drops chunk
 //! extensions and parses trailers only at the end), the scanner holds the body to RFC 9112 §7.1:
@@ -62,7 +63,12 @@ enum State {
     /// Content-Length bytes still to come.
     Fixed(u64),
     Chunked(Chunk),
-    /// Stopped judging: lost track, or the connection is over after a finding.
+    /// An upgrade request (or CONNECT) was read whole: what follows is HTTP/1 again if it is
+    /// refused, the tunnel's bytes if it is accepted, so nothing more is judged until its answer
+    /// is known (`upgrade_answered`). A byte fed meanwhile stops the scanner (`Off`).
+    Upgrade,
+    /// Stopped judging: lost track, an accepted upgrade, or the connection is over after a
+    /// finding.
     Off,
 }
 
@@ -114,6 +120,16 @@ pub struct Scanner {
     first_chunk: bool,
     /// Bytes of the last `feed` taken before its finding (all of them without one).
     accepted: usize,
+    /// The request asking for an upgrade, while it is read and until it is answered.
+    upgrade: Option<UpgradeAsked>,
+}
+
+/// A request whose answer may turn the connection into a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UpgradeAsked {
+    request: u64,
+    /// CONNECT: any 2xx opens the tunnel; otherwise only 101 does.
+    connect: bool,
 }
 
 impl Scanner {
@@ -131,6 +147,7 @@ impl Scanner {
             cleared: 0,
             first_chunk: false,
             accepted: 0,
+            upgrade: None,
         }
     }
 
@@ -176,6 +193,34 @@ impl Scanner {
     pub fn stop(&mut self) {
         self.state = State::Off;
         self.partial = Vec::new();
+        self.upgrade = None;
+    }
+
+    /// The request that asked for an upgrade (or is a CONNECT), from its head until its answer.
+    pub fn upgrade_asked(&self) -> Option<u64> {
+        self.upgrade.map(|u| u.request)
+    }
+
+    /// Whether the upgrade request was read whole and its answer decides what follows.
+    pub fn upgrade_pending(&self) -> bool {
+        self.state == State::Upgrade
+    }
+
+    /// The status the pending upgrade request was answered with: a tunnel from here on (101, or
+    /// a 2xx to CONNECT) and nothing more to judge, or HTTP/1 again with the next head.
+    pub fn upgrade_answered(&mut self, status: u16) {
+        let Some(asked) = self.upgrade.take() else {
+            return;
+        };
+        if self.state != State::Upgrade {
+            return;
+        }
+        let tunnel = status == 101 || (asked.connect && (200..300).contains(&status));
+        if tunnel {
+            self.stop();
+        } else {
+            self.state = State::Head;
+        }
     }
 
     /// Reads the next bytes of the connection; the first problem found, if any (after which the
@@ -191,6 +236,11 @@ impl Scanner {
         while !input.is_empty() {
             let used = match self.state {
                 State::Off => return (input.len(), None),
+                // Bytes before the answer: a tunnel's, or a pipelined request's; no telling.
+                State::Upgrade => {
+                    self.stop();
+                    return (input.len(), None);
+                }
                 State::Head => match self.head(input) {
                     Ok(used) => used,
                     Err(finding) => {
@@ -231,6 +281,9 @@ impl Scanner {
                 },
             };
             input = &input[used..];
+            if self.state == State::Head && self.upgrade.is_some() {
+                self.state = State::Upgrade;
+            }
         }
         (0, None)
     }
@@ -292,8 +345,9 @@ impl Scanner {
                 problem: Problem::Head(refusal),
             })),
             Judged::LostTrack => Err(None),
-            Judged::Body(next) => {
+            Judged::Body(next, upgrade) => {
                 self.state = next;
+                self.upgrade = upgrade.map(|connect| UpgradeAsked { request, connect });
                 self.first_chunk = matches!(next, State::Chunked(_));
                 if !self.first_chunk {
                     self.cleared = self.heads;
@@ -473,10 +527,11 @@ fn is_tchar(b: u8) -> bool {
 
 enum Judged {
     Refuse(Refusal),
-    /// hyper refuses it itself, or what follows is not HTTP/1 (an upgrade).
+    /// hyper refuses it itself.
     LostTrack,
-    /// Served: the framing of its body.
-    Body(State),
+    /// Served: the framing of its body; `Some(connect)` if it asks for an upgrade (its answer
+    /// decides whether HTTP/1 follows it).
+    Body(State, Option<bool>),
 }
 
 const fn refuse(status: u16, reason: &'static str) -> Judged {
@@ -531,7 +586,8 @@ fn judge(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Judged {
     if te_lines > 0 && length_lines > 0 {
         return refuse(400, "both Content-Length and Transfer-Encoding");
     }
-    let upgrades = req.method == Some("CONNECT") || (upgrade && http11);
+    let connect = req.method == Some("CONNECT");
+    let upgrades = connect || (upgrade && http11);
     let body = if te_lines > 0 {
         if !http11 || !te_last_chunked {
             return Judged::LostTrack;
@@ -549,10 +605,7 @@ fn judge(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Judged {
             Some(n) => State::Fixed(n),
         }
     };
-    if upgrades {
-        return Judged::LostTrack;
-    }
-    Judged::Body(body)
+    Judged::Body(body, upgrades.then_some(connect))
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {

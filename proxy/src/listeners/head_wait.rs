@@ -12,9 +12,10 @@
 //! timeouts for a head, where hyper's timer cut it after one: no clock is read per request.
 //!
 //! `GuardedIo` asks only while hyper's read is pending and the scanner is between requests or in
-//! a head. Once the scanner stopped (HTTP/2, an upgrade, a head it lost track of) there is no
-//! head to wait for, and the timeout no longer applies: an HTTP/2 connection has its own keep-alive
-//! checks, a tunnel its idle timeout.
+//! a head. Once the scanner stopped (HTTP/2, an accepted upgrade, a head it lost track of) there
+//! is no head to wait for, and the timeout no longer applies: an HTTP/2 connection has its own
+//! keep-alive checks, a tunnel its idle timeout. A refused upgrade leaves HTTP/1, and the scanner
+//! waits for the answer to learn which (`Scanner::upgrade_answered`), so the timeout holds there.
 
 use super::h1_scan::Scanner;
 use crate::limits::Share;

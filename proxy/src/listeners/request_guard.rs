@@ -191,7 +191,11 @@ where
                     request,
                 } => {
                     let rsp = ready!(inner.poll(cx))?;
-                    let problem = watch.0.take().and_then(|f| f.about(*request));
+                    let findings = watch.0.take();
+                    if let Some(findings) = &findings {
+                        findings.answered(*request, rsp.status());
+                    }
+                    let problem = findings.and_then(|f| f.about(*request));
                     return Poll::Ready(Ok(blame_the_client(rsp, problem)));
                 }
             };

@@ -223,7 +223,80 @@ fn a_chunked_request_is_cleared_once_its_first_size_line_is_read() {
         s.feed(b"POST / HTTP/1.1\r\nHost: h\r\nUpgrade: x\r\n\r\n"),
         None
     );
+    assert_eq!(
+        s.cleared(),
+        1,
+        "an upgrade request is cleared by its head too"
+    );
+    s.upgrade_answered(101);
     assert_eq!(s.cleared(), u64::MAX, "once not judging, nothing is held");
+}
+
+const WEBSOCKET: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+
+#[test]
+fn an_upgrade_waits_for_its_answer_and_a_refused_one_leaves_http1() {
+    let mut s = Scanner::new(64 * 1024);
+    assert_eq!(s.feed(WEBSOCKET), None);
+    assert_eq!(s.upgrade_asked(), Some(0));
+    assert!(s.upgrade_pending() && !s.awaiting_head());
+    s.upgrade_answered(200);
+    assert!(!s.upgrade_pending() && s.awaiting_head() && s.upgrade_asked().is_none());
+    // The next head is judged as any other.
+    assert_eq!(
+        refused(s.feed(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")),
+        head(1, 400)
+    );
+
+    // Accepted (101): what follows is the tunnel's, never judged.
+    let mut s = Scanner::new(64 * 1024);
+    assert_eq!(s.feed(WEBSOCKET), None);
+    s.upgrade_answered(101);
+    assert!(!s.awaiting_head() && !s.upgrade_pending());
+    assert_eq!(s.feed(b"\x81\x05hello GET / HTTP/1.1\r\n\r\n"), None);
+
+    // CONNECT opens a tunnel with any 2xx; a 200 to a WebSocket request does not.
+    let mut s = Scanner::new(64 * 1024);
+    assert_eq!(
+        s.feed(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"),
+        None
+    );
+    s.upgrade_answered(200);
+    assert!(!s.awaiting_head());
+    let mut s = Scanner::new(64 * 1024);
+    assert_eq!(
+        s.feed(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"),
+        None
+    );
+    s.upgrade_answered(403);
+    assert!(s.awaiting_head());
+}
+
+#[test]
+fn an_upgrade_request_body_is_framed_before_the_answer_is_awaited() {
+    let mut s = Scanner::new(64 * 1024);
+    let head = b"POST / HTTP/1.1\r\nHost: h\r\nUpgrade: x\r\nContent-Length: 4\r\n\r\n";
+    assert_eq!(s.feed(head), None);
+    assert!(s.in_body() && !s.upgrade_pending());
+    assert_eq!(s.feed(b"ab"), None);
+    assert_eq!(s.feed(b"cd"), None);
+    assert!(s.upgrade_pending());
+    s.upgrade_answered(404);
+    assert_eq!(s.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"), None);
+    assert_eq!(s.heads(), 2);
+    assert!(s.awaiting_head());
+}
+
+#[test]
+fn bytes_before_the_answer_stop_the_scanner() {
+    // A client sending on before the answer: a tunnel's bytes or a pipelined request, no telling.
+    let mut bytes = WEBSOCKET.to_vec();
+    bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    let mut s = Scanner::new(64 * 1024);
+    assert_eq!(s.feed(&bytes), None);
+    assert!(!s.upgrade_pending() && !s.awaiting_head());
+    assert_eq!(s.cleared(), u64::MAX);
 }
 
 #[test]
