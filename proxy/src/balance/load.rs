@@ -107,6 +107,11 @@ impl LoadGuard {
         self.awaiting_head = true;
     }
 
+    /// The endpoint the request went to.
+    pub fn endpoint_addr(&self) -> std::net::SocketAddr {
+        self.endpoint.conn.addr()
+    }
+
     /// Response headers arrived: the latency sample.
     pub fn headers_received(&mut self) {
         if std::mem::take(&mut self.awaiting_head) {

@@ -82,6 +82,13 @@ impl Body {
         self
     }
 
+    /// The mesh endpoint that answered, for a response from one (its load is held, see
+    /// `hold_load`): a retry avoids it. Read from the guard rather than kept in the response's
+    /// extensions, which would cost two allocations per response for a rarely read address.
+    pub fn answered_by(&self) -> Option<std::net::SocketAddr> {
+        self.load.as_ref().map(LoadGuard::endpoint_addr)
+    }
+
     /// Puts the app connection the body comes on back in its pool once the body has ended
     /// (at once if it already has); dropped before, the connection closes.
     pub fn pooled(mut self, mut conn: Pooled) -> Self {

@@ -16,8 +16,8 @@ use crate::config::{Cluster, Endpoint};
 use crate::errors::ProxyError;
 use crate::resilience::breaker::{self, Limit};
 use crate::resilience::outlier::Outcome;
-use crate::resilience::retry::{AnsweredBy, AvoidEndpoint};
-use crate::resilience::timeout::{format_grpc_timeout, Deadline, GRPC_TIMEOUT};
+use crate::resilience::retry::AvoidEndpoint;
+use crate::resilience::timeout::{format_grpc_timeout, GRPC_TIMEOUT};
 use crate::transport::{Blame, Http1Sent};
 use http::{header, Request, Response, Uri, Version};
 use hyper::client::conn::http2::SendRequest;
@@ -90,7 +90,7 @@ async fn forward(
         Some(asked) => Some(upgrade::to_extended_connect(&mut req, asked)?),
         None => None,
     };
-    if let Some(deadline) = req.extensions().get::<Deadline>().filter(|d| d.grpc) {
+    if let Some(deadline) = target.deadline.filter(|d| d.grpc) {
         let remaining = deadline
             .at
             .saturating_duration_since(tokio::time::Instant::now());
@@ -148,12 +148,10 @@ async fn forward(
     if let Some(client) = upgrading {
         let mut rsp = upgrade::answer_client(rsp, client, addr, load, tunnel_idle_timeout)?;
         *rsp.version_mut() = app_version;
-        rsp.extensions_mut().insert(AnsweredBy(addr));
         return Ok(rsp);
     }
     strip_hop_by_hop(rsp.headers_mut());
     *rsp.version_mut() = app_version;
-    rsp.extensions_mut().insert(AnsweredBy(addr));
     Ok(rsp.map(|b| {
         let body = Body::from(b).hold_load(load);
         match pooled {

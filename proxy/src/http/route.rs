@@ -13,6 +13,7 @@ use super::ResponseFuture;
 use crate::config::{Cluster, RouteRule, SnapshotStore};
 use crate::discovery::{Demand, Lookup};
 use crate::errors::ProxyError;
+use crate::resilience::timeout::Deadline;
 use http::{Request, Response};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,6 +23,9 @@ use std::task::{Context, Poll};
 pub struct Target {
     pub rule: Arc<RouteRule>,
     pub cluster: Arc<Cluster>,
+    /// When the request must be answered, set by the timeout layer (`resilience::timeout`).
+    /// Kept here rather than as an extension of its own: each extension is an allocation.
+    pub deadline: Option<Deadline>,
 }
 
 #[derive(Clone)]
@@ -107,6 +111,7 @@ fn resolve_with(
     Ok(Target {
         rule: rule.clone(),
         cluster: cluster.clone(),
+        deadline: None,
     })
 }
 

@@ -15,7 +15,7 @@
 //!
 //! Between attempts: exponential backoff with full jitter, and the next attempt avoids the
 //! endpoint that just failed. The first attempt carries the request's own extensions; a retry
-//! carries only those the layers below read (`Target`, `Deadline`, `AvoidEndpoint`), so that no
+//! carries only those the layers below read (`Target`, with the deadline, and `AvoidEndpoint`), so that no
 //! request pays for copying its extension map (issue #15).
 
 use super::breaker::{self, Limit};
@@ -24,7 +24,6 @@ use crate::config::RetryPolicy;
 use crate::errors::ProxyError;
 use crate::http::route::Target;
 use crate::http::{Body, ResponseFuture};
-use crate::resilience::timeout::Deadline;
 use http::{Extensions, Method, Request, Response};
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
@@ -39,10 +38,6 @@ pub struct AvoidEndpoint(pub SocketAddr);
 /// (nearly all: inserting it into every response's extensions cost an allocation; issue #15).
 #[derive(Debug, Clone, Copy)]
 pub struct Attempts(pub u32);
-
-/// Set by forwarding on responses: which endpoint answered.
-#[derive(Debug, Clone, Copy)]
-pub struct AnsweredBy(pub SocketAddr);
 
 #[derive(Clone, Debug, Default)]
 pub struct RetryLayer;
@@ -169,12 +164,9 @@ impl Bodies {
 
 /// What a retry's request carries of the original's extensions: what the layers below it read
 /// (the breaker and `forward`); the upgrade extensions never get here (upgrades are not retried).
-fn retry_extensions(target: &Target, deadline: Option<Deadline>) -> Extensions {
+fn retry_extensions(target: &Target) -> Extensions {
     let mut extensions = Extensions::new();
     extensions.insert(target.clone());
-    if let Some(deadline) = deadline {
-        extensions.insert(deadline);
-    }
     extensions
 }
 
@@ -217,7 +209,6 @@ where
     } else {
         Bodies::Once(Some(body))
     };
-    let deadline = parts.extensions.get::<Deadline>().copied();
     let mut own_extensions = Some(std::mem::take(&mut parts.extensions));
     let head = Request::from_parts(parts, ());
     // `attempt` counts against the policy; `tries` is every attempt made.
@@ -236,7 +227,7 @@ where
         *req.headers_mut() = head.headers().clone();
         *req.extensions_mut() = match own_extensions.take() {
             Some(first) => first,
-            None => retry_extensions(&target, deadline),
+            None => retry_extensions(&target),
         };
         if let Some(addr) = avoid {
             req.extensions_mut().insert(AvoidEndpoint(addr));
@@ -296,7 +287,7 @@ where
         cluster.state.stats.retries.inc();
         rule.stats.retries.inc();
         avoid = match &result {
-            Ok(rsp) => rsp.extensions().get::<AnsweredBy>().map(|a| a.0),
+            Ok(rsp) => rsp.body().answered_by(),
             Err(e) => e.endpoint(),
         };
         drop(result);

@@ -89,7 +89,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let Some(target) = req.extensions().get::<Target>().cloned() else {
+        let grpc = req
+            .headers()
+            .get(&GRPC_TIMEOUT)
+            .and_then(parse_grpc_timeout);
+        let Some(target) = req.extensions_mut().get_mut::<Target>() else {
             return TimeoutFuture::Passed {
                 inner: self.inner.call(req),
             };
@@ -98,16 +102,13 @@ where
             .rule
             .timeout
             .unwrap_or(target.cluster.policy.request_timeout);
-        let grpc = req
-            .headers()
-            .get(&GRPC_TIMEOUT)
-            .and_then(parse_grpc_timeout);
         let limit = grpc.map_or(configured, |g| g.min(configured));
         let at = Instant::now() + limit;
-        req.extensions_mut().insert(Deadline {
+        target.deadline = Some(Deadline {
             at,
             grpc: grpc.is_some(),
         });
+        let target = target.clone();
         TimeoutFuture::Limited {
             inner: tokio::time::timeout_at(at, self.inner.call(req)),
             target,

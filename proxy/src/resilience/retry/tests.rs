@@ -36,6 +36,7 @@ fn target(policy: RetryPolicy) -> Target {
     Target {
         rule: Arc::new(rule),
         cluster,
+        deadline: None,
     }
 }
 
@@ -303,4 +304,42 @@ async fn a_post_lost_mid_request_is_not_retried() {
     let rsp = attempts(upstream, request(Method::GET, &t)).await;
     assert_eq!(rsp.map(|r| r.status().as_u16()).ok(), Some(200));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A 5xx from an endpoint: the retry avoids that endpoint, which the response names through the
+/// load it holds (`Body::answered_by`), as forwarding attaches it.
+#[tokio::test]
+async fn a_retry_after_a_5xx_avoids_the_endpoint_that_answered() {
+    let t = target(policy(3));
+    let (calls, avoided) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let cluster = t.cluster.clone();
+    let upstream = tower::service_fn({
+        let (calls, avoided) = (calls.clone(), avoided.clone());
+        move |req: Request<Body>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut list) = avoided.lock() {
+                list.push(req.extensions().get::<AvoidEndpoint>().map(|a| a.0));
+            }
+            let endpoint = &cluster.endpoints[n % cluster.endpoints.len()];
+            let load = crate::balance::LoadGuard::start(&endpoint.state);
+            let fut: ResponseFuture = Box::pin(async move {
+                let mut rsp = Response::new(Body::empty().hold_load(load));
+                *rsp.status_mut() = if n == 0 {
+                    http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    http::StatusCode::OK
+                };
+                Ok(rsp)
+            });
+            fut
+        }
+    });
+    let rsp = attempts(upstream, request(Method::GET, &t)).await;
+    assert_eq!(rsp.map(|r| r.status().as_u16()).ok(), Some(200));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let avoided = avoided.lock().map(|l| l.clone()).unwrap_or_default();
+    assert_eq!(avoided, [None, Some(t.cluster.endpoints[0].addr)]);
 }
