@@ -52,10 +52,26 @@ async fn slowloris_is_cut_at_the_header_read_timeout() {
     get_ok(listener, "/after").await;
 }
 
-/// An upgrade the app refuses (it answers 200, not 101; the proxy answers 502) leaves an HTTP/1.1 keep-alive connection,
-/// which the header read timeout must still bound: the proxy stops reading heads for an upgrade
-/// (what follows a 101 is not HTTP), and a connection left idle after a refused one was never
-/// closed by the proxy.
+/// Opens a connection and asks it for a WebSocket upgrade the app refuses: it answers 200 and no
+/// 101, so the proxy answers 502 and keeps the connection.
+async fn refused_upgrade(listener: std::net::SocketAddr, path: &str) -> Http1 {
+    let mut conn = Http1::connect(listener).await;
+    conn.send(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: hello\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let refused = conn.answer().await.expect("the upgrade is answered");
+    assert_eq!(refused.status, 502, "{refused:?}");
+    conn
+}
+
+/// An upgrade the app refuses leaves an HTTP/1.1 keep-alive connection, which the header read
+/// timeout must still bound: the proxy stops reading heads for an upgrade (what follows a 101 is
+/// not HTTP), and a connection left idle after a refused one was never closed by the proxy.
 #[tokio::test]
 async fn an_idle_connection_after_a_refused_upgrade_is_cut_at_the_header_read_timeout() {
     let limits = Limits {
@@ -64,16 +80,7 @@ async fn an_idle_connection_after_a_refused_upgrade_is_cut_at_the_header_read_ti
     };
     let (mesh, upstream) = Upstream::behind_mesh(limits, "").await;
     let listener = mesh.workload("client").outbound;
-    let mut conn = Http1::connect(listener).await;
-    conn.send(
-        b"GET /upgrade HTTP/1.1\r\nHost: hello\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await;
-    // The app answers 200 and no 101; the proxy refuses the upgrade (502) and keeps the
-    // connection.
-    let refused = conn.answer().await.expect("the upgrade is answered");
-    assert_eq!(refused.status, 502, "{refused:?}");
+    let mut conn = refused_upgrade(listener, "/upgrade").await;
     // Still an HTTP/1.1 connection: the next request is served.
     conn.send(b"GET /next HTTP/1.1\r\nHost: hello\r\n\r\n")
         .await;
@@ -93,13 +100,7 @@ async fn an_idle_connection_after_a_refused_upgrade_is_cut_at_the_header_read_ti
 
     // And its framing still judged: a head with two Host lines after a refused upgrade is refused,
     // not served.
-    let mut conn = Http1::connect(listener).await;
-    conn.send(
-        b"GET /upgrade-2 HTTP/1.1\r\nHost: hello\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await;
-    assert_eq!(conn.answer().await.map(|a| a.status), Some(502));
+    let mut conn = refused_upgrade(listener, "/upgrade-2").await;
     conn.send(b"GET /twice HTTP/1.1\r\nHost: hello\r\nHost: other\r\n\r\n")
         .await;
     assert_eq!(conn.answer().await.map(|a| a.status), Some(400));
