@@ -93,21 +93,21 @@ impl Findings {
         self.gate.wake();
     }
 
-    /// Publishes the scanner's progress; a finding is recorded before, so that a request seen
-    /// as cleared also sees the finding about it.
-    fn clear(&self, cleared: u64) {
+    /// Publishes the scanner's progress after each read, before hyper hands the requests it
+    /// read to the service: how many requests are cleared, and which one asked for an upgrade.
+    /// A finding is recorded before, so that a request seen as cleared also sees the finding
+    /// about it.
+    fn publish(&self, scanner: &Scanner) {
+        if let Some(request) = scanner.upgrade_asked() {
+            if self.upgrade_asked.load(Ordering::Relaxed) != request {
+                self.upgrade_status.store(0, Ordering::Relaxed);
+                self.upgrade_asked.store(request, Ordering::Release);
+            }
+        }
+        let cleared = scanner.cleared();
         if self.cleared.load(Ordering::Relaxed) != cleared {
             self.cleared.store(cleared, Ordering::Release);
             self.gate.wake();
-        }
-    }
-
-    /// Publishes the scanner's upgrade request, if any, before hyper hands it to the service.
-    fn ask_upgrade(&self, asked: Option<u64>) {
-        let Some(request) = asked else { return };
-        if self.upgrade_asked.load(Ordering::Relaxed) != request {
-            self.upgrade_status.store(0, Ordering::Relaxed);
-            self.upgrade_asked.store(request, Ordering::Release);
         }
     }
 
@@ -316,8 +316,7 @@ impl<IO: AsyncRead + AsyncWrite> GuardedIo<IO> {
                     if let Some(finding) = this.scanner.feed(&buf.filled()[before..]) {
                         this.findings.record(finding);
                     }
-                    this.findings.ask_upgrade(this.scanner.upgrade_asked());
-                    this.findings.clear(this.scanner.cleared());
+                    this.findings.publish(this.scanner);
                     return Poll::Ready(Ok(true));
                 }
                 Preface::Refusing { written } => {
@@ -406,8 +405,7 @@ impl<IO: AsyncRead + AsyncWrite> GuardedIo<IO> {
                     }
                     this.findings.record(finding);
                 }
-                this.findings.ask_upgrade(this.scanner.upgrade_asked());
-                this.findings.clear(this.scanner.cleared());
+                this.findings.publish(this.scanner);
                 match this.failed {
                     Some(why) if buf.filled().len() == before => {
                         Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, *why)))
@@ -432,7 +430,7 @@ impl<IO: AsyncRead + AsyncWrite> GuardedIo<IO> {
                     request,
                     problem: Problem::StalledBody,
                 });
-                this.findings.clear(this.scanner.cleared());
+                this.findings.publish(this.scanner);
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "request body idle timeout",

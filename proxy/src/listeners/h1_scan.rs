@@ -209,13 +209,11 @@ impl Scanner {
     /// The status the pending upgrade request was answered with: a tunnel from here on (101, or
     /// a 2xx to CONNECT) and nothing more to judge, or HTTP/1 again with the next head.
     pub fn upgrade_answered(&mut self, status: u16) {
-        let Some(asked) = self.upgrade.take() else {
-            return;
-        };
         if self.state != State::Upgrade {
             return;
         }
-        let tunnel = status == 101 || (asked.connect && (200..300).contains(&status));
+        let connect = self.upgrade.take().is_some_and(|asked| asked.connect);
+        let tunnel = status == 101 || (connect && (200..300).contains(&status));
         if tunnel {
             self.stop();
         } else {

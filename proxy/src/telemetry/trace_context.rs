@@ -429,7 +429,6 @@ fn hex_array<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-/// Writes `bytes` as lower-case hex into `out`, which is twice as long.
 /// Each byte's two hex digits, so that writing an id is one table read per byte (ids are written
 /// on every request: `traceparent`, `x-request-id`).
 const HEX_PAIRS: [[u8; 2]; 256] = {
@@ -442,16 +441,19 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
     pairs
 };
 
+/// Writes `bytes` as lower-case hex into `out`, which is twice as long.
 fn write_hex(out: &mut [u8], bytes: &[u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
+/// Appends `bytes` as lower-case hex to `s`.
 pub fn push_hex(s: &mut String, bytes: &[u8]) {
     for b in bytes {
-        s.push(HEX_DIGITS[(b >> 4) as usize] as char);
-        s.push(HEX_DIGITS[(b & 0xf) as usize] as char);
+        let [high, low] = HEX_PAIRS[usize::from(*b)];
+        s.push(char::from(high));
+        s.push(char::from(low));
     }
 }
 
