@@ -54,12 +54,13 @@ async fn slowloris_is_cut_at_the_header_read_timeout() {
 
 /// Opens a connection and asks it for a WebSocket upgrade the app refuses: it answers 200 and no
 /// 101, so the proxy answers 502 and keeps the connection.
-async fn refused_upgrade(listener: std::net::SocketAddr, path: &str) -> Http1 {
+/// `pipelined` goes in the same write, after the upgrade request.
+async fn refused_upgrade(listener: std::net::SocketAddr, path: &str, pipelined: &str) -> Http1 {
     let mut conn = Http1::connect(listener).await;
     conn.send(
         format!(
             "GET {path} HTTP/1.1\r\nHost: hello\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n{pipelined}"
         )
         .as_bytes(),
     )
@@ -80,7 +81,7 @@ async fn an_idle_connection_after_a_refused_upgrade_is_cut_at_the_header_read_ti
     };
     let (mesh, upstream) = Upstream::behind_mesh(limits, "").await;
     let listener = mesh.workload("client").outbound;
-    let mut conn = refused_upgrade(listener, "/upgrade").await;
+    let mut conn = refused_upgrade(listener, "/upgrade", "").await;
     // Still an HTTP/1.1 connection: the next request is served.
     conn.send(b"GET /next HTTP/1.1\r\nHost: hello\r\n\r\n")
         .await;
@@ -100,11 +101,31 @@ async fn an_idle_connection_after_a_refused_upgrade_is_cut_at_the_header_read_ti
 
     // And its framing still judged: a head with two Host lines after a refused upgrade is refused,
     // not served.
-    let mut conn = refused_upgrade(listener, "/upgrade-2").await;
+    let mut conn = refused_upgrade(listener, "/upgrade-2", "").await;
     conn.send(b"GET /twice HTTP/1.1\r\nHost: hello\r\nHost: other\r\n\r\n")
         .await;
     assert_eq!(conn.answer().await.map(|a| a.status), Some(400));
     assert!(!upstream.targets().contains(&"/twice".to_string()));
+
+    // The same when the next request was sent before the refusal, in the upgrade's own write:
+    // it is held until the answer, then served, and the idle connection is still cut.
+    let pipelined = "GET /pipelined HTTP/1.1\r\nHost: hello\r\n\r\n";
+    let mut conn = refused_upgrade(listener, "/upgrade-3", pipelined).await;
+    let next = conn
+        .answer()
+        .await
+        .expect("the pipelined request is answered");
+    assert_eq!((next.status, next.body_text()), (200, "/pipelined".into()));
+    let started = Instant::now();
+    assert!(
+        conn.closed_within(Duration::from_secs(6)).await,
+        "idle after a refused upgrade with a pipelined request: never closed"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let twice = "GET /twice-pipelined HTTP/1.1\r\nHost: hello\r\nHost: other\r\n\r\n";
+    let mut conn = refused_upgrade(listener, "/upgrade-4", twice).await;
+    assert_eq!(conn.answer().await.map(|a| a.status), Some(400));
+    assert!(!upstream.targets().contains(&"/twice-pipelined".to_string()));
 }
 
 #[tokio::test]

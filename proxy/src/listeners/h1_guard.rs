@@ -23,6 +23,12 @@
 //! The guard also keeps the connection's request-head read timeout (`head_wait`), where the
 //! scanner says whether a head is awaited.
 //!
+//! After an upgrade request (WebSocket, CONNECT) nothing more is read until its answer: a 101
+//! makes what follows a tunnel, anything else leaves HTTP/1. Bytes the client sent on in the same
+//! read are parked meanwhile and handed to hyper after the answer, judged as HTTP/1 if it was a
+//! refusal, so a request pipelined behind a refused upgrade gets the same checks and head
+//! timeout as any other.
+//!
 //! hyper serves an HTTP/1 connection's requests one at a time and in order, so the n-th call of
 //! the service is the n-th head the scanner saw; one finding per connection is enough, since the
 //! connection ends with the request it names. Per request this costs one atomic increment and
@@ -33,6 +39,7 @@
 use super::h1_scan::{Finding, Problem, Scanner};
 use super::head_wait::HeadWait;
 use crate::seldom::SeldomReady;
+use bytes::BytesMut;
 use futures_util::task::AtomicWaker;
 use std::future::Future;
 use std::io;
@@ -189,6 +196,9 @@ pin_project_lite::pin_project! {
         // The scanner refused the body: reads fail from here on.
         failed: Option<&'static str>,
         head_wait: Option<HeadWait>,
+        // Bytes read after an upgrade request, held back from hyper until its answer says
+        // whether they are HTTP/1 (judged then) or the tunnel's (`Scanner::upgrade_answered`).
+        parked: BytesMut,
     }
 }
 
@@ -263,6 +273,7 @@ impl<IO> GuardedIo<IO> {
             },
             failed: None,
             head_wait: None,
+            parked: BytesMut::new(),
         };
         (io, findings)
     }
@@ -389,29 +400,32 @@ impl<IO: AsyncRead + AsyncWrite> GuardedIo<IO> {
             this.scanner.upgrade_answered(status);
         }
         let before = buf.filled().len();
+        if !this.parked.is_empty() {
+            let n = this.parked.len().min(buf.remaining());
+            buf.put_slice(&this.parked.split_to(n));
+            return Poll::Ready(judge(
+                this.scanner,
+                this.findings,
+                this.failed,
+                this.parked,
+                buf,
+                before,
+            ));
+        }
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 *this.idle_armed = false;
                 if let Some(wait) = this.head_wait.as_mut().filter(|_| this.scanner.in_body()) {
                     wait.note_activity();
                 }
-                let found = this.scanner.feed(&buf.filled()[before..]);
-                if let Some(finding) = found {
-                    if let Problem::MalformedBody(why) = finding.problem {
-                        // hyper gets the body up to the bad byte, then a read error: its body
-                        // fails there, whatever it would have made of the rest.
-                        buf.set_filled(before + this.scanner.accepted());
-                        *this.failed = Some(why);
-                    }
-                    this.findings.record(finding);
-                }
-                this.findings.publish(this.scanner);
-                match this.failed {
-                    Some(why) if buf.filled().len() == before => {
-                        Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, *why)))
-                    }
-                    _ => Poll::Ready(Ok(())),
-                }
+                Poll::Ready(judge(
+                    this.scanner,
+                    this.findings,
+                    this.failed,
+                    this.parked,
+                    buf,
+                    before,
+                ))
             }
             Poll::Pending if this.scanner.in_body() => {
                 // hyper reads body bytes only when the request's consumer wants them, so a
@@ -438,6 +452,41 @@ impl<IO: AsyncRead + AsyncWrite> GuardedIo<IO> {
             }
             other => other,
         }
+    }
+}
+
+/// Feeds the bytes just put in `buf` (from `before`) to the scanner and acts on what it says:
+/// a malformed body is cut before its bad byte (hyper's read fails from there, whatever it would
+/// have made of the rest); bytes after an unanswered upgrade request go back in front of
+/// `parked`, for hyper to read once the answer is known.
+fn judge(
+    scanner: &mut Scanner,
+    findings: &Findings,
+    failed: &mut Option<&'static str>,
+    parked: &mut BytesMut,
+    buf: &mut ReadBuf<'_>,
+    before: usize,
+) -> io::Result<()> {
+    let found = scanner.feed(&buf.filled()[before..]);
+    let taken = before + scanner.accepted();
+    if let Some(finding) = found {
+        if let Problem::MalformedBody(why) = finding.problem {
+            buf.set_filled(taken);
+            *failed = Some(why);
+        }
+        findings.record(finding);
+    } else if scanner.upgrade_pending() && taken < buf.filled().len() {
+        let mut held = BytesMut::from(&buf.filled()[taken..]);
+        held.unsplit(std::mem::take(parked));
+        *parked = held;
+        buf.set_filled(taken);
+    }
+    findings.publish(scanner);
+    match failed {
+        Some(why) if buf.filled().len() == before => {
+            Err(io::Error::new(io::ErrorKind::InvalidData, *why))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -9,7 +9,8 @@
 //! state), so it knows where each request head starts; it reports the first request that must be
 //! refused, or whose chunked body is malformed. Where it cannot follow (a head hyper will refuse
 //! anyway, an accepted upgrade, HTTP/2) it stops judging rather than guess; after an upgrade request
-//! it waits for the answer (`upgrade_answered`), since a refused upgrade leaves HTTP/1.
+//! it waits for the answer (`upgrade_answered`), since a refused upgrade leaves HTTP/1, and leaves
+//! the bytes that came meanwhile untaken, to be fed again once the answer says what they are.
 //!
 //! Where hyper is lenient about chunked framing in ways that do not matter to it (it drops chunk
 //! extensions and parses trailers only at the end), the scanner holds the body to RFC 9112 §7.1:
@@ -65,7 +66,8 @@ enum State {
     Chunked(Chunk),
     /// An upgrade request (or CONNECT) was read whole: what follows is HTTP/1 again if it is
     /// refused, the tunnel's bytes if it is accepted, so nothing more is judged until its answer
-    /// is known (`upgrade_answered`). A byte fed meanwhile stops the scanner (`Off`).
+    /// is known (`upgrade_answered`). Bytes fed meanwhile are not taken (`accepted`): the
+    /// reader holds them back and feeds them again after the answer.
     Upgrade,
     /// Stopped judging: lost track, an accepted upgrade, or the connection is over after a
     /// finding.
@@ -161,8 +163,9 @@ impl Scanner {
         }
     }
 
-    /// Bytes of the last `feed` before the byte its finding is about (its whole input when it
-    /// found nothing): what the reader may still hand on.
+    /// Bytes of the last `feed` before the byte its finding is about, or before the bytes that
+    /// followed an upgrade request still unanswered (its whole input otherwise): what the reader
+    /// may hand on now.
     pub fn accepted(&self) -> usize {
         self.accepted
     }
@@ -234,11 +237,9 @@ impl Scanner {
         while !input.is_empty() {
             let used = match self.state {
                 State::Off => return (input.len(), None),
-                // Bytes before the answer: a tunnel's, or a pipelined request's; no telling.
-                State::Upgrade => {
-                    self.stop();
-                    return (input.len(), None);
-                }
+                // Bytes before the answer: a tunnel's, or a pipelined request's; no telling
+                // until the answer, so they are left to be fed again then.
+                State::Upgrade => return (input.len(), None),
                 State::Head => match self.head(input) {
                     Ok(used) => used,
                     Err(finding) => {

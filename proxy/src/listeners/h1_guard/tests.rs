@@ -84,6 +84,28 @@ async fn the_refused_request_gets_its_status_after_the_good_ones() {
 }
 
 #[tokio::test]
+async fn a_request_sent_before_a_refused_upgrade_was_answered_is_still_judged() {
+    // The stand-in answers the WebSocket request 200: refused, the connection stays HTTP/1, and
+    // the request pipelined behind it in the same write is judged like any other (two Host
+    // lines: refused) rather than passed unseen.
+    let (mut client, calls, _) = serve_counted(Duration::from_secs(60));
+    let answer = exchange(
+        &mut client,
+        b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer}");
+    assert!(answer.contains("HTTP/1.1 400 Bad Request"), "{answer}");
+    assert!(answer.contains("more than one Host header"), "{answer}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "only the upgrade request was served"
+    );
+}
+
+#[tokio::test]
 async fn a_malformed_chunk_is_the_clients_fault() {
     let mut client = serve(Duration::from_secs(60));
     let answer = exchange(

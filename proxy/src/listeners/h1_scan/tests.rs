@@ -289,14 +289,35 @@ fn an_upgrade_request_body_is_framed_before_the_answer_is_awaited() {
 }
 
 #[test]
-fn bytes_before_the_answer_stop_the_scanner() {
-    // A client sending on before the answer: a tunnel's bytes or a pipelined request, no telling.
+fn bytes_before_the_answer_wait_for_it() {
+    // A client sending on before the answer: a tunnel's bytes or a pipelined request, no telling
+    // until the answer; they are left untaken, then judged as HTTP/1 after a refusal.
+    let next = b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
     let mut bytes = WEBSOCKET.to_vec();
-    bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    bytes.extend_from_slice(next);
     let mut s = Scanner::new(64 * 1024);
     assert_eq!(s.feed(&bytes), None);
-    assert!(!s.upgrade_pending() && !s.awaiting_head());
-    assert_eq!(s.cleared(), u64::MAX);
+    assert_eq!(
+        s.accepted(),
+        WEBSOCKET.len(),
+        "the pipelined request is not taken"
+    );
+    assert!(s.upgrade_pending());
+    assert_eq!(s.feed(next), None);
+    assert_eq!(s.accepted(), 0, "nor while the answer is awaited");
+    s.upgrade_answered(404);
+    assert_eq!(
+        refused(s.feed(next)),
+        head(1, 400),
+        "the second request, refused"
+    );
+
+    // Accepted: the same bytes are the tunnel's, not judged.
+    let mut s = Scanner::new(64 * 1024);
+    assert_eq!(s.feed(&bytes), None);
+    s.upgrade_answered(101);
+    assert_eq!(s.feed(next), None);
+    assert!(!s.awaiting_head());
 }
 
 #[test]
