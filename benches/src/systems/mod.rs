@@ -87,12 +87,17 @@ impl Process {
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new(program)
+        let mut command = std::process::Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
-            .env("NO_COLOR", "1")
+            .env("NO_COLOR", "1");
+        // Killed with the bench too when it cannot clean up (SIGKILL, a crash). Spawned from the
+        // runtime's workers, which live as long as the run.
+        trellis_os::child::killed_with_parent(&mut command);
+        let child = Command::from(command)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {name} ({})", program.display()))?;
