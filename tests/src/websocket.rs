@@ -207,6 +207,18 @@ pub async fn connect(
     upgrade: &str,
     extra: &[(&str, &str)],
 ) -> Option<Handshake> {
+    connect_sending(addr, (host, path), upgrade, extra, &[]).await
+}
+
+/// `connect`, with `early` bytes (frames sent before the answer, as some clients do) in the
+/// same write as the handshake.
+pub async fn connect_sending(
+    addr: SocketAddr,
+    (host, path): (&str, &str),
+    upgrade: &str,
+    extra: &[(&str, &str)],
+    early: &[u8],
+) -> Option<Handshake> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     let mut head = format!(
@@ -217,7 +229,9 @@ pub async fn connect(
         head.push_str(&format!("{n}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.ok()?;
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(early);
+    stream.write_all(&bytes).await.ok()?;
     let (answer, rest) = read_head(&mut stream).await?;
     let accepted = answer.status == 101
         && answer.header("sec-websocket-accept").map(str::as_bytes)

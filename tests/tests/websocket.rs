@@ -3,7 +3,9 @@
 //! carried outbound → HTTP/2 extended CONNECT over mTLS (RFC 8441) → inbound → app.
 
 use std::time::Duration;
-use trellis_tests::websocket::{connect, Frame, WsApp, BINARY, CLOSE, PONG, TEXT};
+use trellis_tests::websocket::{
+    connect, connect_sending, encode, Frame, WsApp, BINARY, CLOSE, PONG, TEXT,
+};
 use trellis_tests::{Mesh, Service};
 
 fn index_of(mesh: &Mesh, service: &str) -> usize {
@@ -120,6 +122,23 @@ async fn websocket_carries_messages_pings_and_closes_both_ways() {
         (mesh.admin_get(index_of(&mesh, "client"), "/metrics").await).expect("metrics");
     let series = "trellis_requests_total{direction=\"outbound\",dst_service=\"default/hello\",route=\"default\",status_class=\"1xx\"";
     assert!(metrics.contains(series), "missing {series} in\n{metrics}");
+}
+
+/// A client that sends its first frame with the handshake, before the 101: the proxy holds it
+/// back from HTTP/1 parsing until the answer, then carries it as the tunnel's first bytes.
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_reaches_the_app() {
+    let (mesh, _app) = WsApp::behind_mesh("").await;
+    let outbound = mesh.workload("client").outbound;
+    let early = encode(&Frame::text("sent early"), Some([1, 2, 3, 4]));
+    let hs = connect_sending(outbound, ("hello", "/early"), "websocket", &[], &early)
+        .await
+        .expect("an answer to the handshake");
+    assert_eq!(hs.answer.status, 101, "{:?}", hs.answer);
+    let mut ws = hs.conn.expect("101 with the right accept");
+    assert_eq!(ws.recv().await, Some(Frame::text("sent early")));
+    assert!(ws.send(&Frame::text("then another")).await);
+    assert_eq!(ws.recv().await, Some(Frame::text("then another")));
 }
 
 #[tokio::test]
