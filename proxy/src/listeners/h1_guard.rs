@@ -403,55 +403,49 @@ impl<IO: AsyncRead + AsyncWrite> GuardedIo<IO> {
         if !this.parked.is_empty() {
             let n = this.parked.len().min(buf.remaining());
             buf.put_slice(&this.parked.split_to(n));
-            return Poll::Ready(judge(
-                this.scanner,
-                this.findings,
-                this.failed,
-                this.parked,
-                buf,
-                before,
-            ));
-        }
-        match this.inner.poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                *this.idle_armed = false;
-                if let Some(wait) = this.head_wait.as_mut().filter(|_| this.scanner.in_body()) {
-                    wait.note_activity();
+        } else {
+            match this.inner.poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {
+                    *this.idle_armed = false;
+                    if let Some(wait) = this.head_wait.as_mut().filter(|_| this.scanner.in_body()) {
+                        wait.note_activity();
+                    }
                 }
-                Poll::Ready(judge(
-                    this.scanner,
-                    this.findings,
-                    this.failed,
-                    this.parked,
-                    buf,
-                    before,
-                ))
-            }
-            Poll::Pending if this.scanner.in_body() => {
-                // hyper reads body bytes only when the request's consumer wants them, so a
-                // stall seen here is the client's, not backpressure from upstream.
-                let idle = *this.body_idle;
-                let timer =
-                    (this.idle_timer).get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if !*this.idle_armed {
-                    timer.as_mut().reset(Instant::now() + idle);
-                    *this.idle_armed = true;
+                Poll::Pending if this.scanner.in_body() => {
+                    // hyper reads body bytes only when the request's consumer wants them, so a
+                    // stall seen here is the client's, not backpressure from upstream.
+                    let idle = *this.body_idle;
+                    let timer =
+                        (this.idle_timer).get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    if !*this.idle_armed {
+                        timer.as_mut().reset(Instant::now() + idle);
+                        *this.idle_armed = true;
+                    }
+                    ready!(timer.as_mut().poll(cx));
+                    let request = this.scanner.current_request();
+                    this.scanner.stop();
+                    this.findings.record(Finding {
+                        request,
+                        problem: Problem::StalledBody,
+                    });
+                    this.findings.publish(this.scanner);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request body idle timeout",
+                    )));
                 }
-                ready!(timer.as_mut().poll(cx));
-                let request = this.scanner.current_request();
-                this.scanner.stop();
-                this.findings.record(Finding {
-                    request,
-                    problem: Problem::StalledBody,
-                });
-                this.findings.publish(this.scanner);
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "request body idle timeout",
-                )))
+                other => return other,
             }
-            other => other,
         }
+        let judged = judge(
+            this.scanner,
+            this.findings,
+            this.failed,
+            this.parked,
+            buf,
+            before,
+        );
+        Poll::Ready(judged)
     }
 }
 
