@@ -5,8 +5,9 @@
 //! buffer whole, converts and encodes the spans and sends one `ExportTraceServiceRequest`. Doing
 //! that on the serving workers stalled the requests queued behind it once a second (the p99
 //! bursts of docs/benchmarks.md, tracing at 100%); a queue with a wake-up per span would cost a
-//! cross-thread wake-up per request instead. The thread ends, after a last flush, once every
-//! `SpanSink` is gone.
+//! cross-thread wake-up per request instead. The thread runs at the lowest priority short of
+//! idle (nice 19), so that on a busy machine its bursts wait for the serving workers rather than
+//! the other way round. The thread ends, after a last flush, once every `SpanSink` is gone.
 
 use super::metrics::ProxyMetrics;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -116,6 +117,13 @@ pub fn start(
     std::thread::Builder::new()
         .name("trellis-span-export".into())
         .spawn(move || {
+            // Encoding a batch takes a few milliseconds of CPU that can wait: on a busy machine
+            // the serving workers go first, and spans queue (or are dropped, counted) meanwhile.
+            if let Err(e) =
+                trellis_os::priority::set_current_thread_nice(trellis_os::priority::BACKGROUND_NICE)
+            {
+                tracing::debug!(error = %e, "span exporter keeps the default priority");
+            }
             runtime.block_on(async move {
                 let client = TraceServiceClient::new(endpoint.connect_lazy());
                 exporter.run(client).await
