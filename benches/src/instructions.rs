@@ -34,6 +34,8 @@ pub struct InstructionsConfig {
     pub workers: Vec<usize>,
     /// Also measure nginx and haproxy (skipped with a note when not installed).
     pub peers: bool,
+    /// Also the traced pair (100% sampling, spans exported).
+    pub traced: bool,
     pub trellis: Option<PathBuf>,
 }
 
@@ -46,6 +48,7 @@ impl InstructionsConfig {
             protocols: vec![Protocol::Http1, Protocol::H2c, Protocol::Grpc],
             workers: vec![trellis::DEFAULT_WORKERS],
             peers: true,
+            traced: false,
             trellis: None,
         }
     }
@@ -284,7 +287,8 @@ pub async fn run(cfg: &InstructionsConfig) -> anyhow::Result<InstructionsReport>
         std::fs::create_dir_all(&dir)?;
         let opts = trellis::Sidecars {
             workers,
-            traced: false,
+            traced: cfg.traced,
+            wrap_traced: cfg.traced,
             wrapper: valgrind(&dir)?,
             ready_timeout: Duration::from_secs(300),
             ..trellis::Sidecars::default()

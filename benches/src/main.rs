@@ -181,6 +181,10 @@ enum Command {
         /// Count Trellis only.
         #[arg(long)]
         no_peers: bool,
+        /// Also count the traced pair (every request sampled, spans exported to a local OTLP
+        /// sink; the exporter thread's instructions included).
+        #[arg(long)]
+        traced: bool,
         #[arg(long)]
         trellis: Option<PathBuf>,
         #[arg(long)]
@@ -460,6 +464,7 @@ fn main() -> anyhow::Result<()> {
             protocols,
             workers,
             no_peers,
+            traced,
             trellis,
             out,
         } => {
@@ -471,6 +476,7 @@ fn main() -> anyhow::Result<()> {
             cfg.protocols = protocols;
             cfg.workers = workers.into_iter().map(|w| w.max(1)).collect();
             cfg.peers = !no_peers;
+            cfg.traced = traced;
             cfg.trellis = trellis;
             let r = run_until_stopped(1, trellis_bench::instructions::run(&cfg))?;
             let md = trellis_bench::instructions::markdown(&r);

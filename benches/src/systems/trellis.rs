@@ -150,6 +150,8 @@ pub struct Sidecars {
     pub traced: bool,
     /// A command the untraced pair runs under (program first, e.g. valgrind and its flags).
     pub wrapper: Vec<OsString>,
+    /// The traced pair runs under `wrapper` too.
+    pub wrap_traced: bool,
     /// How long a sidecar may take to become ready (much longer under valgrind).
     pub ready_timeout: Duration,
     /// Run the sidecars as this `trellis-proxy` binary (the sidecar image's) instead of
@@ -164,6 +166,7 @@ impl Default for Sidecars {
             flags: Vec::new(),
             traced: true,
             wrapper: Vec::new(),
+            wrap_traced: false,
             ready_timeout: Duration::from_secs(30),
             proxy_binary: None,
         }
@@ -264,7 +267,7 @@ pub async fn start_with(
         let name = format!("sidecar {service}");
         let (binary, args) = sidecar_command(binary, opts.proxy_binary.as_deref(), args);
         let p = match opts.wrapper.split_first() {
-            Some((program, wrapper)) if !service.ends_with("-traced") => {
+            Some((program, wrapper)) if opts.wrap_traced || !service.ends_with("-traced") => {
                 let mut wrapped = wrapper.to_vec();
                 wrapped.push(binary.into());
                 wrapped.extend(args);

@@ -33,19 +33,77 @@ pub enum Value {
     Int(i64),
 }
 
-/// A finished span, as the request path records it.
+/// A finished span, as the request path records it: what it saw, moved in without copies. Its
+/// name and attributes are made on the exporter thread (`to_otlp`), off the serving workers.
 #[derive(Debug, Clone)]
 pub struct SpanRecord {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
-    pub name: String,
     pub server: bool,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
-    pub attributes: Vec<(&'static str, Value)>,
+    pub request: SpanRequest,
     pub error: Option<String>,
     pub trace_state: Option<String>,
+}
+
+/// The request and its outcome, for the span's name and attributes (HTTP semantic conventions).
+#[derive(Debug, Clone, Default)]
+pub struct SpanRequest {
+    pub method: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub path: String,
+    /// `network.protocol.version`: "1.0", "1.1" or "2".
+    pub version: &'static str,
+    /// `trellis.direction`: "inbound" or "outbound".
+    pub direction: &'static str,
+    pub status: u16,
+    pub peer: String,
+    pub route: Option<String>,
+    pub attempts: u32,
+}
+
+impl SpanRequest {
+    /// `{method} {route}`, or `{method} {direction}` without a route.
+    fn span_name(&self) -> String {
+        let what = self.route.as_deref().unwrap_or(self.direction);
+        format!("{} {what}", self.method)
+    }
+
+    fn into_attributes(self, failed: bool) -> Vec<KeyValue> {
+        let mut attributes = Vec::with_capacity(11);
+        attributes.extend([
+            kv("http.request.method", Value::Str(self.method)),
+            kv(
+                "http.response.status_code",
+                Value::Int(i64::from(self.status)),
+            ),
+            kv("server.address", Value::Str(self.host)),
+            kv("url.path", Value::Str(self.path)),
+            kv(
+                "network.protocol.version",
+                Value::Str(self.version.to_string()),
+            ),
+            kv("trellis.direction", Value::Str(self.direction.to_string())),
+            kv("trellis.peer.identity", Value::Str(self.peer)),
+        ]);
+        if let Some(port) = self.port {
+            attributes.push(kv("server.port", Value::Int(i64::from(port))));
+        }
+        if let Some(route) = self.route {
+            attributes.push(kv("http.route", Value::Str(route)));
+        }
+        if self.attempts > 1 {
+            let resent = i64::from(self.attempts - 1);
+            attributes.push(kv("http.request.resend_count", Value::Int(resent)));
+        }
+        if failed {
+            attributes.push(kv("error.type", Value::Str(self.status.to_string())));
+        }
+        attributes
+    }
 }
 
 /// Spans waiting for the exporter, and its wake-up for a full batch.
@@ -168,7 +226,7 @@ pub fn to_otlp(s: SpanRecord) -> Span {
         span_id: s.span_id.to_vec(),
         parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
         trace_state: s.trace_state.unwrap_or_default(),
-        name: s.name,
+        name: s.request.span_name(),
         kind: if s.server {
             span::SpanKind::Server
         } else {
@@ -176,7 +234,7 @@ pub fn to_otlp(s: SpanRecord) -> Span {
         } as i32,
         start_time_unix_nano: s.start_unix_nanos,
         end_time_unix_nano: s.end_unix_nanos,
-        attributes: s.attributes.into_iter().map(|(k, v)| kv(k, v)).collect(),
+        attributes: s.request.into_attributes(s.error.is_some()),
         status: Some(match s.error {
             Some(message) => Status {
                 code: status::StatusCode::Error as i32,
@@ -280,14 +338,72 @@ mod tests {
             trace_id: [1; 16],
             span_id: [2; 8],
             parent_span_id: None,
-            name: "GET".into(),
             server: false,
             start_unix_nanos: 1,
             end_unix_nanos: 2,
-            attributes: Vec::new(),
+            request: SpanRequest::default(),
             error: None,
             trace_state: None,
         }
+    }
+
+    #[test]
+    fn the_exporter_names_the_span_and_makes_its_attributes() {
+        let mut record = span();
+        record.request = SpanRequest {
+            method: "POST".into(),
+            host: "hello".into(),
+            port: Some(8080),
+            path: "/orders".into(),
+            version: "1.1",
+            direction: "outbound",
+            status: 503,
+            peer: "spiffe://trellis.local/ns/default/sa/hello".into(),
+            route: Some("orders".into()),
+            attempts: 3,
+        };
+        record.error = Some("status 503".into());
+        let otlp = to_otlp(record);
+        assert_eq!(otlp.name, "POST orders");
+        let attributes: Vec<(String, String)> = (otlp.attributes.iter())
+            .map(|kv| {
+                let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(s)) => s.clone(),
+                    Some(any_value::Value::IntValue(i)) => i.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (kv.key.clone(), value)
+            })
+            .collect();
+        let expected = [
+            ("http.request.method", "POST"),
+            ("http.response.status_code", "503"),
+            ("server.address", "hello"),
+            ("url.path", "/orders"),
+            ("network.protocol.version", "1.1"),
+            ("trellis.direction", "outbound"),
+            (
+                "trellis.peer.identity",
+                "spiffe://trellis.local/ns/default/sa/hello",
+            ),
+            ("server.port", "8080"),
+            ("http.route", "orders"),
+            ("http.request.resend_count", "2"),
+            ("error.type", "503"),
+        ];
+        let expected: Vec<(String, String)> = (expected.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(attributes, expected);
+        let status = otlp.status.unwrap_or_default();
+        assert_eq!(status.code, status::StatusCode::Error as i32);
+        assert_eq!(status.message, "status 503");
+
+        // Without a route, the direction names it.
+        let mut record = span();
+        record.request.method = "GET".into();
+        record.request.direction = "inbound";
+        assert_eq!(to_otlp(record).name, "GET inbound");
     }
 
     #[test]

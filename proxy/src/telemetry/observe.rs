@@ -10,7 +10,7 @@
 //! It sits after routing on the outbound side, so it knows the route and destination.
 
 use super::access_log::AccessLog;
-use super::export::{SpanRecord, SpanSink, Value};
+use super::export::{SpanRecord, SpanRequest, SpanSink};
 use super::metrics::{Direction, ProxyMetrics, RequestMetrics};
 use super::trace_context::{self, random_id, FLAG_RANDOM, FLAG_SAMPLED, TRACEPARENT, TRACESTATE};
 use crate::admin::recent::Outcome;
@@ -242,14 +242,15 @@ where
                     elapsed,
                     request_id: &request_id,
                 };
-                if let (Some(sink), true) = (&t.spans, ids.sampled) {
-                    sink.send(finished.span(layer.direction, &detail));
-                }
                 if let Some(log) = &t.access_log {
                     log.write(&finished.log_line(layer.direction, &detail));
                 }
                 if tapped {
                     t.tap.publish(finished.log_line(layer.direction, &detail));
+                }
+                // Last: the span takes what the log lines borrowed.
+                if let (Some(sink), true) = (&t.spans, ids.sampled) {
+                    sink.send(finished.span(layer.direction, detail));
                 }
             }
             result
@@ -298,59 +299,31 @@ struct Finished<'a> {
 }
 
 impl Finished<'_> {
-    fn span(&self, direction: Direction, d: &RequestDetail) -> SpanRecord {
-        let mut attributes = vec![
-            ("http.request.method", Value::Str(d.method.clone())),
-            (
-                "http.response.status_code",
-                Value::Int(i64::from(self.status)),
-            ),
-            ("server.address", Value::Str(d.host.clone())),
-            ("url.path", Value::Str(d.path.clone())),
-            (
-                "network.protocol.version",
-                Value::Str(d.version.to_string()),
-            ),
-            (
-                "trellis.direction",
-                Value::Str(direction.as_str().to_string()),
-            ),
-            ("trellis.peer.identity", Value::Str(self.peer.clone())),
-        ];
-        if let Some(port) = d.port {
-            attributes.push(("server.port", Value::Int(i64::from(port))));
-        }
-        if let Some(route) = &self.route {
-            attributes.push(("http.route", Value::Str(route.clone())));
-        }
-        if self.attempts > 1 {
-            attributes.push((
-                "http.request.resend_count",
-                Value::Int(i64::from(self.attempts - 1)),
-            ));
-        }
-        if self.error.is_some() {
-            attributes.push(("error.type", Value::Str(self.status.to_string())));
-        }
+    /// The span, made of what the request path already holds (moved, not copied): its name
+    /// and attributes are built by the exporter (`export::to_otlp`).
+    fn span(self, direction: Direction, d: RequestDetail) -> SpanRecord {
         let start = unix_nanos(d.started_wall);
         SpanRecord {
             trace_id: self.ids.trace_id,
             span_id: self.ids.span_id,
             parent_span_id: self.ids.parent,
-            name: format!(
-                "{} {}",
-                d.method,
-                self.route.as_deref().unwrap_or(direction.as_str())
-            ),
             server: direction == Direction::Inbound,
             start_unix_nanos: start,
             end_unix_nanos: start + self.elapsed.as_nanos() as u64,
-            attributes,
-            error: self.error.clone(),
-            trace_state: self
-                .ids
-                .tracestate
-                .as_ref()
+            request: SpanRequest {
+                method: d.method,
+                host: d.host,
+                port: d.port,
+                path: d.path,
+                version: d.version,
+                direction: direction.as_str(),
+                status: self.status,
+                peer: self.peer,
+                route: self.route,
+                attempts: self.attempts,
+            },
+            error: self.error,
+            trace_state: (self.ids.tracestate.as_ref())
                 .and_then(|ts| ts.to_str().ok())
                 .map(str::to_string),
         }
